@@ -1,0 +1,66 @@
+// The one interface all device and file I/O of diskseal goes through (after LevelDB's Env).
+// Production code gets a BlockDevice from an Env; tests substitute memory devices and fault
+// injectors (fault_device.h) so a crash, a torn write or EIO can be placed below any code.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "util/status.h"
+
+namespace ds {
+
+// A random-access byte device: an image file or a block device.
+// Threading: ReadAt/WriteAt may be called concurrently from several threads on disjoint ranges;
+// Sync may run concurrently with them and covers every write that completed before it started.
+class BlockDevice {
+ public:
+  virtual ~BlockDevice() = default;
+
+  // Reads exactly buf.size() bytes at `offset`. Reading past the end is an error (kIOError).
+  virtual Status ReadAt(uint64_t offset, std::span<uint8_t> buf) = 0;
+  // Writes all of buf at `offset`. Writing past the end is an error: devices do not grow.
+  virtual Status WriteAt(uint64_t offset, std::span<const uint8_t> buf) = 0;
+  // Durability barrier: every write completed before the call survives a power cut after it
+  // returns ok. Commit points of the format and the engine call this, nothing else does.
+  virtual Status Sync() = 0;
+  virtual uint64_t Size() const = 0;
+  // The path or a label, for messages ("disk.img: ...").
+  virtual const std::string& name() const = 0;
+  virtual bool writable() const = 0;
+  // Alignment O_DIRECT needs for offsets, lengths and buffers (1 when buffered).
+  virtual uint32_t io_alignment() const { return 1; }
+};
+
+struct OpenOptions {
+  bool write = false;      // open read-write; otherwise read-only (a write returns an error)
+  bool exclusive = false;  // O_EXCL on block devices: fail with kBusy if mounted or held
+  bool direct = false;     // try O_DIRECT, fall back to buffered where unsupported
+};
+
+// Files and devices as the operating system provides them. Stateless; thread-safe.
+class Env {
+ public:
+  virtual ~Env() = default;
+  virtual Result<std::unique_ptr<BlockDevice>> Open(const std::string& path,
+                                                    const OpenOptions& opts) = 0;
+  // Creates (or truncates) a regular file of `size` bytes and opens it read-write.
+  virtual Result<std::unique_ptr<BlockDevice>> Create(const std::string& path, uint64_t size,
+                                                      unsigned mode = 0600) = 0;
+  // Whole small files (key files, state files, certificates). max_size guards against reading a
+  // device by mistake.
+  virtual Result<std::string> ReadFile(const std::string& path, uint64_t max_size) = 0;
+  // Write to a temp file beside `path`, fsync it, rename over `path`, fsync the directory:
+  // after a crash the file holds either the old or the new contents, never a mix.
+  virtual Status WriteFileAtomic(const std::string& path, std::string_view data,
+                                 unsigned mode = 0600) = 0;
+  virtual bool Exists(const std::string& path) = 0;
+  virtual Status Remove(const std::string& path) = 0;
+};
+
+// The process-wide POSIX Env. Never null; lives for the whole program.
+Env* PosixEnv();
+
+}  // namespace ds

@@ -1,0 +1,215 @@
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "io/block_device.h"
+
+namespace ds {
+
+namespace {
+
+class PosixDevice final : public BlockDevice {
+ public:
+  PosixDevice(int fd, std::string name, uint64_t size, bool writable, uint32_t align)
+      : fd_(fd), name_(std::move(name)), size_(size), writable_(writable), align_(align) {}
+  ~PosixDevice() override { ::close(fd_); }
+
+  Status ReadAt(uint64_t offset, std::span<uint8_t> buf) override {
+    if (offset > size_ || buf.size() > size_ - offset)
+      return IOError(name_ + ": read of " + std::to_string(buf.size()) + " bytes at " +
+                     std::to_string(offset) + " is beyond the end (" + std::to_string(size_) +
+                     " bytes)");
+    size_t done = 0;
+    while (done < buf.size()) {
+      ssize_t n = ::pread(fd_, buf.data() + done, buf.size() - done, off_t(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return PosixError(name_ + ": read at " + std::to_string(offset + done), errno);
+      }
+      if (n == 0) return IOError(name_ + ": unexpected end of device at " +
+                                 std::to_string(offset + done));
+      done += size_t(n);
+    }
+    return Status::Ok();
+  }
+
+  Status WriteAt(uint64_t offset, std::span<const uint8_t> buf) override {
+    if (!writable_) return IOError(name_ + ": opened read-only");
+    if (offset > size_ || buf.size() > size_ - offset)
+      return IOError(name_ + ": write at " + std::to_string(offset) + " is beyond the end");
+    size_t done = 0;
+    while (done < buf.size()) {
+      ssize_t n = ::pwrite(fd_, buf.data() + done, buf.size() - done, off_t(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return PosixError(name_ + ": write at " + std::to_string(offset + done), errno);
+      }
+      done += size_t(n);
+    }
+    return Status::Ok();
+  }
+
+  Status Sync() override {
+    if (!writable_) return Status::Ok();
+    if (::fdatasync(fd_) != 0) return PosixError(name_ + ": fdatasync", errno);
+    return Status::Ok();
+  }
+
+  uint64_t Size() const override { return size_; }
+  const std::string& name() const override { return name_; }
+  bool writable() const override { return writable_; }
+  uint32_t io_alignment() const override { return align_; }
+
+ private:
+  int fd_;
+  std::string name_;
+  uint64_t size_;
+  bool writable_;
+  uint32_t align_;
+};
+
+Result<std::unique_ptr<BlockDevice>> OpenFd(const std::string& path, int flags, bool writable) {
+  int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0 && (flags & O_DIRECT) && errno == EINVAL) {
+    flags &= ~O_DIRECT;  // tmpfs and some filesystems refuse O_DIRECT: buffered is correct too
+    fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  }
+  if (fd < 0) {
+    if (errno == EBUSY)
+      return Busy(path + ": device is in use (mounted, open or held by another program)");
+    return PosixError(path, errno);
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    return PosixError(path, e);
+  }
+  uint64_t size = 0;
+  uint32_t align = 1;
+  if (S_ISBLK(st.st_mode)) {
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0) {
+      int e = errno;
+      ::close(fd);
+      return PosixError(path + ": BLKGETSIZE64", e);
+    }
+  } else if (S_ISREG(st.st_mode)) {
+    size = uint64_t(st.st_size);
+  } else {
+    ::close(fd);
+    return InvalidArgument(path + ": not a regular file or block device");
+  }
+  if (flags & O_DIRECT) align = 4096;
+  return std::unique_ptr<BlockDevice>(new PosixDevice(fd, path, size, writable, align));
+}
+
+class PosixEnvImpl final : public Env {
+ public:
+  Result<std::unique_ptr<BlockDevice>> Open(const std::string& path,
+                                            const OpenOptions& opts) override {
+    int flags = opts.write ? O_RDWR : O_RDONLY;
+    if (opts.direct) flags |= O_DIRECT;
+    if (opts.exclusive) {
+      struct stat st;
+      if (::stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) flags |= O_EXCL;
+    }
+    return OpenFd(path, flags, opts.write);
+  }
+
+  Result<std::unique_ptr<BlockDevice>> Create(const std::string& path, uint64_t size,
+                                              unsigned mode) override {
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return PosixError(path, errno);
+    if (::ftruncate(fd, off_t(size)) != 0) {
+      int e = errno;
+      ::close(fd);
+      return PosixError(path + ": set size", e);
+    }
+    ::close(fd);
+    return OpenFd(path, O_RDWR, true);
+  }
+
+  Result<std::string> ReadFile(const std::string& path, uint64_t max_size) override {
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return PosixError(path, errno);
+    std::string out;
+    char buf[65536];
+    for (;;) {
+      ssize_t n = ::read(fd, buf, sizeof buf);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int e = errno;
+        ::close(fd);
+        return PosixError(path, e);
+      }
+      if (n == 0) break;
+      if (out.size() + size_t(n) > max_size) {
+        ::close(fd);
+        return InvalidArgument(path + ": larger than " + std::to_string(max_size) + " bytes");
+      }
+      out.append(buf, size_t(n));
+    }
+    ::close(fd);
+    return out;
+  }
+
+  Status WriteFileAtomic(const std::string& path, std::string_view data, unsigned mode) override {
+    std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return PosixError(tmp, errno);
+    size_t done = 0;
+    while (done < data.size()) {
+      ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int e = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        return PosixError(tmp, e);
+      }
+      done += size_t(n);
+    }
+    if (::fsync(fd) != 0) {
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      return PosixError(tmp + ": fsync", e);
+    }
+    ::close(fd);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      int e = errno;
+      ::unlink(tmp.c_str());
+      return PosixError(path, e);
+    }
+    std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+    if (dir.empty()) dir = "/";
+    int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);  // make the rename itself durable
+      ::close(dfd);
+    }
+    return Status::Ok();
+  }
+
+  bool Exists(const std::string& path) override { return ::access(path.c_str(), F_OK) == 0; }
+
+  Status Remove(const std::string& path) override {
+    if (::unlink(path.c_str()) != 0) return PosixError(path, errno);
+    return Status::Ok();
+  }
+};
+
+}  // namespace
+
+Env* PosixEnv() {
+  static PosixEnvImpl env;
+  return &env;
+}
+
+}  // namespace ds

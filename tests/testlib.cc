@@ -1,0 +1,158 @@
+#include "testlib.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <stdexcept>
+
+#include "crypto/crypto.h"
+
+extern char** environ;
+
+namespace ds::test {
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string tmpl = std::string(base && *base ? base : "/tmp") + "/diskseal-test-XXXXXX";
+  std::vector<char> buf(tmpl.begin(), tmpl.end());
+  buf.push_back(0);
+  if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");
+  path_ = buf.data();
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+RunResult Run(const std::vector<std::string>& argv, const std::string& stdin_data) {
+  int in[2], out[2], err[2];
+  if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC))
+    throw std::runtime_error("pipe");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, in[0], 0);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid;
+  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(in[0]);
+  close(out[1]);
+  close(err[1]);
+  RunResult r;
+  if (rc != 0) {
+    close(in[1]);
+    close(out[0]);
+    close(err[0]);
+    r.exit_code = 127;
+    r.err = "spawn " + argv[0] + ": " + std::strerror(rc);
+    return r;
+  }
+  size_t written = 0;
+  if (stdin_data.empty()) {
+    close(in[1]);
+    in[1] = -1;
+  }
+  fcntl(in[1], F_SETFL, O_NONBLOCK);
+  bool out_open = true, err_open = true;
+  char buf[65536];
+  while (out_open || err_open) {
+    pollfd fds[3];
+    int n = 0;
+    int oi = -1, ei = -1, ii = -1;
+    if (out_open) { oi = n; fds[n++] = {out[0], POLLIN, 0}; }
+    if (err_open) { ei = n; fds[n++] = {err[0], POLLIN, 0}; }
+    if (in[1] >= 0) { ii = n; fds[n++] = {in[1], POLLOUT, 0}; }
+    if (poll(fds, nfds_t(n), -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    if (ii >= 0 && (fds[ii].revents & (POLLOUT | POLLERR | POLLHUP))) {
+      ssize_t w = write(in[1], stdin_data.data() + written, stdin_data.size() - written);
+      if (w > 0) written += size_t(w);
+      if (w < 0 || written == stdin_data.size()) {
+        close(in[1]);
+        in[1] = -1;
+      }
+    }
+    auto drain = [&](int idx, int fd, bool& open, std::string& dst) {
+      if (idx >= 0 && (fds[idx].revents & (POLLIN | POLLHUP | POLLERR))) {
+        ssize_t k = read(fd, buf, sizeof buf);
+        if (k <= 0) open = false;
+        else dst.append(buf, size_t(k));
+      }
+    };
+    drain(oi, out[0], out_open, r.out);
+    drain(ei, err[0], err_open, r.err);
+  }
+  if (in[1] >= 0) close(in[1]);
+  close(out[0]);
+  close(err[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
+}
+
+RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdin_data) {
+  std::vector<std::string> argv{DISKSEAL_BIN};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return Run(argv, stdin_data);
+}
+
+bool HaveProgram(const std::string& name) {
+  return Run({"sh", "-c", "command -v " + name}).exit_code == 0;
+}
+
+void WriteFile(const std::string& path, const std::string& data) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(data.data(), std::streamsize(data.size()));
+  if (!f) throw std::runtime_error("write " + path);
+}
+
+std::string ReadFileOrDie(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("read " + path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+Bytes RandomData(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  Bytes b(n);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(b.data() + i, &v, 8);
+  }
+  for (; i < n; ++i) b[i] = uint8_t(rng());
+  return b;
+}
+
+Bytes MakeRandomImage(const std::string& path, size_t size, uint64_t seed) {
+  Bytes b = RandomData(size, seed);
+  WriteFile(path, std::string(b.begin(), b.end()));
+  return b;
+}
+
+std::string Sha256File(const std::string& path) {
+  std::string data = ReadFileOrDie(path);
+  auto h = Hash("sha256", AsBytes(data));
+  return h.ok() ? HexEncode(*h) : "";
+}
+
+}  // namespace ds::test

@@ -1,0 +1,45 @@
+// Helpers shared by all tests: scratch directories and running real programs (the diskseal
+// binary, cryptsetup, mkfs) with captured output. Not thread-safe; one test at a time.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "util/bytes.h"
+
+namespace ds::test {
+
+// A fresh directory under $TMPDIR (default /tmp), removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+struct RunResult {
+  int exit_code = -1;  // 128+N when killed by signal N
+  std::string out, err;
+};
+
+// Runs argv[0] (searched in PATH) with the given stdin bytes; waits for it.
+RunResult Run(const std::vector<std::string>& argv, const std::string& stdin_data = "");
+// Runs build/diskseal with args.
+RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdin_data = "");
+bool HaveProgram(const std::string& name);
+
+void WriteFile(const std::string& path, const std::string& data);
+std::string ReadFileOrDie(const std::string& path);
+Bytes RandomData(size_t n, uint64_t seed);
+// Makes a file of `size` bytes filled with seeded pseudo-random data; returns the data.
+Bytes MakeRandomImage(const std::string& path, size_t size, uint64_t seed);
+std::string Sha256File(const std::string& path);
+
+}  // namespace ds::test
