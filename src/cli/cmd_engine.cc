@@ -69,7 +69,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   eo.threads = e.threads;
   eo.stop = &g_stop;
   eo.progress = &p;
-  Status s = engine::Run(v, keymap, eo);
+  Status s = engine::RunOperation(v, keymap, eo);
   if (!s.ok()) return s;
   p.Finish();
   *g.out << d.device << ": " << engine::ModeName(st->mode) << " finished (" << left << " bytes this run).\n";

@@ -200,7 +200,7 @@ class Runner {
 
 }  // namespace
 
-Status Run(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
+Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
            const EngineOptions& opts) {
   DS_ASSIGN_OR_RETURN(auto st, ReadState(volume.metadata(), volume.data_device().Size()));
   if (!st) return Status::Ok();

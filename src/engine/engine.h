@@ -33,7 +33,7 @@ struct EngineOptions {
 // `keys` maps digest id -> volume key for the keys the operation needs (the new key to encrypt).
 // Returns ok when the operation is complete (or there was none); kInterrupted when `stop` was
 // seen at a commit point (the header then describes a consistent, resumable state).
-Status Run(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
+Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
            const EngineOptions& opts);
 
 }  // namespace ds::engine

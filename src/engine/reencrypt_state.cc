@@ -295,7 +295,7 @@ Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience 
   uint64_t area_off = 2 * md.hdr_size;
   for (const auto& k : luks2::Keyslots(md))
     area_off = std::max(area_off, (k.area_offset + k.area_size + 4095) / 4096 * 4096);
-  if (area_off + (1u << 20) > md.areas_end())
+  if (area_off + (64u << 10) > md.areas_end())
     return Status(Code::kNoMemory, "no room left in the keyslots area for the reencryption area");
   int id = 0;
   while (md.json["keyslots"].contains(std::to_string(id))) ++id;

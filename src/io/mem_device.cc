@@ -36,19 +36,21 @@ std::vector<uint8_t> MemDevice::Snapshot() const {
   return data_;
 }
 
-FaultDevice::FaultDevice(std::string name, std::vector<uint8_t> initial)
-    : name_(std::move(name)), durable_(initial), current_(std::move(initial)) {}
+FaultDevice::FaultDevice(std::string name, std::vector<uint8_t> initial,
+                         std::shared_ptr<FaultClock> clock)
+    : name_(std::move(name)), durable_(initial), current_(std::move(initial)), clock_(std::move(clock)) {}
 
 bool FaultDevice::TickLocked() {
-  if (crashed_) return true;
-  ++ops_;
-  if (crash_at_ && ops_ >= *crash_at_) crashed_ = true;
-  return crashed_;
+  std::lock_guard l(clock_->mu);
+  if (clock_->crashed) return true;
+  ++clock_->ops;
+  if (clock_->crash_at && clock_->ops >= *clock_->crash_at) clock_->crashed = true;
+  return clock_->crashed;
 }
 
 Status FaultDevice::ReadAt(uint64_t offset, std::span<uint8_t> buf) {
   std::lock_guard l(mu_);
-  if (crashed_) return IOError(name_ + ": injected crash");
+  if (crashed()) return IOError(name_ + ": injected crash");
   DS_RETURN_IF_ERROR(CheckRange(name_, current_.size(), offset, buf.size()));
   if (Overlaps(bad_read_, offset, buf.size()))
     return PosixError(name_ + ": read at " + std::to_string(offset), EIO);
@@ -77,13 +79,13 @@ Status FaultDevice::Sync() {
 }
 
 void FaultDevice::CrashAfterOps(uint64_t n) {
-  std::lock_guard l(mu_);
-  crash_at_ = ops_ + n;
+  std::lock_guard l(clock_->mu);
+  clock_->crash_at = clock_->ops + n;
 }
 
 bool FaultDevice::crashed() const {
-  std::lock_guard l(mu_);
-  return crashed_;
+  std::lock_guard l(clock_->mu);
+  return clock_->crashed;
 }
 
 std::vector<uint8_t> FaultDevice::PowerCut(CutMode mode, uint64_t seed) {
@@ -106,8 +108,9 @@ std::vector<uint8_t> FaultDevice::PowerCut(CutMode mode, uint64_t seed) {
   }
   pending_.clear();
   current_ = durable_;
-  crashed_ = false;
-  crash_at_.reset();
+  std::lock_guard c(clock_->mu);
+  clock_->crashed = false;
+  clock_->crash_at.reset();
   return durable_;
 }
 
@@ -123,12 +126,13 @@ void FaultDevice::ClearFaults() {
   std::lock_guard l(mu_);
   bad_read_.reset();
   bad_write_.reset();
-  crash_at_.reset();
-  crashed_ = false;
+  std::lock_guard c(clock_->mu);
+  clock_->crash_at.reset();
+  clock_->crashed = false;
 }
 uint64_t FaultDevice::ops() const {
-  std::lock_guard l(mu_);
-  return ops_;
+  std::lock_guard l(clock_->mu);
+  return clock_->ops;
 }
 std::vector<uint8_t> FaultDevice::Current() const {
   std::lock_guard l(mu_);

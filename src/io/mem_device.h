@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -34,6 +35,22 @@ class MemDevice final : public BlockDevice {
   std::vector<uint8_t> data_;
 };
 
+// Forwards every call to a device it does not own (for handing a test's device to code that
+// takes ownership). The target must outlive it.
+class DeviceRef final : public BlockDevice {
+ public:
+  explicit DeviceRef(BlockDevice* target) : t_(target) {}
+  Status ReadAt(uint64_t o, std::span<uint8_t> b) override { return t_->ReadAt(o, b); }
+  Status WriteAt(uint64_t o, std::span<const uint8_t> b) override { return t_->WriteAt(o, b); }
+  Status Sync() override { return t_->Sync(); }
+  uint64_t Size() const override { return t_->Size(); }
+  const std::string& name() const override { return t_->name(); }
+  bool writable() const override { return t_->writable(); }
+
+ private:
+  BlockDevice* t_;
+};
+
 // Wraps the state of a disk with a volatile write cache in front of it. Reads see every write;
 // only writes followed by a successful Sync are durable. Tests then:
 //  - CrashAfterOps(n): the n-th write or sync from now, and every I/O after it, fail as if the
@@ -41,6 +58,15 @@ class MemDevice final : public BlockDevice {
 //  - PowerCut(): what a power cut leaves: durable data plus, depending on the mode, none, some or a
 //    torn prefix (at a 512-byte boundary) of the writes since the last Sync;
 //  - FailReadAt / FailWriteAt: EIO for any access touching a byte range.
+// Several FaultDevices can share one clock so that a crash happens at the same instant on all of
+// them (a header file and a data device crash together).
+struct FaultClock {
+  std::mutex mu;
+  uint64_t ops = 0;
+  std::optional<uint64_t> crash_at;
+  bool crashed = false;
+};
+
 class FaultDevice final : public BlockDevice {
  public:
   enum class CutMode {
@@ -49,7 +75,8 @@ class FaultDevice final : public BlockDevice {
     kTearOne,       // like kKeepSome, and one kept write is cut at a sector boundary
   };
 
-  FaultDevice(std::string name, std::vector<uint8_t> initial);
+  FaultDevice(std::string name, std::vector<uint8_t> initial,
+              std::shared_ptr<FaultClock> clock = std::make_shared<FaultClock>());
 
   Status ReadAt(uint64_t offset, std::span<uint8_t> buf) override;
   Status WriteAt(uint64_t offset, std::span<const uint8_t> buf) override;
@@ -81,9 +108,7 @@ class FaultDevice final : public BlockDevice {
   std::vector<uint8_t> durable_;
   std::vector<uint8_t> current_;
   std::vector<Pending> pending_;
-  uint64_t ops_ = 0;
-  std::optional<uint64_t> crash_at_;
-  bool crashed_ = false;
+  std::shared_ptr<FaultClock> clock_;
   std::optional<std::pair<uint64_t, uint64_t>> bad_read_, bad_write_;
 };
 

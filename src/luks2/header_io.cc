@@ -173,14 +173,14 @@ Status WriteHeader(BlockDevice& dev, Metadata& md) {
   DS_RETURN_IF_ERROR(Validate(md).WithContext(dev.name() + ": refusing to write an invalid header"));
   if (dev.Size() < 2 * md.hdr_size)
     return InvalidArgument(dev.name() + ": device is too small for the LUKS2 metadata");
-  // Optimistic concurrency: the primary on disk must still be the one we read.
-  if (dev.Size() >= kBinaryHeaderSize) {
-    Bytes bin(kBinaryHeaderSize);
-    DS_RETURN_IF_ERROR(dev.ReadAt(0, bin));
-    auto h = DecodeBinaryHeader(bin, false, 0);
-    if (h.ok() && h->uuid == md.uuid && h->seqid != md.seqid)
+  // Optimistic concurrency: a valid primary on disk must still be the one we read. Only a copy
+  // that passes every check counts: a torn copy left by a crash (which lost to the other copy
+  // when the header was read) must not block the very write that supersedes it.
+  {
+    CopyRead p = ReadCopy(dev, 0, false);
+    if (p.status.valid && p.md.uuid == md.uuid && p.status.seqid != md.seqid)
       return Busy(dev.name() + ": the LUKS2 header changed on disk since it was read (seqid " +
-                  std::to_string(h->seqid) + ", expected " + std::to_string(md.seqid) +
+                  std::to_string(p.status.seqid) + ", expected " + std::to_string(md.seqid) +
                   "): concurrent update refused");
   }
   static const std::array<uint8_t, 64> kZero{};

@@ -80,6 +80,16 @@ Result<Volume> Volume::Load(Env& env, const std::string& device, const std::stri
   return v;
 }
 
+Result<Volume> Volume::FromDevices(std::string name, std::unique_ptr<BlockDevice> md,
+                                   std::unique_ptr<BlockDevice> data) {
+  Volume v;
+  v.name_ = std::move(name);
+  v.md_dev_ = std::move(md);
+  v.data_dev_ = std::move(data);
+  DS_ASSIGN_OR_RETURN(v.read_, ReadHeader(*v.md_dev_));
+  return v;
+}
+
 Result<Volume> Volume::Format(Env& env, const std::string& device, const std::string& header_path,
                               const FormatOptions& o, std::span<const uint8_t> passphrase,
                               const FormatHook& before_commit, SecureBuffer* key_out) {

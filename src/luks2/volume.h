@@ -54,6 +54,10 @@ class Volume {
   // Reads the header of `device` (or of `header_path` when it is not empty: detached header).
   static Result<Volume> Load(Env& env, const std::string& device, const std::string& header_path,
                              bool writable);
+  // Reads the header from devices the caller already opened (tests hand in fault injectors).
+  // `data` null: the header is attached (data on `md`).
+  static Result<Volume> FromDevices(std::string name, std::unique_ptr<BlockDevice> md,
+                                    std::unique_ptr<BlockDevice> data);
   // Creates a new volume. The volume key is random; `passphrase` goes into the first keyslot.
   // Attached: the first areas_end bytes of `device` are wiped. Detached: the header file is
   // created if missing and the data device is not written at all.
