@@ -30,13 +30,13 @@ void CatchStopSignals() {
 }
 
 struct EngineArgs {
-  uint64_t hotzone = 8u << 20;
+  uint64_t hotzone = 32u << 20;
   bool progress_json = false;
   unsigned threads = 0;
 };
 
 void AddEngineOptions(CLI::App& app, EngineArgs& e) {
-  AddSizeOption(app, "--hotzone-size", e.hotzone, "bytes per step (default 8M; memory use is about twice this)");
+  AddSizeOption(app, "--hotzone-size", e.hotzone, "bytes per step (default 32M; the engine's one buffer; journal mode caps it at its area)");
   app.add_flag("--progress-json", e.progress_json, "progress as JSON lines on stderr");
   app.add_option("--threads", e.threads, "encryption threads (default: one per core)");
 }

@@ -47,6 +47,25 @@ Result<Bytes> HashParts(std::string_view hash,
   return out;
 }
 
+Status HashBlocks(std::string_view hash, std::span<const uint8_t> data, size_t block,
+                  std::span<uint8_t> out) {
+  const EVP_MD* md = FindMd(hash);
+  if (!md) return Unsupported("unknown hash '" + std::string(hash) + "'");
+  const size_t hs = size_t(EVP_MD_get_size(md));
+  if (block == 0 || data.size() % block || out.size() != data.size() / block * hs)
+    return InvalidArgument("HashBlocks: sizes do not match");
+  MdCtx ctx(EVP_MD_CTX_new());
+  if (!ctx) return Status(Code::kNoMemory, "digest context");
+  for (size_t i = 0; i * block < data.size(); ++i) {
+    unsigned len = 0;
+    if (EVP_DigestInit_ex(ctx.get(), md, nullptr) != 1 ||
+        EVP_DigestUpdate(ctx.get(), data.data() + i * block, block) != 1 ||
+        EVP_DigestFinal_ex(ctx.get(), out.data() + i * hs, &len) != 1)
+      return Internal("digest");
+  }
+  return Status::Ok();
+}
+
 Result<Bytes> Hash(std::string_view hash, std::span<const uint8_t> data) {
   return HashParts(hash, {data});
 }

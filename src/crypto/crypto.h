@@ -24,6 +24,11 @@ Result<Bytes> Hash(std::string_view hash, std::span<const uint8_t> data);
 // Incremental hashing over several pieces (header checksum: binary header + JSON area).
 Result<Bytes> HashParts(std::string_view hash, std::initializer_list<std::span<const uint8_t>> parts);
 
+// Hashes each `block`-byte piece of `data` into consecutive digests in `out` (data.size() a
+// multiple of block; out.size() = pieces * HashSize). One digest context for all pieces.
+Status HashBlocks(std::string_view hash, std::span<const uint8_t> data, size_t block,
+                  std::span<uint8_t> out);
+
 Status Pbkdf2(std::string_view hash, std::span<const uint8_t> password,
               std::span<const uint8_t> salt, uint32_t iterations, std::span<uint8_t> out);
 

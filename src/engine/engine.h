@@ -24,7 +24,7 @@
 namespace ds::engine {
 
 struct EngineOptions {
-  uint64_t hotzone_bytes = 8u << 20;  // bounds memory: peak use is about 2x this
+  uint64_t hotzone_bytes = 32u << 20;  // bounds memory: the one buffer is this large
   unsigned threads = 0;               // 0: one per core
   const std::atomic<bool>* stop = nullptr;  // checked at every commit point
   Progress* progress = nullptr;
