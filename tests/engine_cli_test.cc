@@ -153,6 +153,30 @@ TEST_F(EngineCliTest, DisksealFinishesWhatCryptsetupStarted) {
   EXPECT_EQ(CryptsetupDecrypt(img, hdr), std::string(plain.begin(), plain.end()));
 }
 
+TEST_F(EngineCliTest, DecryptInPlaceWhatEitherToolEncrypted) {
+  for (bool by_cryptsetup : {false, true}) {
+    SCOPED_TRACE(by_cryptsetup ? "cryptsetup encrypted" : "diskseal encrypted");
+    const std::string img = dir_ / "x.img", hdr = dir_ / "x.hdr";
+    std::remove(hdr.c_str());
+    Bytes plain = MakeRandomImage(img, 24u << 20, 21);
+    if (by_cryptsetup) {
+      std::vector<std::string> a = {"cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "-q",
+                                    "--force-offline-reencrypt", "--header", hdr, "--key-file", dir_ / "key"};
+      a.insert(a.end(), kFast.begin(), kFast.end());
+      a.push_back(img);
+      ASSERT_EQ(RunProgram(a).exit_code, 0);
+    } else {
+      ASSERT_EQ(RunProgram(Encrypt(img, hdr)).exit_code, 0);
+    }
+    EXPECT_EQ(Diskseal({"decrypt", img, "--header", hdr, "-d", dir_ / "bad"}).exit_code, 2);
+    RunResult r = Diskseal({"decrypt", img, "--header", hdr, "-d", dir_ / "key", "--hotzone-size", "1M"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("no longer needed"), std::string::npos);
+    EXPECT_EQ(ReadFileOrDie(img), std::string(plain.begin(), plain.end()));
+    EXPECT_EQ(Diskseal({"decrypt", img, "--header", hdr, "-d", dir_ / "key"}).exit_code, 5);  // already plaintext
+  }
+}
+
 TEST_F(EngineCliTest, BadInputChangesNothing) {
   const std::string img = dir_ / "b.img";
   MakeRandomImage(img, 20u << 20, 13);

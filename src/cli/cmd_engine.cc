@@ -154,6 +154,43 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
   };
 }
 
+Runner SetupDecrypt(CLI::App& app, Globals& g) {
+  struct Opts {
+    DeviceArgs dev;
+    KeySource keys;
+    EngineArgs e;
+    std::string resilience = "checksum";
+    luks2::PbkdfOptions pbkdf;
+  };
+  auto o = std::make_shared<Opts>();
+  AddDeviceArgs(app, o->dev);
+  AddKeyOptions(app, o->keys);
+  AddEngineOptions(app, o->e);
+  app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
+  return [o, &g]() -> Status {
+    const std::string& dev = o->dev.device;
+    if (o->dev.header.empty())
+      return Unsupported(dev + ": decrypting a volume whose header is at the start of the device "
+                               "(data shift) is not implemented yet; only detached headers (--header FILE)");
+    DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
+    DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+    if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1);
+    if (luks2::Segments(v.metadata()).front().type == "linear")
+      return Busy(dev + ": already decrypted (the header describes plaintext)");
+    DS_RETURN_IF_ERROR(v.CheckRequirements());
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + dev + ": ", false));
+    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
+    luks2::Metadata before = v.metadata();
+    DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, res, iters).WithContext(dev));
+    DS_RETURN_IF_ERROR(v.Commit());  // one header write: the plain header or the in-progress one
+    DS_RETURN_IF_ERROR(ResumeOperation(g, o->dev, o->keys, o->e, &u.key, u.digest));
+    *g.out << dev << " holds plaintext again; " << o->dev.header << " is no longer needed.\n";
+    return Status::Ok();
+  };
+}
+
 Runner SetupResume(CLI::App& app, Globals& g) {
   struct Opts { DeviceArgs dev; KeySource keys; EngineArgs e; };
   auto o = std::make_shared<Opts>();

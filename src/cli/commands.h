@@ -19,6 +19,7 @@ Runner SetupImport(CLI::App& app, Globals& g);
 Runner SetupExport(CLI::App& app, Globals& g);
 // In-place engine (cmd_engine.cc)
 Runner SetupEncrypt(CLI::App& app, Globals& g);
+Runner SetupDecrypt(CLI::App& app, Globals& g);
 Runner SetupResume(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli

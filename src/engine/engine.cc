@@ -74,7 +74,7 @@ class Runner {
         data_(v.data_device()), md_dev_(v.metadata_device()) {}
 
   Status Go() {
-    if (st_.hotzone_len) DS_RETURN_IF_ERROR(Recover(st_.done, *st_.hotzone_len));
+    if (st_.hotzone_len) DS_RETURN_IF_ERROR(Recover(*st_.hotzone_len));
     const uint64_t hz = HotzoneLimit();
     while (st_.done < st_.data_size) {
       if (o_.stop && o_.stop->load())
@@ -82,7 +82,7 @@ class Runner {
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
       uint64_t len = std::min(hz, st_.data_size - st_.done);
-      DS_RETURN_IF_ERROR(Step(st_.done, len));
+      DS_RETURN_IF_ERROR(Step(len));
     }
     return Status::Ok();
   }
@@ -150,13 +150,14 @@ class Runner {
     return md_dev_.Sync();
   }
 
-  Status Step(uint64_t done, uint64_t len) {
+  Status Step(uint64_t len) {
+    const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     buf_.resize(len);
-    DS_RETURN_IF_ERROR(data_.ReadAt(DataOffset() + done, buf_));
+    DS_RETURN_IF_ERROR(data_.ReadAt(DataOffset() + pos, buf_));
     DS_RETURN_IF_ERROR(WriteResilience(buf_));
     DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
-    DS_RETURN_IF_ERROR(tf_.Apply(buf_, done));
-    DS_RETURN_IF_ERROR(data_.WriteAt(DataOffset() + done, buf_));
+    DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
+    DS_RETURN_IF_ERROR(data_.WriteAt(DataOffset() + pos, buf_));
     DS_RETURN_IF_ERROR(data_.Sync());
     DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
     st_.done = done + len;
@@ -164,16 +165,17 @@ class Runner {
     return Status::Ok();
   }
 
-  Status Recover(uint64_t done, uint64_t len) {
+  Status Recover(uint64_t len) {
+    const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     buf_.resize(len);
-    const uint64_t at = DataOffset() + done;
+    const uint64_t at = DataOffset() + pos;
     switch (st_.area.type) {
       case Resilience::kNone:
-        return Corrupt(v_.name() + ": an interrupted step over bytes [" + std::to_string(done) + ", " +
-                       std::to_string(done + len) + ") ran with resilience none and cannot be recovered");
+        return Corrupt(v_.name() + ": an interrupted step over bytes [" + std::to_string(pos) + ", " +
+                       std::to_string(pos + len) + ") ran with resilience none and cannot be recovered");
       case Resilience::kJournal: {
         DS_RETURN_IF_ERROR(md_dev_.ReadAt(st_.area.offset, buf_));
-        DS_RETURN_IF_ERROR(tf_.Apply(buf_, done));
+        DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
         DS_RETURN_IF_ERROR(data_.WriteAt(at, buf_));
         break;
       }
@@ -187,7 +189,7 @@ class Runner {
         for (uint64_t i = 0; i * block < len; ++i) {
           std::span<uint8_t> b(buf_.data() + i * block, block);
           if (std::memcmp(now.data() + i * hs, sums.data() + i * hs, hs) != 0) continue;  // already new
-          DS_RETURN_IF_ERROR(tf_.Apply(b, done + i * block));
+          DS_RETURN_IF_ERROR(tf_.Apply(b, pos + i * block));
           DS_RETURN_IF_ERROR(data_.WriteAt(at + i * block, b));
         }
         break;

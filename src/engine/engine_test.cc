@@ -37,6 +37,32 @@ Fixture MakeInitialised(Resilience res, uint32_t sector) {
   return f;
 }
 
+// An encrypted detached-header volume right after `decrypt` initialised it (backward).
+Fixture MakeDecryptInitialised(Resilience res, uint32_t sector) {
+  test::TempDir dir;
+  Fixture f;
+  f.plain = test::RandomData(kDataSize, 100 + sector + uint64_t(res));
+  test::WriteFile(dir / "data", std::string(kDataSize, '\0'));
+  luks2::FormatOptions o = test::FastFormat();
+  o.sector_size = sector;
+  o.offset_sectors = 0;
+  o.keyslots_size = 384u << 10;
+  {
+    auto v = luks2::Volume::Format(*PosixEnv(), dir / "data", dir / "hdr", o, AsBytes("pw"), nullptr, &f.key);
+    EXPECT_TRUE(v.ok()) << v.status().message();
+  }
+  auto v = luks2::Volume::Load(*PosixEnv(), dir / "data", dir / "hdr", true);
+  EXPECT_TRUE(v.ok());
+  auto data = v->OpenData({{0, &f.key}});
+  EXPECT_TRUE(data.ok() && (*data)->WriteAt(0, f.plain).ok() && (*data)->Sync().ok());
+  EXPECT_TRUE(InitDecrypt(v->mutable_metadata(), f.key, res, 1000).ok());
+  EXPECT_TRUE(v->Commit().ok());
+  std::string h = test::ReadFileOrDie(dir / "hdr"), d = test::ReadFileOrDie(dir / "data");
+  f.header.assign(h.begin(), h.end());
+  f.data.assign(d.begin(), d.end());
+  return f;
+}
+
 Result<luks2::Volume> Open(BlockDevice* hdr, BlockDevice* data) {
   return luks2::Volume::FromDevices("data", std::make_unique<DeviceRef>(hdr), std::make_unique<DeviceRef>(data));
 }
@@ -135,7 +161,25 @@ struct CrashCase {
   Resilience res;
   uint32_t sector;
   std::vector<FaultDevice::CutMode> cuts;
+  bool decrypt = false;
 };
+
+TEST(Engine, DecryptsBackwardInPlace) {
+  for (auto res : {Resilience::kChecksum, Resilience::kJournal}) {
+    Fixture f = MakeDecryptInitialised(res, 4096);
+    EXPECT_NE(Bytes(f.data.begin(), f.data.begin() + 4096), Bytes(f.plain.begin(), f.plain.begin() + 4096));
+    MemDevice h("hdr", f.header), d("data", f.data);
+    auto v = Open(&h, &d);
+    ASSERT_TRUE(v.ok());
+    auto st = ReadState(v->metadata(), d.Size());
+    ASSERT_TRUE(st.ok() && st->has_value()) << st.status().message();
+    EXPECT_TRUE((*st)->backward);
+    EngineOptions eo;
+    eo.hotzone_bytes = kHotzone;
+    ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+    EXPECT_EQ(d.Snapshot(), f.plain) << ResilienceName(res);  // the device holds plaintext again
+  }
+}
 
 // A power cut at every write and sync of the whole operation, in every cut mode the resilience
 // mode promises to survive; after each, resume completes and the plaintext is the original.
@@ -149,9 +193,12 @@ TEST(Engine, PowerCutAtEveryInstantResumesToTheOriginalBytes) {
       // the journal keeps a full copy: survives torn writes of any kind
       {Resilience::kJournal, 4096, {C::kDropUnsynced, C::kKeepSome, C::kTearOne}},
       {Resilience::kJournal, 512, {C::kDropUnsynced, C::kTearOne}},
+      // decrypt runs backward, as cryptsetup's does
+      {Resilience::kChecksum, 512, {C::kDropUnsynced, C::kTearOne}, true},
+      {Resilience::kJournal, 4096, {C::kKeepSome, C::kTearOne}, true},
   };
   for (const auto& c : cases) {
-    Fixture f = MakeInitialised(c.res, c.sector);
+    Fixture f = c.decrypt ? MakeDecryptInitialised(c.res, c.sector) : MakeInitialised(c.res, c.sector);
     uint64_t total;
     {
       auto clock = std::make_shared<FaultClock>();
@@ -167,7 +214,7 @@ TEST(Engine, PowerCutAtEveryInstantResumesToTheOriginalBytes) {
     int points = 0;
     for (uint64_t k = 1; k <= total; ++k) {
       for (auto cut : c.cuts) {
-        SCOPED_TRACE(std::string(ResilienceName(c.res)) + "/" + std::to_string(c.sector) +
+        SCOPED_TRACE(std::string(c.decrypt ? "decrypt/" : "encrypt/") + ResilienceName(c.res) + "/" + std::to_string(c.sector) +
                      " crash at op " + std::to_string(k) + " cut " + std::to_string(int(cut)));
         auto clock = std::make_shared<FaultClock>();
         FaultDevice h("hdr", f.header, clock), d("data", f.data, clock);

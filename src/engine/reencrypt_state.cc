@@ -113,8 +113,7 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
     return Unsupported("the in-place operation in this header is not in the online-reencrypt-v2 format");
   const std::string mode = luks2::StrOr(ks, "mode");
   st.mode = mode == "encrypt" ? Mode::kEncrypt : mode == "decrypt" ? Mode::kDecrypt : Mode::kReencrypt;
-  if (luks2::StrOr(ks, "direction") != "forward")
-    return Unsupported("backward in-place operations are not implemented yet");
+  st.backward = luks2::StrOr(ks, "direction") == "backward";
   const Json& area = ks["area"];
   DS_ASSIGN_OR_RETURN(st.area.type, ParseResilience(luks2::StrOr(area, "type")));
   st.area.offset = *luks2::JsonU64(area["offset"]);
@@ -148,34 +147,43 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
     auto d = luks2::DigestOfSegment(md, s.id);
     return d && d->id == digest && s.cipher == side.cipher && s.sector_size == side.sector_size;
   };
-  enum { kNew, kHot, kOld } phase = kNew;
-  uint64_t pos = 0;
+  // Forward the layout reads new* hot? old*; backward old* hot? new*. `first`/`second` are the
+  // sides in on-disk order.
+  const bool fwd = !st.backward;
+  const luks2::SegmentInfo& first = fwd ? st.new_seg : st.old_seg;
+  const luks2::SegmentInfo& second = fwd ? st.old_seg : st.new_seg;
+  const int first_digest = fwd ? st.digest_new : st.digest_old;
+  const int second_digest = fwd ? st.digest_old : st.digest_new;
+  enum { kFirst, kHot, kSecond } phase = kFirst;
+  uint64_t pos = 0, first_end = 0, hot_len = 0;
+  bool hot_seen = false;
   for (const auto& s : all) {
     if (s.id == st.old_seg.id || s.id == st.new_seg.id) continue;
     if (s.offset != st.new_seg.offset + pos)
       return Corrupt("segment " + std::to_string(s.id) + " does not continue where the previous one ended");
     DS_ASSIGN_OR_RETURN(uint64_t len, luks2::SegmentBytes(s, data_device_size));
-    if (!s.size) len = st.data_size - pos;
-    const bool hot = s.has_flag("in-reencryption");
-    if (hot) {
-      if (phase != kNew || !is_side(s, st.new_seg, st.digest_new))
+    if (!s.size) len = pos < st.data_size ? st.data_size - pos : 0;
+    if (s.has_flag("in-reencryption")) {
+      if (phase == kSecond || hot_seen || !is_side(s, st.new_seg, st.digest_new))
         return Corrupt("the hotzone segment " + std::to_string(s.id) + " is not where the layout allows");
       phase = kHot;
-      st.done = pos;
-      st.hotzone_len = len;
-    } else if (phase == kNew && is_side(s, st.new_seg, st.digest_new)) {
-      st.done = pos + len;
-    } else if (is_side(s, st.old_seg, st.digest_old)) {
-      if (phase == kNew) st.done = pos;
-      phase = kOld;
+      hot_seen = true;
+      hot_len = len;
+    } else if (phase == kFirst && is_side(s, first, first_digest)) {
+      first_end = pos + len;
+    } else if (is_side(s, second, second_digest)) {
+      phase = kSecond;
     } else {
       return Corrupt("segment " + std::to_string(s.id) + " belongs to neither the old nor the new layout");
     }
     pos += len;
   }
-  if (pos != st.data_size && !(pos > st.data_size && phase == kOld))
+  if (pos != st.data_size)
     return Corrupt("the segments cover " + std::to_string(pos) + " bytes, not the " +
                    std::to_string(st.data_size) + " the operation is about");
+  if (hot_seen) st.hotzone_len = hot_len;
+  // Bytes in the new layout, not counting a hotzone under way.
+  st.done = fwd ? first_end : st.data_size - first_end - hot_len;
   return std::optional<State>(st);
 }
 
@@ -193,13 +201,25 @@ void SetProgress(luks2::Metadata& md, const State& st, uint64_t done,
     out[std::to_string(id++)] = std::move(s);
   };
   const uint64_t hot = hotzone_len.value_or(0);
-  if (done > 0) add(Slice(new_b, 0, done), new_ids);
-  if (hot) {
-    Json h = Slice(new_b, done, hot);
-    h["flags"] = {"in-reencryption"};
-    add(h, new_ids);
+  if (!st.backward) {
+    if (done > 0) add(Slice(new_b, 0, done), new_ids);
+    if (hot) {
+      Json h = Slice(new_b, done, hot);
+      h["flags"] = {"in-reencryption"};
+      add(h, new_ids);
+    }
+    if (done + hot < st.data_size) add(Slice(old_b, done + hot, 0), old_ids);
+  } else {
+    const uint64_t old_len = st.data_size - done - hot;
+    const bool old_last = done == 0 && hot == 0;
+    if (old_len > 0) add(Slice(old_b, 0, old_last ? 0 : old_len), old_ids);
+    if (hot) {
+      Json h = Slice(new_b, old_len, done == 0 ? 0 : hot);
+      h["flags"] = {"in-reencryption"};
+      add(h, new_ids);
+    }
+    if (done > 0) add(Slice(new_b, old_len + hot, 0), new_ids);
   }
-  if (done + hot < st.data_size) add(Slice(old_b, done + hot, 0), old_ids);
   const std::string prev_id = std::to_string(id);
   out[prev_id] = old_b;
   old_ids.insert(old_ids.begin(), prev_id);
@@ -242,6 +262,49 @@ void SetFinished(luks2::Metadata& md, const State& st) {
     else cfg["requirements"]["mandatory"] = kept;
     if (cfg["requirements"].empty()) cfg.erase("requirements");
   }
+}
+
+Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience resilience,
+                   uint32_t digest_iterations) {
+  Json& segs = md.json["segments"];
+  if (segs.size() != 1 || !segs.contains("0") || segs["0"]["type"] != "crypt")
+    return Unsupported("only a volume with one crypt segment can be decrypted in place");
+  Json prev = segs["0"];
+  prev["flags"] = {"backup-previous"};
+  Json fin = {{"type", "linear"}, {"offset", prev["offset"]}, {"size", "dynamic"},
+              {"flags", {"backup-final"}}};
+  auto d0 = luks2::DigestOfSegment(md, 0);
+  if (!d0) return Corrupt("the data segment has no digest");
+  uint64_t area_off = 2 * md.hdr_size;
+  for (const auto& k : luks2::Keyslots(md))
+    area_off = std::max(area_off, (k.area_offset + k.area_size + 4095) / 4096 * 4096);
+  if (area_off + (64u << 10) > md.areas_end())
+    return Status(Code::kNoMemory, "no room left in the keyslots area for the reencryption area");
+  int id = 0;
+  while (md.json["keyslots"].contains(std::to_string(id))) ++id;
+  Json area = {{"type", ResilienceName(resilience)},
+               {"offset", luks2::U64Str(area_off)},
+               {"size", luks2::U64Str(md.areas_end() - area_off)}};
+  if (resilience == Resilience::kChecksum) {
+    area["hash"] = "sha256";
+    area["sector_size"] = *luks2::JsonU32(prev["sector_size"]);
+  }
+  md.json["keyslots"][std::to_string(id)] = {{"type", "reencrypt"}, {"key_size", 1},
+                                             {"mode", "decrypt"}, {"direction", "backward"},
+                                             {"priority", 0}, {"area", area}};
+  Json plain = prev;
+  plain.erase("flags");
+  segs = {{"0", plain}, {"1", prev}, {"2", fin}};
+  md.json["digests"][std::to_string(d0->id)]["segments"] = {"0", "1"};
+  md.json["config"]["requirements"]["mandatory"] = {kRequirement};
+  Bytes vd = VerificationData(md, &old_key, nullptr);
+  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
+  OPENSSL_cleanse(vd.data(), vd.size());
+  int did = 0;
+  while (md.json["digests"].contains(std::to_string(did))) ++did;
+  digest["keyslots"] = {std::to_string(id)};
+  md.json["digests"][std::to_string(did)] = digest;
+  return Status::Ok();
 }
 
 Bytes VerificationData(const luks2::Metadata& md, const SecureBuffer* old_key,

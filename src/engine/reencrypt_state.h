@@ -5,7 +5,8 @@
 //  - backup segments describing the old layout ("backup-previous") and the new one
 //    ("backup-final"), and regular segments: the part already done (new), at most one hotzone
 //    flagged "in-reencryption" (a step was under way), and the part not yet done (old).
-// Only forward in-place operations without a data shift are implemented here so far.
+// Forward (start to end) and backward (end to start, cryptsetup's choice for decrypt) operations
+// are supported; operations that shift data are not implemented yet.
 #pragma once
 
 #include <optional>
@@ -31,14 +32,20 @@ struct ResilienceArea {
 
 struct State {
   Mode mode = Mode::kEncrypt;
+  bool backward = false;
   int keyslot = -1;  // the reencrypt keyslot
   ResilienceArea area;
   luks2::SegmentInfo old_seg, new_seg;  // backup-previous, backup-final
   int digest_old = -1, digest_new = -1;  // -1 for a linear side
   uint64_t data_size = 0;                // bytes the operation covers
-  uint64_t done = 0;                     // bytes [0, done) are in the new layout
-  std::optional<uint64_t> hotzone_len;   // a step at `done` was under way
+  uint64_t done = 0;                     // bytes already in the new layout (at the start when
+                                         // forward, at the end when backward)
+  std::optional<uint64_t> hotzone_len;   // a step next to the done part was under way
   uint32_t sector_size() const;          // the larger of the two sides' sector sizes
+  // Where the next `len` bytes to transform start, given `done`.
+  uint64_t StepOffset(uint64_t done_bytes, uint64_t len) const {
+    return backward ? data_size - done_bytes - len : done_bytes;
+  }
 };
 
 // nullopt when no operation is in progress. kCorrupt when the metadata is not a layout we can
@@ -58,6 +65,10 @@ void SetFinished(luks2::Metadata& md, const State& st);
 // "encryption in progress, nothing done yet" with the given resilience area, and adds the
 // verification digest. Used before the first header is ever written.
 Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience resilience,
+                   uint32_t digest_iterations);
+// Makes an unlocked, plain LUKS2 volume with a detached header (one crypt segment at offset 0)
+// into "decryption in progress, nothing done yet", backward as cryptsetup does it.
+Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience resilience,
                    uint32_t digest_iterations);
 
 // The verification digest binds keys and the reencryption parameters (cryptsetup's
