@@ -11,7 +11,10 @@
 #include "cli/luks_options.h"
 #include "engine/engine.h"
 #include "engine/reencrypt_state.h"
+#include "crypto/crypto.h"
 #include "luks2/header_io.h"
+
+#include <algorithm>
 
 namespace ds::cli {
 
@@ -43,7 +46,8 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
 
 // Loads the volume with its operation, unlocks, and runs it to the end.
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
-                       const SecureBuffer* known_key, int known_digest) {
+                       const SecureBuffer* known_key, int known_digest,
+                       const SecureBuffer* known_pass = nullptr) {
   OpenOptions rw;
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
@@ -52,13 +56,16 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
     return Status::Ok();
   }
   std::map<int, const SecureBuffer*> keymap;
-  luks2::Volume::Unlocked u;
+  std::map<int, SecureBuffer> unlocked;
   if (known_key) {
     keymap[known_digest] = known_key;
   } else {
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, keys, "Enter passphrase for " + d.device + ": ", false));
-    DS_ASSIGN_OR_RETURN(u, v.Unlock(pass.span()));
-    keymap[u.digest] = &u.key;
+    SecureBuffer read;
+    if (!known_pass) {
+      DS_ASSIGN_OR_RETURN(read, ReadKey(*g.env, keys, "Enter passphrase for " + d.device + ": ", false));
+    }
+    DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll((known_pass ? *known_pass : read).span()));
+    for (auto& [digest, key] : unlocked) keymap[digest] = &key;
   }
   CatchStopSignals();
   const uint64_t left = st->data_size - st->done;
@@ -188,6 +195,59 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     DS_RETURN_IF_ERROR(ResumeOperation(g, o->dev, o->keys, o->e, &u.key, u.digest));
     *g.out << dev << " holds plaintext again; " << o->dev.header << " is no longer needed.\n";
     return Status::Ok();
+  };
+}
+
+Runner SetupReencrypt(CLI::App& app, Globals& g) {
+  struct Opts {
+    DeviceArgs dev;
+    KeySource keys;
+    EngineArgs e;
+    std::string resilience = "checksum";
+    luks2::PbkdfOptions pbkdf;
+    std::string cipher;
+    uint32_t key_size_bits = 0, sector_size = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  AddDeviceArgs(app, o->dev);
+  AddKeyOptions(app, o->keys);
+  AddEngineOptions(app, o->e);
+  AddPbkdfOptions(app, o->pbkdf);
+  app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
+  app.add_option("--cipher,-c", o->cipher, "new data cipher (default: unchanged)");
+  app.add_option("--key-size,-s", o->key_size_bits, "new volume key size in bits (default: unchanged)");
+  app.add_option("--sector-size", o->sector_size, "new encryption sector size (default: unchanged)");
+  return [o, &g]() -> Status {
+    const std::string& dev = o->dev.device;
+    if (o->dev.header.empty())
+      return Unsupported(dev + ": reencrypting a volume whose header is at the start of the device is not "
+                               "implemented yet; only detached headers (--header FILE)");
+    DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
+    DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+    if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1);
+    DS_RETURN_IF_ERROR(v.CheckRequirements());
+    const luks2::SegmentInfo seg = luks2::Segments(v.metadata()).front();
+    if (seg.type != "crypt") return InvalidArgument(dev + ": holds plaintext; use encrypt");
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + dev + ": ", false));
+    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    const std::string cipher = o->cipher.empty() ? seg.cipher : o->cipher;
+    const size_t key_bytes = o->key_size_bits ? o->key_size_bits / 8 : u.key.size();
+    const uint32_t sector = o->sector_size ? o->sector_size : seg.sector_size;
+    DS_RETURN_IF_ERROR(CheckCipherSpec(cipher, key_bytes).WithContext("--cipher/--key-size"));
+    if (sector < 512 || sector > 4096 || (sector & (sector - 1)) || v.data_device().Size() % sector)
+      return InvalidArgument(dev + ": --sector-size " + std::to_string(sector) + " does not fit the device");
+    SecureBuffer nk(key_bytes);
+    do {
+      DS_RETURN_IF_ERROR(RandomBytes(nk.span()));
+    } while (nk.span().size() % 2 == 0 &&
+             std::equal(nk.data(), nk.data() + key_bytes / 2, nk.data() + key_bytes / 2));
+    DS_ASSIGN_OR_RETURN(luks2::KdfSpec kdf, luks2::ChooseKdf(o->pbkdf));
+    DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
+    DS_RETURN_IF_ERROR(engine::InitReencrypt(v.mutable_metadata(), v.metadata_device(), u.key, nk, pass.span(),
+                                             kdf, cipher, sector, res, iters).WithContext(dev));
+    DS_RETURN_IF_ERROR(v.Commit());
+    return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, &pass);
   };
 }
 

@@ -16,6 +16,7 @@ static const Command kCommands[] = {
     {"format", "create a new LUKS2 volume (header and keyslot) on a device", SetupFormat},
     {"encrypt", "encrypt a device in place, data kept, crash-safe (detached header)", SetupEncrypt},
     {"decrypt", "decrypt a device in place back to plaintext, crash-safe (detached header)", SetupDecrypt},
+    {"reencrypt", "replace the volume key (and optionally cipher, sector size) in place, crash-safe", SetupReencrypt},
     {"resume", "finish an interrupted in-place operation", SetupResume},
     {"dump", "show a volume's LUKS2 header (--json: stable schema)", SetupDump},
     {"test-key", "check a passphrase against a volume's keyslots", SetupTestKey},

@@ -20,6 +20,7 @@ Runner SetupExport(CLI::App& app, Globals& g);
 // In-place engine (cmd_engine.cc)
 Runner SetupEncrypt(CLI::App& app, Globals& g);
 Runner SetupDecrypt(CLI::App& app, Globals& g);
+Runner SetupReencrypt(CLI::App& app, Globals& g);
 Runner SetupResume(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli

@@ -235,11 +235,18 @@ Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffe
                          .WithContext(volume.name()));
   unsigned threads = opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
   DS_ASSIGN_OR_RETURN(Transformer tf, Transformer::Create(*st, old_key, new_key, threads));
-  const uint64_t area_off = st->area.offset, area_size = st->area.size;
+  // Areas that hold nothing of value once the operation is done: the reencryption area (it held
+  // checksums or copies of the data) and, after a reencryption, the old key's keyslots.
+  std::vector<std::pair<uint64_t, uint64_t>> scrub = {{st->area.offset, st->area.size}};
+  if (st->mode == Mode::kReencrypt && st->digest_old >= 0)
+    for (const auto& ks : luks2::Keyslots(volume.metadata())) {
+      auto d = luks2::DigestOfKeyslot(volume.metadata(), ks.id);
+      if (d && d->id == st->digest_old) scrub.emplace_back(ks.area_offset, ks.area_size);
+    }
   Runner r(volume, *st, std::move(tf), opts, threads);
   DS_RETURN_IF_ERROR(r.Go());
-  // The reencryption area held checksums or plaintext copies; it is free space now.
-  return r.Scrub(area_off, area_size);
+  for (auto [off, size] : scrub) DS_RETURN_IF_ERROR(r.Scrub(off, size));
+  return Status::Ok();
 }
 
 }  // namespace ds::engine

@@ -252,6 +252,20 @@ void SetFinished(luks2::Metadata& md, const State& st) {
     int did = int(*ParseU64(k));
     d["segments"] = (did == st.digest_new) ? Json::array({"0"}) : Json::array();
   }
+  // After a reencryption the old key opens nothing: its keyslots and digest go with it.
+  if (st.mode == Mode::kReencrypt && st.digest_old >= 0 && st.digest_old != st.digest_new) {
+    const std::string od = std::to_string(st.digest_old);
+    for (auto& k : md.json["digests"][od]["keyslots"]) {
+      md.json["keyslots"].erase(k.get<std::string>());
+      for (auto& [tk, t] : md.json["tokens"].items()) {
+        Json kept = Json::array();
+        for (auto& r : t["keyslots"])
+          if (r != k) kept.push_back(r);
+        t["keyslots"] = kept;
+      }
+    }
+    drop.push_back(od);
+  }
   for (auto& k : drop) md.json["digests"].erase(k);
   Json& cfg = md.json["config"];
   if (cfg.contains("requirements") && cfg["requirements"].contains("mandatory")) {
@@ -298,6 +312,66 @@ Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience 
   md.json["digests"][std::to_string(d0->id)]["segments"] = {"0", "1"};
   md.json["config"]["requirements"]["mandatory"] = {kRequirement};
   Bytes vd = VerificationData(md, &old_key, nullptr);
+  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
+  OPENSSL_cleanse(vd.data(), vd.size());
+  int did = 0;
+  while (md.json["digests"].contains(std::to_string(did))) ++did;
+  digest["keyslots"] = {std::to_string(id)};
+  md.json["digests"][std::to_string(did)] = digest;
+  return Status::Ok();
+}
+
+Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffer& old_key,
+                     const SecureBuffer& new_key, std::span<const uint8_t> passphrase,
+                     const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
+                     Resilience resilience, uint32_t digest_iterations) {
+  Json& segs = md.json["segments"];
+  if (segs.size() != 1 || !segs.contains("0") || segs["0"]["type"] != "crypt")
+    return Unsupported("only a volume with one crypt segment can be reencrypted in place");
+  auto d_old = luks2::DigestOfSegment(md, 0);
+  if (!d_old) return Corrupt("the data segment has no digest");
+  // 1. a keyslot for the new key, behind the same passphrase, placed before the reencrypt area
+  uint64_t pos = 2 * md.hdr_size;
+  for (const auto& k : luks2::Keyslots(md)) pos = std::max(pos, (k.area_offset + k.area_size + 4095) / 4096 * 4096);
+  const uint64_t need = luks2::Luks2KeyslotAreaSize(uint32_t(new_key.size()));
+  if (pos + need + (64u << 10) > md.areas_end())
+    return Status(Code::kNoMemory, "no room in the keyslots area for a new keyslot and the reencryption area");
+  DS_ASSIGN_OR_RETURN(Json ks_new, luks2::CreateLuks2Keyslot(md_dev, pos, need, kdf, passphrase, new_key.span()));
+  int new_slot = 0;
+  while (md.json["keyslots"].contains(std::to_string(new_slot))) ++new_slot;
+  md.json["keyslots"][std::to_string(new_slot)] = ks_new;
+  DS_ASSIGN_OR_RETURN(Json d_new, luks2::CreatePbkdf2Digest(new_key.span(), "sha256", digest_iterations));
+  int new_digest = 0;
+  while (md.json["digests"].contains(std::to_string(new_digest))) ++new_digest;
+  d_new["keyslots"] = {std::to_string(new_slot)};
+  // 2. segments: old crypt, backups (previous = today's segment, final = the new parameters)
+  Json prev = segs["0"];
+  prev["flags"] = {"backup-previous"};
+  Json fin = segs["0"];
+  fin["encryption"] = new_cipher;
+  fin["sector_size"] = new_sector;
+  fin["flags"] = {"backup-final"};
+  Json cur = segs["0"];
+  segs = {{"0", cur}, {"1", prev}, {"2", fin}};
+  md.json["digests"][std::to_string(d_old->id)]["segments"] = {"0", "1"};
+  d_new["segments"] = {"2"};
+  md.json["digests"][std::to_string(new_digest)] = d_new;
+  // 3. the reencrypt keyslot over the rest of the keyslots area
+  const uint64_t area_off = pos + need;
+  int id = 0;
+  while (md.json["keyslots"].contains(std::to_string(id))) ++id;
+  Json area = {{"type", ResilienceName(resilience)},
+               {"offset", luks2::U64Str(area_off)},
+               {"size", luks2::U64Str(md.areas_end() - area_off)}};
+  if (resilience == Resilience::kChecksum) {
+    area["hash"] = "sha256";
+    area["sector_size"] = std::max(new_sector, *luks2::JsonU32(prev["sector_size"]));
+  }
+  md.json["keyslots"][std::to_string(id)] = {{"type", "reencrypt"}, {"key_size", 1},
+                                             {"mode", "reencrypt"}, {"direction", "forward"},
+                                             {"priority", 0}, {"area", area}};
+  md.json["config"]["requirements"]["mandatory"] = {kRequirement};
+  Bytes vd = VerificationData(md, &old_key, &new_key);
   DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
   OPENSSL_cleanse(vd.data(), vd.size());
   int did = 0;

@@ -11,6 +11,8 @@
 
 #include <optional>
 
+#include "io/block_device.h"
+#include "luks2/keyslot.h"
 #include "luks2/metadata.h"
 #include "util/secure_buffer.h"
 
@@ -70,6 +72,15 @@ Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience 
 // into "decryption in progress, nothing done yet", backward as cryptsetup does it.
 Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience resilience,
                    uint32_t digest_iterations);
+
+// Makes an unlocked LUKS2 volume with a detached header (one crypt segment) into "reencryption
+// to a new key in progress": a new luks2 keyslot (under `passphrase`) and digest for `new_key`,
+// the new segment parameters from `new_cipher`/`new_sector`, forward as cryptsetup does it.
+// At the end the old keyslots and their digest are removed with the final layout.
+Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffer& old_key,
+                     const SecureBuffer& new_key, std::span<const uint8_t> passphrase,
+                     const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
+                     Resilience resilience, uint32_t digest_iterations);
 
 // The verification digest binds keys and the reencryption parameters (cryptsetup's
 // luks2_reencrypt_digest.c, version 2): a header whose reencryption metadata was tampered with,

@@ -272,6 +272,21 @@ Result<Volume::Unlocked> Volume::Unlock(std::span<const uint8_t> passphrase,
   return PermissionDenied(name_ + ": no key available with this passphrase");
 }
 
+Result<std::map<int, SecureBuffer>> Volume::UnlockAll(std::span<const uint8_t> passphrase) const {
+  std::map<int, SecureBuffer> out;
+  for (const auto& ks : Keyslots(metadata())) {
+    const KeyslotHandler* h = FindKeyslotHandler(ks.type);
+    if (!h || !h->unlockable()) continue;
+    auto digest = DigestOfKeyslot(metadata(), ks.id);
+    if (!digest || out.count(digest->id)) continue;
+    auto u = Unlock(passphrase, ks.id);
+    if (u.ok()) out.emplace(u->digest, std::move(u->key));
+    else if (u.status().code() != Code::kPermissionDenied) return u.status();
+  }
+  if (out.empty()) return PermissionDenied(name_ + ": no key available with this passphrase");
+  return out;
+}
+
 Result<std::pair<uint64_t, uint64_t>> Volume::FindAreaGap(uint64_t need) const {
   const Metadata& md = metadata();
   std::vector<std::pair<uint64_t, uint64_t>> used;

@@ -90,6 +90,9 @@ class Volume {
   Result<Unlocked> Unlock(std::span<const uint8_t> passphrase,
                           std::optional<int> keyslot = std::nullopt) const;
   Status CheckRequirements() const;
+  // Every key this passphrase opens, by digest id (an in-place reencryption has an old and a new
+  // key, usually behind the same passphrase). kPermissionDenied when it opens none.
+  Result<std::map<int, SecureBuffer>> UnlockAll(std::span<const uint8_t> passphrase) const;
 
   // Adds a keyslot holding `volume_key` (which must match `digest`) under `passphrase`.
   Result<int> AddKeyslot(const Unlocked& unlocked, std::span<const uint8_t> passphrase,
