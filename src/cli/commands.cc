@@ -14,6 +14,7 @@ Runner Dispatch(std::vector<std::pair<CLI::App*, Runner>> subs) {
 // The one table. Each entry's setup lives with its area (cmd_*.cc).
 static const Command kCommands[] = {
     {"benchmark", "measure PBKDF and cipher speed on this machine", SetupBenchmark},
+    {"vault", "run the key vault, manage its tokens, use it from scripts", SetupVault},
 };
 
 std::span<const Command> CommandTable() { return kCommands; }

@@ -7,5 +7,6 @@
 namespace ds::cli {
 
 Runner SetupBenchmark(CLI::App& app, Globals& g);
+Runner SetupVault(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli
