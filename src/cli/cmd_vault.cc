@@ -120,9 +120,9 @@ Runner SetupToken(CLI::App& app, Globals& g) {
          OPENSSL_cleanse(token.data(), token.size());
          return s;
        }},
-      {revoke, [o, open]() -> Status {
+      {revoke, [&g, o, open]() -> Status {
          DS_ASSIGN_OR_RETURN(auto v, open());
-         return v.store->RevokeToken(o->name);
+         return vault::RevokeToken(*g.env, vault::VaultPaths(o->dir, o->master_key), *v.store, o->name);
        }},
       {list, [&g, open]() -> Status {
          DS_ASSIGN_OR_RETURN(auto v, open());

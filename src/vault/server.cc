@@ -98,8 +98,8 @@ Result<std::unique_ptr<VaultServer>> VaultServer::Start(Env& env, const ServerOp
   }
 
   DS_ASSIGN_OR_RETURN(auto audit, AuditLog::Open(paths.audit_log()));
-  srv->impl_->service = std::make_unique<VaultService>(std::move(vault.store),
-                                                       std::move(vault.master), std::move(audit));
+  srv->impl_->service = std::make_unique<VaultService>(
+      std::move(vault.store), std::move(vault.master), std::move(audit), paths.token_stamp());
 
   std::string tls_error;
   auto http = std::make_unique<httplib::SSLServer>([&](SSL_CTX& ctx) {

@@ -1,6 +1,7 @@
 #include "vault/service.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -119,6 +120,14 @@ void Merge(json& dst, const json& src) {
   for (auto it = src.begin(); it != src.end(); ++it) dst[it.key()] = it.value();
 }
 
+// Per-thread locked scratch for plaintexts on the hot paths (GET secret, unwrapkey): allocated
+// once per worker thread instead of an mmap+mlock per request. Wiped after every use.
+std::span<uint8_t> Scratch(size_t n) {
+  thread_local SecureBuffer buf;
+  if (buf.size() < n) buf = SecureBuffer(std::max<size_t>(n, 32 * 1024));
+  return buf.span().first(n);
+}
+
 ApiResponse FromStatus(const Status& s, const std::string& not_found_code) {
   switch (s.code()) {
     case Code::kInvalidArgument: case Code::kUnsupported:
@@ -233,8 +242,66 @@ struct VaultService::Call {
 };
 
 VaultService::VaultService(std::unique_ptr<VaultStore> store, MasterKey master,
-                           std::unique_ptr<AuditLog> audit)
-    : store_(std::move(store)), master_(std::move(master)), audit_(std::move(audit)) {}
+                           std::unique_ptr<AuditLog> audit, std::string token_stamp_file)
+    : store_(std::move(store)),
+      master_(std::move(master)),
+      audit_(std::move(audit)),
+      token_stamp_file_(std::move(token_stamp_file)) {}
+
+namespace {
+constexpr size_t kMaxCachedNames = 100000;  // bound on memory: past it the cache starts over
+std::string CacheKey(Kind kind, const std::string& name) { return std::string(KindName(kind)) + "/" + name; }
+}  // namespace
+
+Result<std::shared_ptr<const ObjectVersion>> VaultService::CachedGet(Kind kind, const std::string& name,
+                                                                     const std::string& version) {
+  std::string key = CacheKey(kind, name);
+  uint64_t gen;
+  {
+    std::shared_lock lock(objects_mu_);
+    if (auto it = objects_.find(key); it != objects_.end())
+      if (auto v = it->second.find(version); v != it->second.end()) return v->second;
+    gen = generation_;
+  }
+  DS_ASSIGN_OR_RETURN(ObjectVersion v, store_->Get(kind, name, version, false));
+  auto shared = std::make_shared<const ObjectVersion>(std::move(v));
+  std::unique_lock lock(objects_mu_);
+  if (gen == generation_) {
+    if (objects_.size() >= kMaxCachedNames) objects_.clear();
+    objects_[key][version] = shared;
+  }
+  return shared;
+}
+
+void VaultService::Invalidate(Kind kind, const std::string& name) {
+  std::unique_lock lock(objects_mu_);
+  ++generation_;
+  objects_.erase(CacheKey(kind, name));
+}
+
+Result<TokenRecord> VaultService::LookupToken(const std::string& hash_hex) {
+  if (token_stamp_file_.empty()) return store_->FindTokenByHash(hash_hex);
+  struct stat st;
+  std::pair<uint64_t, int64_t> stamp{0, 0};
+  if (::stat(token_stamp_file_.c_str(), &st) == 0)
+    stamp = {uint64_t(st.st_ino), int64_t(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec};
+  {
+    std::shared_lock lock(tokens_mu_);
+    if (stamp == token_stamp_)
+      if (auto it = tokens_.find(hash_hex); it != tokens_.end()) return it->second;
+  }
+  // The stamp is read before the database, so a revocation committed after this read changes
+  // the stamp and the entry inserted below is dropped on the next call.
+  DS_ASSIGN_OR_RETURN(TokenRecord t, store_->FindTokenByHash(hash_hex));
+  std::unique_lock lock(tokens_mu_);
+  if (stamp != token_stamp_) {
+    tokens_.clear();
+    token_stamp_ = stamp;
+  }
+  if (tokens_.size() >= kMaxCachedNames) tokens_.clear();
+  tokens_[hash_hex] = t;
+  return t;
+}
 
 namespace {
 std::vector<std::string> SplitPath(const std::string& path) {
@@ -334,7 +401,7 @@ ApiResponse VaultService::Dispatch(Call& c) {
         "Bearer authorization=\"" + c.base + "/diskseal-token\", resource=\"" + c.base + "\"";
     return r;
   }
-  auto token = store_->FindTokenByHash(HashToken(std::string_view(auth).substr(7)));
+  auto token = LookupToken(HashToken(std::string_view(auth).substr(7)));
   if (!token.ok() || token->revoked) {
     if (!token.ok() && token.status().code() != Code::kNotFound)
       return FromStatus(token.status(), "Unauthorized");
@@ -426,7 +493,9 @@ ApiResponse VaultService::SetSecret(Call& c) {
   auto sealed = master_.Seal(AsBytes(value), "secrets/" + v.name + "/" + v.version);
   if (!sealed.ok()) return FromStatus(sealed.status(), "SecretNotFound");
   v.sealed = std::move(*sealed);
-  if (Status s = store_->AddVersion(v); !s.ok()) return FromStatus(s, "SecretNotFound");
+  Status added = store_->AddVersion(v);
+  Invalidate(Kind::kSecret, v.name);
+  if (!added.ok()) return FromStatus(added, "SecretNotFound");
   c.version = v.version;
   json j = {{"value", value}};
   Merge(j, c.Item(v));
@@ -434,18 +503,22 @@ ApiResponse VaultService::SetSecret(Call& c) {
 }
 
 ApiResponse VaultService::GetSecret(Call& c) {
-  auto v = store_->Get(Kind::kSecret, c.name, c.version, false);
-  if (!v.ok()) return FromStatus(v.status(), "SecretNotFound");
+  auto cached = CachedGet(Kind::kSecret, c.name, c.version);
+  if (!cached.ok()) return FromStatus(cached.status(), "SecretNotFound");
+  const ObjectVersion* v = cached->get();
   c.version = v->version;
   if (std::string why = c.Unusable(*v); !why.empty())
     return Error(403, "Forbidden", "Operation get is not allowed on a " + why + " secret.",
                  "SecretDisabled");
-  auto plain = master_.Open(v->sealed, "secrets/" + v->name + "/" + v->version);
-  if (!plain.ok()) return FromStatus(plain.status(), "SecretNotFound");
-  json j = {{"value", std::string(plain->view())}};
+  std::span<uint8_t> scratch = Scratch(MasterKey::PlainSize(v->sealed.size()));
+  auto n = master_.OpenInto(v->sealed, "secrets/" + v->name + "/" + v->version, scratch);
+  if (!n.ok()) return FromStatus(n.status(), "SecretNotFound");
+  json j = {{"value", std::string(reinterpret_cast<const char*>(scratch.data()), *n)}};
+  OPENSSL_cleanse(scratch.data(), scratch.size());
   Merge(j, c.Item(*v));
   ApiResponse r = Ok(200, j);
-  OPENSSL_cleanse(j["value"].get_ref<std::string&>().data(), plain->size());
+  std::string& value = j["value"].get_ref<std::string&>();
+  OPENSSL_cleanse(value.data(), value.size());
   return r;
 }
 
@@ -467,7 +540,9 @@ ApiResponse VaultService::UpdateSecret(Call& c) {
   if (Status s = ParseAttributes(b.value("attributes", json()), v); !s.ok())
     return Error(400, "BadParameter", s.message());
   v.updated = c.now;
-  if (Status s = store_->UpdateVersion(v); !s.ok()) return FromStatus(s, "SecretNotFound");
+  Status updated = store_->UpdateVersion(v);
+  Invalidate(Kind::kSecret, v.name);
+  if (!updated.ok()) return FromStatus(updated, "SecretNotFound");
   return Ok(200, c.Item(v));
 }
 
@@ -508,6 +583,7 @@ ApiResponse VaultService::DeleteObject(Call& c) {
   auto latest = store_->Get(c.kind, c.name, "", false);
   if (!latest.ok()) return FromStatus(latest.status(), c.NotFoundCode());
   auto d = store_->SoftDelete(c.kind, c.name, c.now, kRecoverableDays * 86400);
+  Invalidate(c.kind, c.name);
   if (!d.ok()) return FromStatus(d.status(), c.NotFoundCode());
   json j = {{"recoveryId", c.RecoveryId()}, {"deletedDate", d->deleted_date},
             {"scheduledPurgeDate", d->scheduled_purge_date}};
@@ -561,14 +637,18 @@ ApiResponse VaultService::GetDeleted(Call& c) {
 }
 
 ApiResponse VaultService::RecoverObject(Call& c) {
-  if (Status s = store_->Recover(c.kind, c.name); !s.ok()) return FromStatus(s, c.NotFoundCode());
+  Status recovered = store_->Recover(c.kind, c.name);
+  Invalidate(c.kind, c.name);
+  if (!recovered.ok()) return FromStatus(recovered, c.NotFoundCode());
   auto v = store_->Get(c.kind, c.name, "", false);
   if (!v.ok()) return FromStatus(v.status(), c.NotFoundCode());
   return Ok(200, c.kind == Kind::kKey ? c.KeyBundle(*v) : c.Item(*v));
 }
 
 ApiResponse VaultService::PurgeObject(Call& c) {
-  if (Status s = store_->Purge(c.kind, c.name); !s.ok()) return FromStatus(s, c.NotFoundCode());
+  Status purged = store_->Purge(c.kind, c.name);
+  Invalidate(c.kind, c.name);
+  if (!purged.ok()) return FromStatus(purged, c.NotFoundCode());
   return {204, "", ""};
 }
 
@@ -640,7 +720,9 @@ ApiResponse VaultService::CreateKey(Call& c, bool rotate) {
   auto sealed = master_.Seal(priv->span(), "keys/" + v.name + "/" + v.version);
   if (!sealed.ok()) return FromStatus(sealed.status(), "KeyNotFound");
   v.sealed = std::move(*sealed);
-  if (Status s = store_->AddVersion(v); !s.ok()) return FromStatus(s, "KeyNotFound");
+  Status added = store_->AddVersion(v);
+  Invalidate(Kind::kKey, v.name);
+  if (!added.ok()) return FromStatus(added, "KeyNotFound");
   c.version = v.version;
   {
     std::unique_lock lock(cache_mu_);
@@ -650,8 +732,9 @@ ApiResponse VaultService::CreateKey(Call& c, bool rotate) {
 }
 
 ApiResponse VaultService::GetKey(Call& c) {
-  auto v = store_->Get(Kind::kKey, c.name, c.version, false);
-  if (!v.ok()) return FromStatus(v.status(), "KeyNotFound");
+  auto cached = CachedGet(Kind::kKey, c.name, c.version);
+  if (!cached.ok()) return FromStatus(cached.status(), "KeyNotFound");
+  const ObjectVersion* v = cached->get();
   c.version = v->version;
   return Ok(200, c.KeyBundle(*v));
 }
@@ -680,8 +763,9 @@ ApiResponse VaultService::WrapUnwrap(Call& c, bool wrap) {
   if (!alg.ok()) return Error(400, "BadParameter", alg.status().message());
   auto data = DecodeB64Any(b["value"].get<std::string>());
   if (!data) return Error(400, "BadParameter", "'value' is not valid base64url");
-  auto v = store_->Get(Kind::kKey, c.name, c.version, false);
-  if (!v.ok()) return FromStatus(v.status(), "KeyNotFound");
+  auto cached = CachedGet(Kind::kKey, c.name, c.version);
+  if (!cached.ok()) return FromStatus(cached.status(), "KeyNotFound");
+  const ObjectVersion* v = cached->get();
   c.version = v->version;
   if (std::string why = c.Unusable(*v); !why.empty())
     return Error(403, "Forbidden", "Operation " + std::string(wrap ? "wrapKey" : "unwrapKey") +
@@ -701,9 +785,11 @@ ApiResponse VaultService::WrapUnwrap(Call& c, bool wrap) {
     j["value"] = Base64UrlEncode(*out);
     return Ok(200, j);
   }
-  auto out = (*km)->Unwrap(*alg, *data);
-  if (!out.ok()) return FromStatus(out.status(), "KeyNotFound");
-  j["value"] = Base64UrlEncode(out->span());
+  std::span<uint8_t> scratch = Scratch(std::max<size_t>(data->size(), 512));
+  auto n = (*km)->UnwrapInto(*alg, *data, scratch);
+  if (!n.ok()) return FromStatus(n.status(), "KeyNotFound");
+  j["value"] = Base64UrlEncode(scratch.first(*n));
+  OPENSSL_cleanse(scratch.data(), scratch.size());
   ApiResponse r = Ok(200, j);
   std::string& s = j["value"].get_ref<std::string&>();
   OPENSSL_cleanse(s.data(), s.size());

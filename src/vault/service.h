@@ -51,7 +51,12 @@ class AuditLog {
 class VaultService {
  public:
   // `store` and `master` must match (OpenVault checks that); `audit` may be null (no audit log).
-  VaultService(std::unique_ptr<VaultStore> store, MasterKey master, std::unique_ptr<AuditLog> audit);
+  // Preconditions: this service is the only writer of objects in `store` (the server's directory
+  // lock ensures it), so it may cache them. Tokens may change from other processes: they are
+  // cached only when `token_stamp_file` is given, and every cached token is dropped when that
+  // file changes (`vault token revoke` rewrites it after revoking).
+  VaultService(std::unique_ptr<VaultStore> store, MasterKey master, std::unique_ptr<AuditLog> audit,
+               std::string token_stamp_file = "");
   ApiResponse Handle(const ApiRequest& req);
 
  private:
@@ -70,6 +75,11 @@ class VaultService {
   ApiResponse GetKey(Call& c);
   ApiResponse WrapUnwrap(Call& c, bool wrap);
   Result<std::shared_ptr<KeyMaterial>> LoadKey(const ObjectVersion& v);
+  // Get() of live objects through the cache; Invalidate() after every write of a name.
+  Result<std::shared_ptr<const ObjectVersion>> CachedGet(Kind kind, const std::string& name,
+                                                         const std::string& version);
+  void Invalidate(Kind kind, const std::string& name);
+  Result<TokenRecord> LookupToken(const std::string& hash_hex);
 
   std::unique_ptr<VaultStore> store_;
   MasterKey master_;
@@ -77,6 +87,17 @@ class VaultService {
   // Unsealed, parsed keys by "name/version": parsing an RSA key costs more than using it.
   std::shared_mutex cache_mu_;
   std::unordered_map<std::string, std::shared_ptr<KeyMaterial>> key_cache_;
+  // Object versions by "kind/name" then by version ("" = newest). `generation_` counts writes, so
+  // a reader that raced with a write does not insert what it read before the write.
+  std::shared_mutex objects_mu_;
+  uint64_t generation_ = 0;
+  std::unordered_map<std::string,
+                     std::unordered_map<std::string, std::shared_ptr<const ObjectVersion>>> objects_;
+  // Tokens by hash, valid while the stamp file keeps the (inode, mtime) they were read under.
+  std::string token_stamp_file_;
+  std::shared_mutex tokens_mu_;
+  std::pair<uint64_t, int64_t> token_stamp_{0, 0};
+  std::unordered_map<std::string, TokenRecord> tokens_;
 };
 
 }  // namespace ds::vault

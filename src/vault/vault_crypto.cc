@@ -121,12 +121,24 @@ Result<Bytes> MasterKey::Seal(std::span<const uint8_t> plaintext, std::string_vi
   return out;
 }
 
+size_t MasterKey::PlainSize(size_t sealed_size) {
+  return sealed_size < 1 + kGcmNonce + kGcmTag ? 0 : sealed_size - 1 - kGcmNonce - kGcmTag;
+}
+
 Result<SecureBuffer> MasterKey::Open(std::span<const uint8_t> sealed,
                                      std::string_view context) const {
+  SecureBuffer out(PlainSize(sealed.size()));
+  DS_ASSIGN_OR_RETURN(size_t n, OpenInto(sealed, context, out.span()));
+  out.Truncate(n);
+  return out;
+}
+
+Result<size_t> MasterKey::OpenInto(std::span<const uint8_t> sealed, std::string_view context,
+                                   std::span<uint8_t> out) const {
   if (sealed.size() < 1 + kGcmNonce + kGcmTag || sealed[0] != kSealVersion)
     return Corrupt("sealed value has a bad length or version");
-  size_t n = sealed.size() - 1 - kGcmNonce - kGcmTag;
-  SecureBuffer out(n);
+  size_t n = PlainSize(sealed.size());
+  if (out.size() < n) return Internal("plaintext buffer too small");
   CipherCtx ctx(EVP_CIPHER_CTX_new());
   int len = 0;
   uint8_t tag[kGcmTag];
@@ -143,9 +155,10 @@ Result<SecureBuffer> MasterKey::Open(std::span<const uint8_t> sealed,
     return Internal("AES-GCM open: " + SslError());
   if (EVP_DecryptFinal_ex(ctx.get(), &dummy, &len) != 1) {
     ERR_clear_error();
+    OPENSSL_cleanse(out.data(), n);
     return Corrupt("sealed value does not verify under the master key (wrong key or altered row)");
   }
-  return out;
+  return n;
 }
 
 // ---- algorithms ----
@@ -250,31 +263,39 @@ Result<Bytes> KeyMaterial::Wrap(WrapAlg alg, std::span<const uint8_t> in) const 
 }
 
 Result<SecureBuffer> KeyMaterial::Unwrap(WrapAlg alg, std::span<const uint8_t> in) const {
+  SecureBuffer out(std::max<size_t>(in.size(), pkey_ ? size_t(EVP_PKEY_get_size(pkey_)) : 0));
+  DS_ASSIGN_OR_RETURN(size_t n, UnwrapInto(alg, in, out.span()));
+  out.Truncate(n);
+  return out;
+}
+
+Result<size_t> KeyMaterial::UnwrapInto(WrapAlg alg, std::span<const uint8_t> in,
+                                       std::span<uint8_t> out) const {
   if (pkey_) {
     if (alg == WrapAlg::kA256KW) return InvalidArgument("A256KW needs an oct key, not RSA");
-    if (in.size() != size_t(EVP_PKEY_get_size(pkey_)))
-      return InvalidArgument("wrapped value must be " + std::to_string(EVP_PKEY_get_size(pkey_)) +
+    size_t ksize = size_t(EVP_PKEY_get_size(pkey_));
+    if (in.size() != ksize)
+      return InvalidArgument("wrapped value must be " + std::to_string(ksize) +
                              " bytes for this key, got " + std::to_string(in.size()));
+    if (out.size() < ksize) return Internal("unwrap buffer too small");
     PkeyCtx ctx(EVP_PKEY_CTX_new_from_pkey(nullptr, pkey_, nullptr));
     if (!ctx || EVP_PKEY_decrypt_init(ctx.get()) != 1) return Internal("RSA decrypt init");
     DS_RETURN_IF_ERROR(SetOaep(ctx.get(), alg));
-    SecureBuffer out(size_t(EVP_PKEY_get_size(pkey_)));
     size_t len = out.size();
     if (EVP_PKEY_decrypt(ctx.get(), out.data(), &len, in.data(), in.size()) != 1) {
       ERR_clear_error();
       return InvalidArgument("unwrap failed: the value was not wrapped with this key and " +
                              std::string(WrapAlgName(alg)));
     }
-    out.Truncate(len);
-    return out;
+    return len;
   }
   if (alg != WrapAlg::kA256KW)
     return InvalidArgument(std::string(WrapAlgName(alg)) + " needs an RSA key; this key is oct");
   if (in.size() < 24 || in.size() % 8 != 0 || in.size() > 4104)
     return InvalidArgument("A256KW wrapped value must be a multiple of 8 bytes, 24..4104, got " +
                            std::to_string(in.size()));
+  if (out.size() < in.size()) return Internal("unwrap buffer too small");
   CipherCtx ctx(EVP_CIPHER_CTX_new());
-  SecureBuffer out(in.size());
   int len = 0, fin = 0;
   if (!ctx) return Internal("cipher context");
   EVP_CIPHER_CTX_set_flags(ctx.get(), EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
@@ -282,10 +303,10 @@ Result<SecureBuffer> KeyMaterial::Unwrap(WrapAlg alg, std::span<const uint8_t> i
       EVP_DecryptUpdate(ctx.get(), out.data(), &len, in.data(), int(in.size())) != 1 ||
       EVP_DecryptFinal_ex(ctx.get(), out.data() + len, &fin) != 1) {
     ERR_clear_error();
+    OPENSSL_cleanse(out.data(), in.size());
     return InvalidArgument("unwrap failed: the value was not wrapped with this key (A256KW)");
   }
-  out.Truncate(size_t(len + fin));
-  return out;
+  return size_t(len + fin);
 }
 
 Result<Bytes> RsaPublicWrap(std::span<const uint8_t> n, std::span<const uint8_t> e, WrapAlg alg,

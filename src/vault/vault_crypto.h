@@ -32,6 +32,11 @@ class MasterKey {
   Result<Bytes> Seal(std::span<const uint8_t> plaintext, std::string_view context) const;
   // kCorrupt when the tag does not verify (wrong master key or altered row).
   Result<SecureBuffer> Open(std::span<const uint8_t> sealed, std::string_view context) const;
+  // Open() into caller-provided (locked) memory; returns the plaintext length. For hot paths: a
+  // SecureBuffer per call costs an mmap/mlock/munmap, which dominates a GET.
+  Result<size_t> OpenInto(std::span<const uint8_t> sealed, std::string_view context,
+                          std::span<uint8_t> out) const;
+  static size_t PlainSize(size_t sealed_size);
 
  private:
   std::shared_ptr<const SecureBuffer> key_;
@@ -65,6 +70,10 @@ class KeyMaterial {
   // kInvalidArgument when the algorithm does not fit the key or the input has the wrong size.
   Result<Bytes> Wrap(WrapAlg alg, std::span<const uint8_t> plaintext) const;
   Result<SecureBuffer> Unwrap(WrapAlg alg, std::span<const uint8_t> wrapped) const;
+  // Unwrap() into caller-provided (locked) memory of at least wrapped.size() bytes; returns the
+  // plaintext length.
+  Result<size_t> UnwrapInto(WrapAlg alg, std::span<const uint8_t> wrapped,
+                            std::span<uint8_t> out) const;
 
  private:
   KeyMaterial() = default;

@@ -90,6 +90,13 @@ Result<std::string> CreateToken(VaultStore& store, const std::string& name,
   return token;
 }
 
+Status RevokeToken(Env& env, const VaultPaths& paths, VaultStore& store, const std::string& name) {
+  DS_RETURN_IF_ERROR(store.RevokeToken(name));
+  // A new file (new inode) each time: the server compares inode and mtime, so even two revocations
+  // within the file system's timestamp granularity are seen.
+  return env.WriteFileAtomic(paths.token_stamp(), std::to_string(std::time(nullptr)) + "\n", 0600);
+}
+
 Status RestoreVault(Env& env, const VaultPaths& paths, const std::string& backup_file) {
   if (!env.Exists(backup_file)) return NotFound(backup_file + ": no such backup file");
   // A running server holds this lock; replacing its database under it would lose writes.

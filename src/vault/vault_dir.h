@@ -22,6 +22,8 @@ struct VaultPaths {
   std::string db() const { return dir + "/vault.db"; }
   std::string audit_log() const { return dir + "/audit.log"; }
   std::string lock() const { return dir + "/serve.lock"; }
+  // Rewritten whenever tokens are revoked, so a running server drops the tokens it cached.
+  std::string token_stamp() const { return dir + "/tokens.stamp"; }
   TlsFiles tls() const {
     return {dir + "/ca.pem", dir + "/ca.key", dir + "/server.pem", dir + "/server.key"};
   }
@@ -48,6 +50,9 @@ std::string HashToken(std::string_view token);
 // once). kBusy when the name is taken.
 Result<std::string> CreateToken(VaultStore& store, const std::string& name,
                                 const std::vector<std::string>& perms);
+
+// Revokes token `name` and tells a running server (through paths.token_stamp()).
+Status RevokeToken(Env& env, const VaultPaths& paths, VaultStore& store, const std::string& name);
 
 // Restores a backup made by `vault backup` into paths.dir (the server must be stopped): checks
 // that the backup opens with this vault's master key, then replaces the database atomically.

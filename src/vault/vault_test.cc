@@ -243,6 +243,27 @@ TEST_F(ServiceTest, SecretBundleShapeAndAdeQuirks) {
   EXPECT_NE(log.find("secrets/disk1/" + version), std::string::npos);
 }
 
+TEST_F(ServiceTest, CachedReadsNeverOutliveAWrite) {
+  auto value = [&](const ApiResponse& r) { return json::parse(r.body)["value"].get<std::string>(); };
+  ASSERT_EQ(Do("PUT", "/secrets/c", R"({"value":"one"})").status, 200);
+  EXPECT_EQ(value(Do("GET", "/secrets/c")), "one");  // now cached
+  ASSERT_EQ(Do("PUT", "/secrets/c", R"({"value":"two"})").status, 200);
+  EXPECT_EQ(value(Do("GET", "/secrets/c")), "two");
+  ASSERT_EQ(Do("PATCH", "/secrets/c", R"({"attributes":{"enabled":false}})").status, 200);
+  EXPECT_EQ(Do("GET", "/secrets/c").status, 403);
+  ASSERT_EQ(Do("DELETE", "/secrets/c").status, 200);
+  EXPECT_EQ(Do("GET", "/secrets/c").status, 404);
+  ASSERT_EQ(Do("POST", "/deletedsecrets/c/recover").status, 200);
+  EXPECT_EQ(Do("GET", "/secrets/c").status, 403);  // still the disabled newest version
+  ASSERT_EQ(Do("POST", "/keys/k/create", R"({"kty":"oct"})").status, 200);
+  std::string kid1 = json::parse(Do("GET", "/keys/k").body)["key"]["kid"];
+  ASSERT_EQ(Do("POST", "/keys/k/rotate").status, 200);
+  std::string kid2 = json::parse(Do("GET", "/keys/k").body)["key"]["kid"];
+  EXPECT_NE(kid1, kid2);
+  auto w = Do("POST", "/keys/k/wrapkey", R"({"alg":"A256KW","value":"AAAAAAAAAAAAAAAAAAAAAA"})");
+  EXPECT_EQ(json::parse(w.body)["kid"], kid2);
+}
+
 TEST_F(ServiceTest, MissingOrUnknownTokenGetsChallenge) {
   ApiRequest r;
   r.method = "GET";
