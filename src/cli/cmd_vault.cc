@@ -43,7 +43,7 @@ Result<SecureBuffer> ReadStdin(size_t max) {
   return buf;
 }
 
-Runner SetupServe(CLI::App& app, Globals& g) {
+Runner SetupVaultServe(CLI::App& app, Globals& g) {
   auto o = std::make_shared<vault::ServerOptions>();
   app.add_option("--dir", o->dir, "data directory (database, master key, TLS files, audit log)")->required();
   app.add_option("--listen", o->listen, "address:port to listen on; port 0 picks a free port")
@@ -83,7 +83,7 @@ Runner SetupServe(CLI::App& app, Globals& g) {
   };
 }
 
-Runner SetupToken(CLI::App& app, Globals& g) {
+Runner SetupVaultToken(CLI::App& app, Globals& g) {
   app.require_subcommand(1);
   struct Opts {
     std::string dir, master_key, name, allow, out;
@@ -146,7 +146,7 @@ Runner SetupToken(CLI::App& app, Globals& g) {
   });
 }
 
-Runner SetupBackup(CLI::App& app, Globals& g) {
+Runner SetupVaultBackup(CLI::App& app, Globals& g) {
   auto dir = std::make_shared<std::string>();
   auto mk = std::make_shared<std::string>();
   auto out = std::make_shared<std::string>();
@@ -162,7 +162,7 @@ Runner SetupBackup(CLI::App& app, Globals& g) {
   };
 }
 
-Runner SetupRestore(CLI::App& app, Globals& g) {
+Runner SetupVaultRestore(CLI::App& app, Globals& g) {
   auto dir = std::make_shared<std::string>();
   auto mk = std::make_shared<std::string>();
   auto from = std::make_shared<std::string>();
@@ -176,7 +176,7 @@ Runner SetupRestore(CLI::App& app, Globals& g) {
   };
 }
 
-Runner SetupSecret(CLI::App& app, Globals& g) {
+Runner SetupVaultSecret(CLI::App& app, Globals& g) {
   app.require_subcommand(1);
   struct Opts {
     VaultOptions v;
@@ -241,7 +241,7 @@ Runner SetupSecret(CLI::App& app, Globals& g) {
   });
 }
 
-Runner SetupKey(CLI::App& app, Globals& g) {
+Runner SetupVaultKey(CLI::App& app, Globals& g) {
   app.require_subcommand(1);
   struct Opts {
     VaultOptions v;
@@ -303,12 +303,12 @@ Runner SetupVault(CLI::App& app, Globals& g) {
     Runner (*setup)(CLI::App&, Globals&);
   };
   static const Sub kSubs[] = {
-      {"serve", "run the key vault (HTTPS, Azure Key Vault API subset)", SetupServe},
-      {"token", "create, revoke or list access tokens (on the vault host)", SetupToken},
-      {"backup", "write a consistent copy of the vault database", SetupBackup},
-      {"restore", "replace the vault database with a backup (server stopped)", SetupRestore},
-      {"secret", "client: set, get or list secrets in a vault", SetupSecret},
-      {"key", "client: create keys, wrap and unwrap with them", SetupKey},
+      {"serve", "run the key vault (HTTPS, Azure Key Vault API subset)", SetupVaultServe},
+      {"token", "create, revoke or list access tokens (on the vault host)", SetupVaultToken},
+      {"backup", "write a consistent copy of the vault database", SetupVaultBackup},
+      {"restore", "replace the vault database with a backup (server stopped)", SetupVaultRestore},
+      {"secret", "client: set, get or list secrets in a vault", SetupVaultSecret},
+      {"key", "client: create keys, wrap and unwrap with them", SetupVaultKey},
   };
   for (const auto& s : kSubs) {
     CLI::App* sub = app.add_subcommand(s.name, s.summary);
