@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <ctime>
+#include <semaphore>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 #include <openssl/crypto.h>
@@ -127,6 +129,22 @@ std::span<uint8_t> Scratch(size_t n) {
   if (buf.size() < n) buf = SecureBuffer(std::max<size_t>(n, 32 * 1024));
   return buf.span().first(n);
 }
+
+// At most one CPU-heavy operation per core at a time (RAII). Waiters queue on a futex.
+class CpuSlot {
+ public:
+  CpuSlot() { Sem().acquire(); }
+  ~CpuSlot() { Sem().release(); }
+  CpuSlot(const CpuSlot&) = delete;
+  CpuSlot& operator=(const CpuSlot&) = delete;
+
+ private:
+  static std::counting_semaphore<1024>& Sem() {
+    static std::counting_semaphore<1024> sem(
+        std::ptrdiff_t(std::clamp(std::thread::hardware_concurrency(), 1u, 1024u)));
+    return sem;
+  }
+};
 
 ApiResponse FromStatus(const Status& s, const std::string& not_found_code) {
   switch (s.code()) {
@@ -786,7 +804,13 @@ ApiResponse VaultService::WrapUnwrap(Call& c, bool wrap) {
     return Ok(200, j);
   }
   std::span<uint8_t> scratch = Scratch(std::max<size_t>(data->size(), 512));
-  auto n = (*km)->UnwrapInto(*alg, *data, scratch);
+  Result<size_t> n = size_t(0);
+  {
+    // RSA private operations are pure CPU: running more at once than there are cores only adds
+    // preemption in the middle of them, which is what makes the slowest requests slow.
+    CpuSlot slot;
+    n = (*km)->UnwrapInto(*alg, *data, scratch);
+  }
   if (!n.ok()) return FromStatus(n.status(), "KeyNotFound");
   j["value"] = Base64UrlEncode(scratch.first(*n));
   OPENSSL_cleanse(scratch.data(), scratch.size());
