@@ -2,9 +2,12 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <httplib.h>
+
+#include <algorithm>
 #include <openssl/ssl.h>
 
 #include <nlohmann/json.hpp>
@@ -72,12 +75,14 @@ Result<std::unique_ptr<VaultServer>> VaultServer::Start(Env& env, const ServerOp
   srv->impl_ = std::make_unique<Impl>();
   VaultPaths paths(opts.dir, opts.master_key_file);
 
-  DS_ASSIGN_OR_RETURN(OpenedVault vault, OpenVault(env, paths, true));
-  // One server per directory: two would each cache keys and race on the lock-free audit file.
+  // One server per directory, decided before anything in it is touched: the service caches
+  // objects on the premise that it is their only writer.
+  if (::mkdir(opts.dir.c_str(), 0700) != 0 && errno != EEXIST) return PosixError(opts.dir, errno);
   srv->lock_fd_ = ::open(paths.lock().c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
   if (srv->lock_fd_ < 0) return PosixError(paths.lock(), errno);
   if (::flock(srv->lock_fd_, LOCK_EX | LOCK_NB) != 0)
     return Busy(opts.dir + ": another vault server is already serving this directory");
+  DS_ASSIGN_OR_RETURN(OpenedVault vault, OpenVault(env, paths, true));
 
   std::string cert = opts.cert_file, key = opts.key_file;
   if (cert.empty() != key.empty()) return InvalidArgument("--cert and --key go together");
