@@ -345,6 +345,33 @@ TEST_F(VaultServerTest, ClientErrorsAreTyped) {
   EXPECT_NE(dr.status().message().find("resolve"), std::string::npos) << dr.status().message();
 }
 
+TEST_F(VaultServerTest, ClientHonoursHttpsProxyAndNoProxy) {
+  ASSERT_TRUE(admin_->SetSecret("p", AsBytes("via proxy settings"), "", {}).ok());
+  // A proxy address where nothing listens: if the client uses it, the call fails at the proxy.
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  std::string proxy = "http://127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  ::setenv("https_proxy", proxy.c_str(), 1);
+  ::unsetenv("no_proxy");
+  ::unsetenv("NO_PROXY");
+  auto via = Client(*vault_, admin_token_)->GetSecret("p");
+  EXPECT_EQ(via.status().code(), Code::kNetwork);
+  EXPECT_NE(via.status().message().find("port " + std::to_string(ntohs(addr.sin_port))),
+            std::string::npos) << via.status().message();  // it went to the proxy
+  ::setenv("no_proxy", "127.0.0.1", 1);
+  auto direct = Client(*vault_, admin_token_)->GetSecret("p");
+  ::unsetenv("https_proxy");
+  ::unsetenv("no_proxy");
+  ASSERT_TRUE(direct.ok()) << direct.status().message();
+  EXPECT_EQ(direct->value.view(), "via proxy settings");
+}
+
 TEST_F(VaultServerTest, HostileInputGets4xxAndServerSurvives) {
   ASSERT_TRUE(admin_->CreateKey("k", "RSA", 2048).ok());
   ASSERT_TRUE(admin_->SetSecret("ok", AsBytes("fine"), "", {}).ok());
