@@ -142,6 +142,20 @@ TEST_F(EscrowTest, RefusedWhenReadBackDoesNotVerify) {
   EXPECT_EQ(fetched.status().code(), Code::kPermissionDenied);
 }
 
+TEST_F(EscrowTest, FetchSkipsAVersionThatFailedVerification) {
+  // v1 escrowed and verified; then a second escrow (e.g. a passphrase change) fails to verify.
+  Digest d(passphrase_);
+  auto good = EscrowThenWrite(*admin_, Req(), d);
+  ASSERT_TRUE(good.ok()) << good.status().message();
+  SecureBuffer first = passphrase_.Clone();
+  passphrase_ = vault::GeneratePassphrase().value();
+  auto bad = EscrowThenWrite(*admin_, Req(), d);  // digest is of the first passphrase
+  ASSERT_FALSE(bad.ok());
+  auto fetched = vault::FetchEscrowedPassphrase(*admin_, good->secret_name);
+  ASSERT_TRUE(fetched.ok()) << fetched.status().message();
+  EXPECT_TRUE(fetched->Equals(first.span()));
+}
+
 TEST_F(EscrowTest, RefusedWhenTokenCannotReadBack) {
   Digest d(passphrase_);
   auto write_only = Make(vault_->Token("writer", "secrets:set"));

@@ -123,7 +123,22 @@ Result<EscrowRecord> EscrowAndVerify(VaultClient& client, const SecureBuffer& pa
 
 Result<SecureBuffer> FetchEscrowedPassphrase(VaultClient& client, const std::string& secret_name,
                                              const std::string& version) {
-  DS_ASSIGN_OR_RETURN(SecretBundle s, client.GetSecret(secret_name, version));
+  auto got = client.GetSecret(secret_name, version);
+  if (!got.ok() && version.empty() && got.status().code() == Code::kPermissionDenied &&
+      got.status().message().find("disabled") != std::string::npos) {
+    // The newest version was disabled (an escrow that did not verify, see EscrowAndVerify): the
+    // key that opens the volume is the newest enabled one. Needs secrets:list; without it the
+    // original error stands.
+    auto versions = client.ListSecretVersions(secret_name);
+    if (!versions.ok()) return got.status();
+    const SecretBundle* best = nullptr;
+    for (const auto& v : *versions)
+      if (v.enabled && (!best || v.created > best->created)) best = &v;
+    if (!best) return got.status();
+    got = client.GetSecret(secret_name, best->version);
+  }
+  if (!got.ok()) return got.status();
+  const SecretBundle& s = *got;
   auto r = Unwrap(client, s);
   if (!r.ok()) return r.status().WithContext("escrowed key " + secret_name);
   return r;

@@ -55,8 +55,9 @@ Result<EscrowRecord> EscrowAndVerify(VaultClient& client, const SecureBuffer& pa
                                      const EscrowRequest& req,
                                      const std::function<Status(const SecureBuffer&)>& verify);
 
-// Reads an escrowed passphrase (version empty: newest) and unwraps it when its contentType is
-// "Wrapped BEK", using the KEK URL and algorithm recorded in its tags.
+// Reads an escrowed passphrase (version empty: the newest enabled version, skipping versions
+// EscrowAndVerify disabled) and unwraps it when its contentType is "Wrapped BEK", using the KEK
+// URL and algorithm recorded in its tags.
 Result<SecureBuffer> FetchEscrowedPassphrase(VaultClient& client, const std::string& secret_name,
                                              const std::string& version = "");
 
