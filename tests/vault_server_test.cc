@@ -115,6 +115,10 @@ TEST_F(VaultServerTest, SecretsConformance) {
   ASSERT_EQ(admin_->Call("DELETE", "/deletedsecrets/disk-1", "")->status, 204);
   EXPECT_EQ(admin_->Call("GET", "/deletedsecrets/disk-1", "")->status, 404);
   ASSERT_TRUE(admin_->SetSecret("disk-1", AsBytes("reborn"), "", {}).ok());
+  // Listing objects names each object (no version), as Azure does.
+  auto names = admin_->Call("GET", "/secrets", "");
+  ASSERT_EQ(Body(*names)["value"].size(), 1u);
+  EXPECT_EQ(Body(*names)["value"][0]["id"], vault_->url() + "/secrets/disk-1");
 
   // Both API generations ADE and the SDKs speak.
   auto old_api = VaultClient::Create(*PosixEnv(), [&] {

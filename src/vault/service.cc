@@ -214,13 +214,16 @@ struct VaultService::Call {
     return a;
   }
   // The listing/bundle fields every object has; keys add "key" (or "kid"), secrets "id".
-  json Item(const ObjectVersion& v) const {
+  // `versioned` false: the id names the object, not the version, as Azure's list-objects and
+  // list-deleted items do.
+  json Item(const ObjectVersion& v, bool versioned = true) const {
     json j;
+    std::string id = versioned ? Id(v.version) : base + "/" + KindName(kind) + "/" + name;
     if (kind == Kind::kSecret) {
-      j["id"] = Id(v.version);
+      j["id"] = id;
       if (!v.content_type.empty()) j["contentType"] = v.content_type;
     } else {
-      j["kid"] = Id(v.version);
+      j["kid"] = id;
     }
     j["attributes"] = Attributes(v);
     json tags = json::parse(v.tags_json, nullptr, false);
@@ -587,7 +590,7 @@ ApiResponse VaultService::ListVersions(Call& c, bool names_only) {
     const ObjectVersion& v = (*rows)[i];
     std::string saved = c.name;
     c.name = v.name;
-    value.push_back(c.Item(v));
+    value.push_back(c.Item(v, !names_only));
     c.name = saved;
   }
   json j = {{"value", value}, {"nextLink", nullptr}};
@@ -631,7 +634,7 @@ ApiResponse VaultService::ListDeleted(Call& c) {
     json item = {{"recoveryId", c.RecoveryId()}, {"deletedDate", d.deleted_date},
                  {"scheduledPurgeDate", d.scheduled_purge_date}};
     if (auto v = store_->Get(c.kind, d.name, "", true); v.ok())
-      Merge(item, c.Item(*v));
+      Merge(item, c.Item(*v, false));
     value.push_back(item);
   }
   c.name.clear();
