@@ -14,6 +14,8 @@ Runner Dispatch(std::vector<std::pair<CLI::App*, Runner>> subs) {
 // The one table. Each entry's setup lives with its area (cmd_*.cc).
 static const Command kCommands[] = {
     {"format", "create a new LUKS2 volume (header and keyslot) on a device", SetupFormat},
+    {"encrypt", "encrypt a device in place, data kept, crash-safe (detached header)", SetupEncrypt},
+    {"resume", "finish an interrupted in-place operation", SetupResume},
     {"dump", "show a volume's LUKS2 header (--json: stable schema)", SetupDump},
     {"test-key", "check a passphrase against a volume's keyslots", SetupTestKey},
     {"keyslot", "add, remove, change or list keyslots", SetupKeyslot},

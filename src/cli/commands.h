@@ -17,6 +17,9 @@ Runner SetupHeader(CLI::App& app, Globals& g);
 Runner SetupRepair(CLI::App& app, Globals& g);
 Runner SetupImport(CLI::App& app, Globals& g);
 Runner SetupExport(CLI::App& app, Globals& g);
+// In-place engine (cmd_engine.cc)
+Runner SetupEncrypt(CLI::App& app, Globals& g);
+Runner SetupResume(CLI::App& app, Globals& g);
 // Key vault (cmd_vault.cc)
 Runner SetupVault(CLI::App& app, Globals& g);
 

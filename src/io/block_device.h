@@ -56,6 +56,8 @@ class Env {
   // after a crash the file holds either the old or the new contents, never a mix.
   virtual Status WriteFileAtomic(const std::string& path, std::string_view data,
                                  unsigned mode = 0600) = 0;
+  // rename(2) then fsync of the directory: the new name is durable when this returns.
+  virtual Status Rename(const std::string& from, const std::string& to) = 0;
   virtual bool Exists(const std::string& path) = 0;
   virtual Status Remove(const std::string& path) = 0;
 };

@@ -182,18 +182,21 @@ class PosixEnvImpl final : public Env {
       return PosixError(tmp + ": fsync", e);
     }
     ::close(fd);
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      int e = errno;
-      ::unlink(tmp.c_str());
-      return PosixError(path, e);
-    }
-    std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+    Status s = Rename(tmp, path);
+    if (!s.ok()) ::unlink(tmp.c_str());
+    return s;
+  }
+
+  Status Rename(const std::string& from, const std::string& to) override {
+    if (::rename(from.c_str(), to.c_str()) != 0) return PosixError(to, errno);
+    std::string dir = to.find('/') == std::string::npos ? "." : to.substr(0, to.rfind('/'));
     if (dir.empty()) dir = "/";
     int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-      ::fsync(dfd);  // make the rename itself durable
-      ::close(dfd);
-    }
+    if (dfd < 0) return PosixError(dir, errno);
+    int rc = ::fsync(dfd);  // make the rename itself durable
+    int e = errno;
+    ::close(dfd);
+    if (rc != 0) return PosixError(dir + ": fsync", e);
     return Status::Ok();
   }
 

@@ -419,15 +419,22 @@ Status Validate(const Metadata& md) {
   DS_RETURN_IF_ERROR(ValidateDigests(md));
   DS_RETURN_IF_ERROR(ValidateSegments(md));
   DS_RETURN_IF_ERROR(ValidateKeyslotsAndAreas(md));
-  // The first crypt segment with a non-zero offset must lie past the metadata and keyslots.
+  // The data must lie past the metadata and keyslots, judged as cryptsetup does by the lowest
+  // crypt segment offset; an offset of 0 means a detached header and nothing to check.
+  uint64_t first = UINT64_MAX;
+  std::string first_id;
   for (const auto& [k, s] : j["segments"].items()) {
     if (s["type"] != "crypt") continue;
     uint64_t off = *JsonU64(s["offset"]);
-    if (off != 0 && off < md.areas_end())
-      return Rule("segment " + k, "data offset " + std::to_string(off) +
-                                      " overlaps the metadata and keyslots areas (which end at " +
-                                      std::to_string(md.areas_end()) + ")");
+    if (off < first) {
+      first = off;
+      first_id = k;
+    }
   }
+  if (first != UINT64_MAX && first != 0 && first < md.areas_end())
+    return Rule("segment " + first_id, "data offset " + std::to_string(first) +
+                                           " overlaps the metadata and keyslots areas (which end at " +
+                                           std::to_string(md.areas_end()) + ")");
   if (SerializeJson(j).size() >= md.json_area_size())
     return Rule("JSON area", "the JSON does not fit in the JSON area");
   return Status::Ok();

@@ -81,7 +81,8 @@ Result<Volume> Volume::Load(Env& env, const std::string& device, const std::stri
 }
 
 Result<Volume> Volume::Format(Env& env, const std::string& device, const std::string& header_path,
-                              const FormatOptions& o, std::span<const uint8_t> passphrase) {
+                              const FormatOptions& o, std::span<const uint8_t> passphrase,
+                              const FormatHook& before_commit, SecureBuffer* key_out) {
   // ---- check every option before touching anything ----
   if (o.key_size_bits % 8 || o.key_size_bits == 0)
     return InvalidArgument("--key-size must be a whole number of bytes");
@@ -205,7 +206,9 @@ Result<Volume> Volume::Format(Env& env, const std::string& device, const std::st
   }
   DS_ASSIGN_OR_RETURN(Json ks, CreateLuks2Keyslot(md_dev, md2, area_need, kdf, passphrase, vk.span()));
   md.json["keyslots"][slot] = ks;
+  if (before_commit) DS_RETURN_IF_ERROR(before_commit(md, vk));
   DS_RETURN_IF_ERROR(WriteHeader(md_dev, md));
+  if (key_out) *key_out = std::move(vk);
   v.read_.primary = {0, true, true, md.seqid, ""};
   v.read_.secondary = {md.hdr_size, true, true, md.seqid, ""};
   return v;

@@ -3,6 +3,7 @@
 // tokens, plaintext access. Nothing is written to a device until Commit() or an explicit write.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -56,8 +57,14 @@ class Volume {
   // Creates a new volume. The volume key is random; `passphrase` goes into the first keyslot.
   // Attached: the first areas_end bytes of `device` are wiped. Detached: the header file is
   // created if missing and the data device is not written at all.
+  // `before_commit`, when set, may reshape the new header (e.g. into "encryption in progress")
+  // before it is written for the first time, so that the first header ever on disk already tells
+  // the truth. `key_out`, when set, receives the volume key.
+  using FormatHook = std::function<Status(Metadata& md, const SecureBuffer& volume_key)>;
   static Result<Volume> Format(Env& env, const std::string& device, const std::string& header_path,
-                               const FormatOptions& opts, std::span<const uint8_t> passphrase);
+                               const FormatOptions& opts, std::span<const uint8_t> passphrase,
+                               const FormatHook& before_commit = nullptr,
+                               SecureBuffer* key_out = nullptr);
 
   const Metadata& metadata() const { return read_.md; }
   Metadata& mutable_metadata() { return read_.md; }

@@ -1,0 +1,230 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+#include "crypto/crypto.h"
+#include "engine/reencrypt_state.h"
+
+namespace ds::engine {
+
+namespace {
+
+// Old -> new transform of whole sectors, spread over threads, each with its own cipher contexts.
+class Transformer {
+ public:
+  static Result<Transformer> Create(const State& st, const SecureBuffer* old_key,
+                                    const SecureBuffer* new_key, unsigned threads) {
+    Transformer t;
+    t.st_ = &st;
+    for (unsigned i = 0; i < threads; ++i) {
+      Pair p;
+      if (st.old_seg.type == "crypt") {
+        DS_ASSIGN_OR_RETURN(p.old_c, SectorCipher::Create(st.old_seg.cipher, old_key->span()));
+      }
+      if (st.new_seg.type == "crypt") {
+        DS_ASSIGN_OR_RETURN(p.new_c, SectorCipher::Create(st.new_seg.cipher, new_key->span()));
+      }
+      t.pairs_.push_back(std::move(p));
+    }
+    return t;
+  }
+
+  // `buf` holds the on-disk bytes of data offset [pos, pos + size) in the old layout; on return
+  // it holds them in the new layout.
+  Status Apply(std::span<uint8_t> buf, uint64_t pos) {
+    const uint64_t unit = st_->sector_size();
+    const size_t n = pairs_.size();
+    const uint64_t units = buf.size() / unit;
+    if (n == 1 || units < 2 * n) return ApplyOne(pairs_[0], buf, pos);
+    std::vector<Status> results(n);
+    std::vector<std::thread> workers;
+    uint64_t per = (units + n - 1) / n * unit, start = 0;
+    for (size_t i = 0; i < n && start < buf.size(); ++i, start += per) {
+      uint64_t len = std::min<uint64_t>(per, buf.size() - start);
+      workers.emplace_back([this, i, &results, buf, start, len, pos] {
+        results[i] = ApplyOne(pairs_[i], buf.subspan(start, len), pos + start);
+      });
+    }
+    for (auto& w : workers) w.join();
+    for (auto& r : results) DS_RETURN_IF_ERROR(r);
+    return Status::Ok();
+  }
+
+ private:
+  struct Pair {
+    std::unique_ptr<SectorCipher> old_c, new_c;
+  };
+  Status ApplyOne(Pair& p, std::span<uint8_t> buf, uint64_t pos) {
+    if (p.old_c)
+      DS_RETURN_IF_ERROR(p.old_c->Decrypt(buf, st_->old_seg.iv_tweak + pos / 512, st_->old_seg.sector_size));
+    if (p.new_c)
+      DS_RETURN_IF_ERROR(p.new_c->Encrypt(buf, st_->new_seg.iv_tweak + pos / 512, st_->new_seg.sector_size));
+    return Status::Ok();
+  }
+  const State* st_ = nullptr;
+  std::vector<Pair> pairs_;
+};
+
+class Runner {
+ public:
+  Runner(luks2::Volume& v, State st, Transformer tf, const EngineOptions& o)
+      : v_(v), st_(std::move(st)), tf_(std::move(tf)), o_(o),
+        data_(v.data_device()), md_dev_(v.metadata_device()) {}
+
+  Status Go() {
+    if (st_.hotzone_len) DS_RETURN_IF_ERROR(Recover(st_.done, *st_.hotzone_len));
+    const uint64_t hz = HotzoneLimit();
+    while (st_.done < st_.data_size) {
+      if (o_.stop && o_.stop->load())
+        return Interrupted(v_.name() + ": stopped at a commit point after " +
+                           std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
+                           " bytes; the volume is consistent and resumes with `diskseal resume`");
+      uint64_t len = std::min(hz, st_.data_size - st_.done);
+      DS_RETURN_IF_ERROR(Step(st_.done, len));
+    }
+    return Status::Ok();
+  }
+
+  // Idempotent and safe at any time after the final commit: the area is no longer referenced.
+  Status Scrub(uint64_t off, uint64_t size) {
+    Bytes zero(size_t(std::min<uint64_t>(size, 1u << 20)), 0);
+    for (uint64_t done = 0; done < size; done += zero.size()) {
+      size_t n = size_t(std::min<uint64_t>(zero.size(), size - done));
+      DS_RETURN_IF_ERROR(md_dev_.WriteAt(off + done, std::span<const uint8_t>(zero).first(n)));
+    }
+    return md_dev_.Sync();
+  }
+
+ private:
+  uint64_t HotzoneLimit() const {
+    const uint64_t unit = std::max<uint64_t>(st_.sector_size(), st_.area.block);
+    uint64_t hz = std::max<uint64_t>(o_.hotzone_bytes / unit * unit, unit);
+    if (st_.area.type == Resilience::kJournal) hz = std::min(hz, st_.area.size / unit * unit);
+    if (st_.area.type == Resilience::kChecksum) {
+      uint64_t hs = HashSize(st_.area.hash);
+      hz = std::min(hz, st_.area.size / hs * st_.area.block / unit * unit);
+    }
+    return hz;
+  }
+
+  uint64_t DataOffset() const { return st_.new_seg.offset; }
+
+  Status Commit(uint64_t done, std::optional<uint64_t> hot) {
+    luks2::Metadata& md = v_.mutable_metadata();
+    if (done == st_.data_size && !hot) {
+      SetFinished(md, st_);
+    } else {
+      SetProgress(md, st_, done, hot);
+    }
+    return v_.Commit();
+  }
+
+  Status WriteResilience(std::span<const uint8_t> raw) {
+    if (st_.area.type == Resilience::kNone) return Status::Ok();
+    if (st_.area.type == Resilience::kJournal) {
+      DS_RETURN_IF_ERROR(md_dev_.WriteAt(st_.area.offset, raw));
+    } else {
+      const size_t hs = HashSize(st_.area.hash);
+      Bytes sums(raw.size() / st_.area.block * hs);
+      for (size_t i = 0; i * st_.area.block < raw.size(); ++i) {
+        DS_ASSIGN_OR_RETURN(Bytes h, Hash(st_.area.hash, raw.subspan(i * st_.area.block, st_.area.block)));
+        std::memcpy(sums.data() + i * hs, h.data(), hs);
+      }
+      DS_RETURN_IF_ERROR(md_dev_.WriteAt(st_.area.offset, sums));
+    }
+    // The resilience data must be durable before the header that refers to it.
+    return md_dev_.Sync();
+  }
+
+  Status Step(uint64_t done, uint64_t len) {
+    buf_.resize(len);
+    DS_RETURN_IF_ERROR(data_.ReadAt(DataOffset() + done, buf_));
+    DS_RETURN_IF_ERROR(WriteResilience(buf_));
+    DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
+    DS_RETURN_IF_ERROR(tf_.Apply(buf_, done));
+    DS_RETURN_IF_ERROR(data_.WriteAt(DataOffset() + done, buf_));
+    DS_RETURN_IF_ERROR(data_.Sync());
+    DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
+    st_.done = done + len;
+    if (o_.progress) o_.progress->Advance(len);
+    return Status::Ok();
+  }
+
+  Status Recover(uint64_t done, uint64_t len) {
+    buf_.resize(len);
+    const uint64_t at = DataOffset() + done;
+    switch (st_.area.type) {
+      case Resilience::kNone:
+        return Corrupt(v_.name() + ": an interrupted step over bytes [" + std::to_string(done) + ", " +
+                       std::to_string(done + len) + ") ran with resilience none and cannot be recovered");
+      case Resilience::kJournal: {
+        DS_RETURN_IF_ERROR(md_dev_.ReadAt(st_.area.offset, buf_));
+        DS_RETURN_IF_ERROR(tf_.Apply(buf_, done));
+        DS_RETURN_IF_ERROR(data_.WriteAt(at, buf_));
+        break;
+      }
+      case Resilience::kChecksum: {
+        const size_t hs = HashSize(st_.area.hash);
+        const uint64_t block = st_.area.block;
+        Bytes sums(len / block * hs);
+        DS_RETURN_IF_ERROR(md_dev_.ReadAt(st_.area.offset, sums));
+        DS_RETURN_IF_ERROR(data_.ReadAt(at, buf_));
+        for (uint64_t i = 0; i * block < len; ++i) {
+          std::span<uint8_t> b(buf_.data() + i * block, block);
+          DS_ASSIGN_OR_RETURN(Bytes h, Hash(st_.area.hash, b));
+          if (std::memcmp(h.data(), sums.data() + i * hs, hs) != 0) continue;  // already new
+          DS_RETURN_IF_ERROR(tf_.Apply(b, done + i * block));
+          DS_RETURN_IF_ERROR(data_.WriteAt(at + i * block, b));
+        }
+        break;
+      }
+    }
+    DS_RETURN_IF_ERROR(data_.Sync());
+    DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));
+    st_.done = done + len;
+    st_.hotzone_len.reset();
+    if (o_.progress) o_.progress->Advance(len);
+    return Status::Ok();
+  }
+
+  luks2::Volume& v_;
+  State st_;
+  Transformer tf_;
+  const EngineOptions& o_;
+  BlockDevice& data_;
+  BlockDevice& md_dev_;
+  Bytes buf_;
+};
+
+}  // namespace
+
+Status Run(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
+           const EngineOptions& opts) {
+  DS_ASSIGN_OR_RETURN(auto st, ReadState(volume.metadata(), volume.data_device().Size()));
+  if (!st) return Status::Ok();
+  if (st->area.type == Resilience::kChecksum &&
+      (st->area.block % st->sector_size() || HashSize(st->area.hash) == 0))
+    return Unsupported(volume.name() + ": checksum blocks must be whole sectors of a known hash");
+  auto key = [&](int digest) -> const SecureBuffer* {
+    if (digest < 0) return nullptr;
+    auto it = keys.find(digest);
+    return it == keys.end() ? nullptr : it->second;
+  };
+  const SecureBuffer* old_key = key(st->digest_old);
+  const SecureBuffer* new_key = key(st->digest_new);
+  if ((st->digest_old >= 0 && !old_key) || (st->digest_new >= 0 && !new_key))
+    return PermissionDenied(volume.name() + ": the passphrase does not open a key this operation needs");
+  DS_RETURN_IF_ERROR(CheckVerificationDigest(volume.metadata(), *st, old_key, new_key)
+                         .WithContext(volume.name()));
+  unsigned threads = opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
+  DS_ASSIGN_OR_RETURN(Transformer tf, Transformer::Create(*st, old_key, new_key, threads));
+  const uint64_t area_off = st->area.offset, area_size = st->area.size;
+  Runner r(volume, *st, std::move(tf), opts);
+  DS_RETURN_IF_ERROR(r.Go());
+  // The reencryption area held checksums or plaintext copies; it is free space now.
+  return r.Scrub(area_off, area_size);
+}
+
+}  // namespace ds::engine

@@ -1,0 +1,39 @@
+// The in-place engine: carries an operation recorded in a LUKS2 header (engine/reencrypt_state.h)
+// to completion, one hotzone at a time, so that a crash at any instant leaves a header from which
+// the same call finishes the job with the original data intact.
+//
+// Per hotzone (cryptsetup's reencrypt_step, with the lessons of its power-cut failures):
+//   1. read the hotzone as it is on disk;
+//   2. write the resilience data (checksums of the old blocks, or a journal copy of them) into
+//      the reencrypt keyslot area and sync it;
+//   3. commit the header with the hotzone flagged in-reencryption (the step's commit point);
+//   4. transform (decrypt old, encrypt new) on all cores and write in place; sync the data;
+//   5. commit the header with the hotzone done -- for the last one, the final layout itself, in
+//      the same single commit that removes the reencryption metadata.
+// Recovery of a flagged hotzone: checksum -- a block whose checksum still matches is still old
+// and is transformed again, other blocks are already new; journal -- the old data is transformed
+// again from the journal; none -- refused (the mode exists only when asked for by name).
+#pragma once
+
+#include <atomic>
+#include <map>
+
+#include "luks2/volume.h"
+#include "util/progress.h"
+
+namespace ds::engine {
+
+struct EngineOptions {
+  uint64_t hotzone_bytes = 8u << 20;  // bounds memory: peak use is about 2x this
+  unsigned threads = 0;               // 0: one per core
+  const std::atomic<bool>* stop = nullptr;  // checked at every commit point
+  Progress* progress = nullptr;
+};
+
+// `keys` maps digest id -> volume key for the keys the operation needs (the new key to encrypt).
+// Returns ok when the operation is complete (or there was none); kInterrupted when `stop` was
+// seen at a commit point (the header then describes a consistent, resumable state).
+Status Run(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
+           const EngineOptions& opts);
+
+}  // namespace ds::engine
