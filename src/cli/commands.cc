@@ -27,6 +27,7 @@ static const Command kCommands[] = {
     {"import", "write plaintext from a file into a volume's data segment", SetupImport},
     {"export", "write a volume's decrypted data to a file or stdout", SetupExport},
     {"benchmark", "measure PBKDF and cipher speed on this machine", SetupBenchmark},
+    {"vault", "run the key vault, manage its tokens, use it from scripts", SetupVault},
 };
 
 std::span<const Command> CommandTable() { return kCommands; }

@@ -1,0 +1,40 @@
+#include "cli/vault_options.h"
+
+#include "vault/escrow.h"
+
+namespace ds::cli {
+
+std::string VaultOptions::SecretNameFor(const std::string& luks_uuid) const {
+  return secret_name.empty() ? vault::DefaultSecretName(luks_uuid) : secret_name;
+}
+
+void AddVaultConnectionOptions(CLI::App& app, VaultOptions& o) {
+  app.add_option("--vault", o.url, "key vault URL (https://host:port, or https://NAME.vault.azure.net)");
+  app.add_option("--vault-token-file", o.token_file,
+                 "file holding the vault bearer token (diskseal token or Entra ID access token)");
+  app.add_option("--vault-token-env", o.token_env,
+                 "name of an environment variable holding the vault bearer token");
+  app.add_option("--vault-ca", o.ca_file, "PEM CA file to trust for the vault (default: system CAs)");
+}
+
+void AddVaultOptions(CLI::App& app, VaultOptions& o) {
+  AddVaultConnectionOptions(app, o);
+  app.add_option("--kek", o.kek, "vault key that wraps the escrowed passphrase (key-encryption key)");
+  app.add_option("--kek-alg", o.kek_alg, "wrap algorithm: RSA-OAEP (default), RSA-OAEP-256, A256KW");
+  app.add_option("--vault-secret-name", o.secret_name,
+                 "vault secret holding the volume key (default: diskseal-<LUKS UUID>)");
+}
+
+Result<std::unique_ptr<vault::VaultClient>> MakeVaultClient(Env& env, const VaultOptions& o) {
+  if (o.url.empty()) return InvalidArgument("--vault URL is required");
+  if (o.token_file.empty() == o.token_env.empty())
+    return InvalidArgument("--vault needs exactly one of --vault-token-file or --vault-token-env");
+  vault::VaultClientOptions c;
+  c.url = o.url;
+  c.token_file = o.token_file;
+  c.token_env = o.token_env;
+  c.ca_file = o.ca_file;
+  return vault::VaultClient::Create(env, c);
+}
+
+}  // namespace ds::cli

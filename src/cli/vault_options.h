@@ -1,0 +1,38 @@
+// The vault flags format/encrypt/open/resume/decrypt share (escrow and fetch of the volume key),
+// and the client the commands build from them.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "io/block_device.h"
+#include "util/status.h"
+#include "vault/client.h"
+
+namespace ds::cli {
+
+struct VaultOptions {
+  std::string url;          // --vault https://host:port (empty: no vault)
+  std::string token_file;   // --vault-token-file
+  std::string token_env;    // --vault-token-env NAME (e.g. an Entra ID token for Azure Key Vault)
+  std::string ca_file;      // --vault-ca
+  std::string kek;          // --kek NAME: wrap the passphrase with this key
+  std::string kek_alg = "RSA-OAEP";  // --kek-alg
+  std::string secret_name;  // --vault-secret-name (default: diskseal-<LUKS UUID>)
+
+  bool enabled() const { return !url.empty(); }
+  // The secret name to use for a volume: --vault-secret-name, else derived from its UUID.
+  std::string SecretNameFor(const std::string& luks_uuid) const;
+};
+
+// --vault, --vault-token-file, --vault-token-env, --vault-ca (what every vault client needs).
+void AddVaultConnectionOptions(CLI::App& app, VaultOptions& o);
+// The above plus --kek, --kek-alg and --vault-secret-name: for format/encrypt/open.
+void AddVaultOptions(CLI::App& app, VaultOptions& o);
+
+// kInvalidArgument when --vault is given without a token source (or the reverse).
+Result<std::unique_ptr<vault::VaultClient>> MakeVaultClient(Env& env, const VaultOptions& o);
+
+}  // namespace ds::cli
