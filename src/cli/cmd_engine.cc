@@ -12,7 +12,9 @@
 #include "engine/engine.h"
 #include "engine/reencrypt_state.h"
 #include "crypto/crypto.h"
+#include "cli/vault_options.h"
 #include "luks2/header_io.h"
+#include "vault/escrow.h"
 
 #include <algorithm>
 
@@ -44,10 +46,23 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
   app.add_option("--threads", e.threads, "encryption threads (default: one per core)");
 }
 
+// The passphrase of an existing volume: from the vault when --vault is given and no key file is,
+// else from the key options.
+Result<SecureBuffer> ObtainPassphrase(Globals& g, const KeySource& keys, const VaultOptions* vo,
+                                      const std::string& uuid, const std::string& device) {
+  if (vo && vo->enabled() && keys.key_file.empty()) {
+    DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, *vo));
+    auto p = vault::FetchEscrowedPassphrase(*client, vo->SecretNameFor(uuid));
+    if (!p.ok()) return p.status().WithContext(device + ": fetching the escrowed passphrase");
+    return std::move(p).value();
+  }
+  return ReadKey(*g.env, keys, "Enter passphrase for " + device + ": ", false);
+}
+
 // Loads the volume with its operation, unlocks, and runs it to the end.
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
                        const SecureBuffer* known_key, int known_digest,
-                       const SecureBuffer* known_pass = nullptr) {
+                       const SecureBuffer* known_pass = nullptr, const VaultOptions* vo = nullptr) {
   OpenOptions rw;
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
@@ -62,7 +77,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   } else {
     SecureBuffer read;
     if (!known_pass) {
-      DS_ASSIGN_OR_RETURN(read, ReadKey(*g.env, keys, "Enter passphrase for " + d.device + ": ", false));
+      DS_ASSIGN_OR_RETURN(read, ObtainPassphrase(g, keys, vo, v.metadata().uuid, d.device));
     }
     DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll((known_pass ? *known_pass : read).span()));
     for (auto& [digest, key] : unlocked) keymap[digest] = &key;
@@ -93,12 +108,14 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     EngineArgs e;
     std::string resilience = "checksum";
     uint64_t reduce = 0;
+    VaultOptions vault;
   };
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev);
   AddKeyOptions(app, o->keys);
   AddPbkdfOptions(app, o->f.pbkdf);
   AddEngineOptions(app, o->e);
+  AddVaultOptions(app, o->vault);
   app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
   app.add_option("--cipher,-c", o->f.cipher, "data cipher (default aes-xts-plain64)");
   app.add_option("--key-size,-s", o->f.key_size_bits, "volume key size in bits (default 512)");
@@ -122,7 +139,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
                     "); refusing to overwrite it");
       DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v->metadata(), v->data_device().Size()));
       if (!st) return Busy(dev + ": already encrypted (" + o->dev.header + " holds a finished LUKS2 header)");
-      return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1);
+      return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
     }
     {
       OpenOptions probe;
@@ -134,7 +151,17 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       if (d->Size() % 512)
         return InvalidArgument(dev + ": size " + std::to_string(d->Size()) + " is not a multiple of 512 bytes");
     }
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter new passphrase for " + dev + ": ", true));
+    // With a vault and no key file, diskseal makes the passphrase (as ADE does) and escrows it.
+    std::unique_ptr<vault::VaultClient> client;
+    if (o->vault.enabled()) {
+      DS_ASSIGN_OR_RETURN(client, MakeVaultClient(*g.env, o->vault));
+    }
+    SecureBuffer pass;
+    if (client && o->keys.key_file.empty()) {
+      DS_ASSIGN_OR_RETURN(pass, vault::GeneratePassphrase());
+    } else {
+      DS_ASSIGN_OR_RETURN(pass, ReadKey(*g.env, o->keys, "Enter new passphrase for " + dev + ": ", true));
+    }
     DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(o->f.pbkdf));
     // The header is built completely in a temporary file, with the operation already recorded
     // in it, and then renamed into place: the header file either does not exist or tells the
@@ -155,6 +182,28 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
         (void)g.env->Remove(tmp);
         return v.status().WithContext(dev + ": encrypt");
       }
+      if (client) {
+        // Escrow, read back, unwrap and check against this header's keyslot and digest while the
+        // header is still a temp file: if any of it fails, no data block has been touched.
+        vault::EscrowRequest req;
+        req.luks_uuid = v->metadata().uuid;
+        req.secret_name = o->vault.SecretNameFor(req.luks_uuid);
+        req.kek = o->vault.kek;
+        req.kek_alg = o->vault.kek_alg;
+        auto verify = [&](const SecureBuffer& p) -> Status {
+          DS_ASSIGN_OR_RETURN(luks2::Volume check, luks2::Volume::Load(*g.env, dev, tmp, false));
+          auto u = check.Unlock(p.span());
+          if (!u.ok()) return u.status();
+          if (!u->key.Equals(vk.span())) return Corrupt("the escrowed passphrase opens a different key");
+          return Status::Ok();
+        };
+        auto rec = vault::EscrowAndVerify(*client, pass, req, verify);
+        if (!rec.ok()) {
+          (void)g.env->Remove(tmp);
+          return rec.status().WithContext(dev + ": key escrow failed; nothing was written to the device");
+        }
+        *g.err << dev << ": passphrase escrowed and verified as " << rec->secret_id << "\n";
+      }
     }
     DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
     return ResumeOperation(g, o->dev, o->keys, o->e, &vk, digest);
@@ -168,11 +217,13 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     EngineArgs e;
     std::string resilience = "checksum";
     luks2::PbkdfOptions pbkdf;
+    VaultOptions vault;
   };
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev);
   AddKeyOptions(app, o->keys);
   AddEngineOptions(app, o->e);
+  AddVaultOptions(app, o->vault);
   app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
   return [o, &g]() -> Status {
     const std::string& dev = o->dev.device;
@@ -182,11 +233,11 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
-    if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1);
+    if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
     if (luks2::Segments(v.metadata()).front().type == "linear")
       return Busy(dev + ": already decrypted (the header describes plaintext)");
     DS_RETURN_IF_ERROR(v.CheckRequirements());
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + dev + ": ", false));
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(g, o->keys, &o->vault, v.metadata().uuid, dev));
     DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
     DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
     luks2::Metadata before = v.metadata();
@@ -252,12 +303,15 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
 }
 
 Runner SetupResume(CLI::App& app, Globals& g) {
-  struct Opts { DeviceArgs dev; KeySource keys; EngineArgs e; };
+  struct Opts { DeviceArgs dev; KeySource keys; EngineArgs e; VaultOptions vault; };
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev);
   AddKeyOptions(app, o->keys);
   AddEngineOptions(app, o->e);
-  return [o, &g]() -> Status { return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1); };
+  AddVaultOptions(app, o->vault);
+  return [o, &g]() -> Status {
+    return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
+  };
 }
 
 }  // namespace ds::cli
