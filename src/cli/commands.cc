@@ -13,6 +13,15 @@ Runner Dispatch(std::vector<std::pair<CLI::App*, Runner>> subs) {
 
 // The one table. Each entry's setup lives with its area (cmd_*.cc).
 static const Command kCommands[] = {
+    {"format", "create a new LUKS2 volume (header and keyslot) on a device", SetupFormat},
+    {"dump", "show a volume's LUKS2 header (--json: stable schema)", SetupDump},
+    {"test-key", "check a passphrase against a volume's keyslots", SetupTestKey},
+    {"keyslot", "add, remove, change or list keyslots", SetupKeyslot},
+    {"token", "import, export or remove LUKS2 tokens", SetupToken},
+    {"header", "back up or restore a volume's LUKS2 header", SetupHeader},
+    {"repair", "rewrite a damaged header copy from the intact one", SetupRepair},
+    {"import", "write plaintext from a file into a volume's data segment", SetupImport},
+    {"export", "write a volume's decrypted data to a file or stdout", SetupExport},
     {"benchmark", "measure PBKDF and cipher speed on this machine", SetupBenchmark},
 };
 

@@ -7,5 +7,15 @@
 namespace ds::cli {
 
 Runner SetupBenchmark(CLI::App& app, Globals& g);
+// LUKS2 (cmd_luks.cc)
+Runner SetupFormat(CLI::App& app, Globals& g);
+Runner SetupDump(CLI::App& app, Globals& g);
+Runner SetupTestKey(CLI::App& app, Globals& g);
+Runner SetupKeyslot(CLI::App& app, Globals& g);
+Runner SetupToken(CLI::App& app, Globals& g);
+Runner SetupHeader(CLI::App& app, Globals& g);
+Runner SetupRepair(CLI::App& app, Globals& g);
+Runner SetupImport(CLI::App& app, Globals& g);
+Runner SetupExport(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli

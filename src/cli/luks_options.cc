@@ -1,0 +1,47 @@
+#include "cli/luks_options.h"
+
+#include "util/bytes.h"
+
+namespace ds::cli {
+
+void AddDeviceArgs(CLI::App& app, DeviceArgs& d) {
+  app.add_option("device", d.device, "the device or image file")->required();
+  app.add_option("--header", d.header, "detached LUKS2 header file");
+}
+
+void AddPbkdfOptions(CLI::App& app, luks2::PbkdfOptions& p) {
+  app.add_option("--pbkdf", p.type, "pbkdf2, argon2i or argon2id (default argon2id)");
+  app.add_option("--hash", p.hash, "hash for pbkdf2 and the AF splitter (default sha256)");
+  app.add_option("--iter-time,-i", p.iter_time_ms, "milliseconds to spend deriving the key (default 2000)");
+  app.add_option("--pbkdf-force-iterations", p.force_iterations,
+                 "fixed cost: pbkdf2 iterations or argon2 time cost (no benchmark)");
+  app.add_option("--pbkdf-memory", p.memory_kib, "argon2 memory cost in KiB (default 1048576)");
+  app.add_option("--pbkdf-parallel", p.parallel, "argon2 threads (default 4)");
+}
+
+void AddSlotOption(CLI::App& app, SlotArg& s, const std::string& help) {
+  app.add_option("--key-slot,-S", s.slot, help)->check(CLI::Range(0, 31));
+}
+
+CLI::Option* AddSizeOption(CLI::App& app, const std::string& name, uint64_t& target,
+                           const std::string& help) {
+  return app.add_option_function<std::string>(
+      name,
+      [&target, name](const std::string& v) {
+        auto s = ParseSize(v);
+        if (!s) throw CLI::ValidationError(name, "not a size: " + v);
+        target = *s;
+      },
+      help);
+}
+
+Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySource& keys,
+                                   std::optional<int> slot, bool writable) {
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, writable));
+  DS_RETURN_IF_ERROR(v.CheckRequirements());
+  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, keys, "Enter passphrase for " + d.device + ": ", false));
+  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span(), slot));
+  return OpenedVolume{std::move(v), std::move(u)};
+}
+
+}  // namespace ds::cli

@@ -1,0 +1,40 @@
+// Flags several LUKS commands share (format, keyslot, encrypt, open ...), with cryptsetup's names.
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "cli/command.h"
+#include "cli/key_input.h"
+#include "luks2/volume.h"
+
+namespace ds::cli {
+
+struct DeviceArgs {
+  std::string device;
+  std::string header;  // --header: detached header file
+};
+void AddDeviceArgs(CLI::App& app, DeviceArgs& d);
+
+void AddPbkdfOptions(CLI::App& app, luks2::PbkdfOptions& p);
+
+// --key-slot/-S as an optional int (-1 = not given).
+struct SlotArg {
+  int slot = -1;
+  std::optional<int> get() const { return slot < 0 ? std::nullopt : std::optional<int>(slot); }
+};
+void AddSlotOption(CLI::App& app, SlotArg& s, const std::string& help);
+
+// Loads the volume and unlocks it with the passphrase from `keys`.
+struct OpenedVolume {
+  luks2::Volume volume;
+  luks2::Volume::Unlocked unlocked;
+};
+Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySource& keys,
+                                   std::optional<int> slot, bool writable);
+
+// Size flags accept units (16k, 4M) like cryptsetup.
+CLI::Option* AddSizeOption(CLI::App& app, const std::string& name, uint64_t& target,
+                           const std::string& help);
+
+}  // namespace ds::cli

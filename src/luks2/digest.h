@@ -1,0 +1,27 @@
+// Digest variants ("pbkdf2" is the only one LUKS2 defines): how a candidate volume key is
+// recognised as the right one. Chosen by JSON type through a registry.
+#pragma once
+
+#include <span>
+#include <string_view>
+
+#include "luks2/metadata.h"
+
+namespace ds::luks2 {
+
+class DigestHandler {
+ public:
+  virtual ~DigestHandler() = default;
+  virtual std::string_view type() const = 0;
+  virtual Status Validate(const Json& digest, const std::string& id) const = 0;
+  // True when `key` is the key this digest describes. Constant time in the comparison.
+  virtual Result<bool> Verify(const DigestInfo& d, std::span<const uint8_t> key) const = 0;
+};
+
+const DigestHandler* FindDigestHandler(std::string_view type);
+
+// A new pbkdf2 digest of `key` (salt random, length = hash size).
+Result<Json> CreatePbkdf2Digest(std::span<const uint8_t> key, const std::string& hash,
+                                uint32_t iterations);
+
+}  // namespace ds::luks2
