@@ -17,5 +17,9 @@ Runner SetupHeader(CLI::App& app, Globals& g);
 Runner SetupRepair(CLI::App& app, Globals& g);
 Runner SetupImport(CLI::App& app, Globals& g);
 Runner SetupExport(CLI::App& app, Globals& g);
+// Opening volumes (cmd_open.cc)
+Runner SetupOpen(CLI::App& app, Globals& g);
+Runner SetupClose(CLI::App& app, Globals& g);
+Runner SetupList(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli

@@ -82,8 +82,8 @@ std::string MakeUuid(const std::string& luks_uuid, const std::string& name) {
   return "CRYPT-LUKS2-" + hex + "-" + name;
 }
 
-Result<SecureBuffer> TargetParams(const Segment& seg, std::span<const uint8_t> key,
-                                  const std::string& device_majmin) {
+Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin) {
+  const std::span<const uint8_t> key = seg.key;
   std::string tail = " " + device_majmin + " " + std::to_string(seg.device_sector);
   if (seg.type == Segment::Type::kLinear) {
     std::string s = device_majmin + " " + std::to_string(seg.device_sector);
@@ -118,8 +118,8 @@ Status Validate(const Activation& a) {
     std::string what = a.name + ": segment " + std::to_string(i);
     if (s.sectors == 0) return InvalidArgument(what + " is empty");
     if (s.type == Segment::Type::kCrypt) {
-      if (a.key.empty()) return InvalidArgument(what + " is encrypted but no key was given");
-      DS_RETURN_IF_ERROR(CheckCipherSpec(s.cipher, a.key.size()).WithContext(what));
+      if (s.key.empty()) return InvalidArgument(what + " is encrypted but no key was given");
+      DS_RETURN_IF_ERROR(CheckCipherSpec(s.cipher, s.key.size()).WithContext(what));
       if (!ValidSectorSize(s.sector_size))
         return InvalidArgument(what + ": sector size " + std::to_string(s.sector_size) +
                                " is not a power of two in 512..4096");
@@ -163,7 +163,7 @@ Status Create(const Activation& a) {
   if (a.read_only && !dm_task_set_ro(t.get())) return Internal("device-mapper: read-only refused");
   uint64_t start = 0;
   for (const Segment& s : a.segments) {
-    DS_ASSIGN_OR_RETURN(SecureBuffer params, TargetParams(s, a.key, majmin));
+    DS_ASSIGN_OR_RETURN(SecureBuffer params, TargetParams(s, majmin));
     const char* type = s.type == Segment::Type::kCrypt ? "crypt" : "linear";
     if (!dm_task_add_target(t.get(), start, s.sectors, type,
                             reinterpret_cast<const char*>(params.data())))

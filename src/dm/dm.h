@@ -30,6 +30,7 @@ struct Segment {
   std::string cipher;           // as dm-crypt spells it: "aes-xts-plain64"
   uint64_t iv_offset = 0;       // LUKS2 iv_tweak (512-byte units)
   uint32_t sector_size = 512;   // encryption sector size, 512..4096
+  std::span<const uint8_t> key; // volume key of this segment's digest (borrowed)
 };
 
 struct Activation {
@@ -37,7 +38,6 @@ struct Activation {
   std::string luks_uuid;        // the volume's LUKS2 uuid, with dashes
   std::string device;           // data device: a block device path
   std::vector<Segment> segments;  // in plaintext order; starts follow from the lengths
-  std::span<const uint8_t> key;   // volume key for every crypt segment (borrowed)
   bool read_only = false;
 };
 
@@ -47,8 +47,7 @@ std::string MakeUuid(const std::string& luks_uuid, const std::string& name);
 // The parameter string of one target ("<cipher> <hex key> <iv> <maj:min> <offset> [opts]" for
 // crypt, "<maj:min> <offset>" for linear), in locked memory because it holds the key.
 // device is given as "major:minor" so the table does not depend on device node names.
-Result<SecureBuffer> TargetParams(const Segment& seg, std::span<const uint8_t> key,
-                                  const std::string& device_majmin);
+Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin);
 
 // Checks an Activation without touching the kernel: non-empty name and segments, non-zero
 // lengths, a cipher and a sector size dm-crypt accepts for crypt segments, a key when needed.

@@ -21,12 +21,13 @@ TEST(DmTest, CryptParamsCarryKeyIvOffsetAndSectorSize) {
   s.device_sector = 32768;
   s.iv_offset = 8;
   s.sector_size = 4096;
-  auto p = TargetParams(s, key, "254:0");
+  s.key = key;
+  auto p = TargetParams(s, "254:0");
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(Str(*p), "aes-xts-plain64 001fa0ff 8 254:0 32768 1 sector_size:4096");
   EXPECT_EQ(p->data()[p->size() - 1], 0);  // NUL-terminated for libdevmapper
   s.sector_size = 512;
-  p = TargetParams(s, key, "254:0");
+  p = TargetParams(s, "254:0");
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(Str(*p), "aes-xts-plain64 001fa0ff 8 254:0 32768");
 }
@@ -35,7 +36,7 @@ TEST(DmTest, LinearParams) {
   Segment s;
   s.type = Segment::Type::kLinear;
   s.device_sector = 2048;
-  auto p = TargetParams(s, {}, "8:16");
+  auto p = TargetParams(s, "8:16");
   ASSERT_TRUE(p.ok());
   EXPECT_EQ(Str(*p), "8:16 2048");
 }
@@ -46,18 +47,18 @@ TEST(DmTest, ValidateRejectsBadActivations) {
   crypt.cipher = "aes-xts-plain64";
   crypt.sectors = 64;
   crypt.sector_size = 4096;
+  crypt.key = key;
   Activation a;
   a.name = "v";
   a.device = "/dev/vda";
   a.segments = {crypt};
-  a.key = key;
   EXPECT_TRUE(Validate(a).ok()) << Validate(a).ToString();
 
   Activation b = a;
   b.segments.clear();
   EXPECT_EQ(Validate(b).code(), Code::kInvalidArgument);
   b = a;
-  b.key = {};
+  b.segments[0].key = {};
   EXPECT_EQ(Validate(b).code(), Code::kInvalidArgument);
   b = a;
   b.segments[0].sectors = 12;  // 6 KiB: not whole 4 KiB sectors
@@ -96,11 +97,11 @@ TEST(DmTest, WithoutDeviceMapperCreateIsUnsupported) {
   Segment crypt;
   crypt.cipher = "aes-xts-plain64";
   crypt.sectors = 64;
+  crypt.key = key;
   Activation a;
   a.name = "v";
   a.device = "/dev/null";
   a.segments = {crypt};
-  a.key = key;
   Status s = Create(a);
   EXPECT_EQ(s.code(), Code::kUnsupported);
   EXPECT_NE(s.message().find("--userspace"), std::string::npos) << s.message();

@@ -94,8 +94,8 @@ TEST(DmInGuest, MixedTableMatchesCryptDevice) {
   act.name = "mixed";
   act.luks_uuid = kLuksUuid;
   act.device = "/dev/vda";
+  a.key = c.key = key.span();
   act.segments = {a, b, c};
-  act.key = key.span();
   Status s = Create(act);
   ASSERT_TRUE(s.ok()) << s.ToString();
 
@@ -179,8 +179,8 @@ TEST(DmInGuest, BusyNameAndOpenDevice) {
   act.name = "one";
   act.luks_uuid = kLuksUuid;
   act.device = "/dev/vda";
+  a.key = key.span();
   act.segments = {a};
-  act.key = key.span();
   ASSERT_TRUE(Create(act).ok());
   Status again = Create(act);
   EXPECT_EQ(again.code(), Code::kBusy) << again.ToString();
@@ -222,8 +222,8 @@ TEST(DmInGuest, CryptsetupRecognisesAndAgrees) {
   act.name = "ours";
   act.luks_uuid = kLuksUuid;
   act.device = "/dev/vdb";
+  a.key = key.span();
   act.segments = {a};
-  act.key = key.span();
   ASSERT_TRUE(Create(act).ok());
   auto st = test::Run({"cryptsetup", "status", "ours"});
   EXPECT_EQ(st.exit_code, 0) << st.out << st.err;
