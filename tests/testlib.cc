@@ -34,7 +34,7 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-RunResult Run(const std::vector<std::string>& argv, const std::string& stdin_data) {
+RunResult RunProgram(const std::vector<std::string>& argv, const std::string& stdin_data) {
   int in[2], out[2], err[2];
   if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC))
     throw std::runtime_error("pipe");
@@ -110,11 +110,11 @@ RunResult Run(const std::vector<std::string>& argv, const std::string& stdin_dat
 RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdin_data) {
   std::vector<std::string> argv{DISKSEAL_BIN};
   argv.insert(argv.end(), args.begin(), args.end());
-  return Run(argv, stdin_data);
+  return RunProgram(argv, stdin_data);
 }
 
 bool HaveProgram(const std::string& name) {
-  return Run({"sh", "-c", "command -v " + name}).exit_code == 0;
+  return RunProgram({"sh", "-c", "command -v " + name}).exit_code == 0;
 }
 
 void WriteFile(const std::string& path, const std::string& data) {

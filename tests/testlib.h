@@ -29,8 +29,12 @@ struct RunResult {
   std::string out, err;
 };
 
-// Runs argv[0] (searched in PATH) with the given stdin bytes; waits for it.
-RunResult Run(const std::vector<std::string>& argv, const std::string& stdin_data = "");
+// Runs argv[0] (searched in PATH) with the given stdin bytes; waits for it. (Inside a gtest
+// fixture, gtest's own Test::Run hides the short name: use RunProgram there.)
+RunResult RunProgram(const std::vector<std::string>& argv, const std::string& stdin_data = "");
+inline RunResult Run(const std::vector<std::string>& argv, const std::string& stdin_data = "") {
+  return RunProgram(argv, stdin_data);
+}
 // Runs build/diskseal with args.
 RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdin_data = "");
 bool HaveProgram(const std::string& name);
