@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <csignal>
@@ -228,7 +229,12 @@ const fuse_lowlevel_ops kOps = [] {
 }  // namespace
 
 Status CheckFuseAvailable() {
-  if (::access("/dev/fuse", R_OK | W_OK) != 0)
+  struct stat st;
+  // /dev/fuse is the character device 10:229; anything else there (a container's placeholder, a
+  // bind-mounted /dev/null) cannot serve FUSE.
+  bool is_fuse = ::stat("/dev/fuse", &st) == 0 && S_ISCHR(st.st_mode) &&
+                 major(st.st_rdev) == 10 && minor(st.st_rdev) == 229;
+  if (!is_fuse || ::access("/dev/fuse", R_OK | W_OK) != 0)
     return Unsupported(
         "FUSE is not available: /dev/fuse is missing or not accessible (install the Debian "
         "package fuse3 and load the fuse kernel module: modprobe fuse)");
