@@ -1,6 +1,7 @@
 #include "fuse/daemon.h"
 
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -49,6 +50,10 @@ void WriteAll(int fd, const void* data, size_t n) {
   // mlock is not inherited across fork. Lock what is mapped now (the cipher's key schedule) and
   // everything mapped later as it is touched (worker stacks, request buffers).
   ::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT);
+  // Request buffers are up to 1 MiB, above glibc's mmap threshold: each request would map, fault
+  // in (and lock) and unmap fresh pages. Keep such buffers in the heap and reuse them instead.
+  ::mallopt(M_MMAP_THRESHOLD, 8 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 64 << 20);
 
   ServeOptions so;
   so.mountpoint = run.FilePath(req.name);

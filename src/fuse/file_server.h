@@ -25,6 +25,9 @@ struct ServeOptions {
   // Writes not aligned to this many bytes are read-modify-writes of the device's sectors and are
   // serialised against every other request (the device's sector size; 512 for linear).
   uint32_t atomic_unit = 4096;
+  // Transform large aligned requests (>= 512 KiB) in parallel pieces on helper threads, so one
+  // sequential stream uses more than one core.
+  bool split_large_requests = true;
 };
 
 // One mounted FUSE session over `dev`. Mount() mounts; Serve() answers requests until the file
