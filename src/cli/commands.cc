@@ -26,6 +26,9 @@ static const Command kCommands[] = {
     {"repair", "rewrite a damaged header copy from the intact one", SetupRepair},
     {"import", "write plaintext from a file into a volume's data segment", SetupImport},
     {"export", "write a volume's decrypted data to a file or stdout", SetupExport},
+    {"open", "open a volume: /dev/mapper/NAME (kernel) or /run/diskseal/NAME (userspace)", SetupOpen},
+    {"close", "close a volume opened with open (also cleans up after a crash)", SetupClose},
+    {"list", "list open volumes (kernel and userspace)", SetupList},
     {"benchmark", "measure PBKDF and cipher speed on this machine", SetupBenchmark},
     {"vault", "run the key vault, manage its tokens, use it from scripts", SetupVault},
 };

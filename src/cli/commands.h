@@ -24,5 +24,9 @@ Runner SetupReencrypt(CLI::App& app, Globals& g);
 Runner SetupResume(CLI::App& app, Globals& g);
 // Key vault (cmd_vault.cc)
 Runner SetupVault(CLI::App& app, Globals& g);
+// Opening volumes (cmd_open.cc)
+Runner SetupOpen(CLI::App& app, Globals& g);
+Runner SetupClose(CLI::App& app, Globals& g);
+Runner SetupList(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli

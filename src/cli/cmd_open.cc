@@ -1,0 +1,264 @@
+// `diskseal open DEVICE NAME`, `close NAME`, `list`: a LUKS2 volume's plaintext through the kernel
+// (dm-crypt, /dev/mapper/NAME) where device-mapper exists, else (or with --userspace) through a
+// FUSE daemon serving RUN/NAME as a regular file (RUN = /run/diskseal).
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <climits>
+#include <cstdlib>
+#include <fstream>
+#include <iomanip>
+#include <map>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "cli/luks_options.h"
+#include "dm/dm.h"
+#include "fuse/daemon.h"
+#include "fuse/file_server.h"
+#include "fuse/run_dir.h"
+#include "luks2/metadata.h"
+
+namespace ds::cli {
+
+namespace {
+
+constexpr char kDefaultRunDir[] = "/run/diskseal";
+
+std::string Canonical(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+// "/dev/vda" for a dm dependency, from sysfs (no udev needed).
+std::string BlockDevName(dev_t d) {
+  std::ifstream f("/sys/dev/block/" + std::to_string(major(d)) + ":" +
+                  std::to_string(minor(d)) + "/uevent");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("DEVNAME=", 0) == 0) return "/dev/" + line.substr(8);
+  return std::to_string(major(d)) + ":" + std::to_string(minor(d));
+}
+
+// Frees NAME when a crash left it behind, refuses it when it is really in use (kBusy).
+Status ClaimName(Globals& g, fuse::RunDir& run, const std::string& name) {
+  DS_ASSIGN_OR_RETURN(auto rec, run.Find(name));
+  if (rec) {
+    if (fuse::RunDir::IsAlive(*rec))
+      return Busy(name + ": name in use: already open in userspace (" + rec->file + ", pid " +
+                  std::to_string(rec->pid) + ")");
+    *g.err << "diskseal: " << name << ": removing a stale userspace mapping (daemon pid "
+           << rec->pid << " is gone)\n";
+    DS_RETURN_IF_ERROR(run.CleanupStale(*rec));
+  }
+  DS_ASSIGN_OR_RETURN(auto dmm, dm::Find(name));
+  if (dmm) {
+    if (!dm::IsStale(*dmm))
+      return Busy(name + ": name in use: /dev/mapper/" + name + " exists");
+    *g.err << "diskseal: " << name << ": removing a stale device-mapper mapping (no table)\n";
+    DS_RETURN_IF_ERROR(dm::Remove(name));
+  }
+  return Status::Ok();
+}
+
+// Refuses a device another mapping already uses (kBusy), naming that mapping.
+Status CheckDeviceFree(fuse::RunDir& run, const std::string& device) {
+  DS_ASSIGN_OR_RETURN(auto recs, run.List());
+  for (const auto& r : recs)
+    if (r.device == device && fuse::RunDir::IsAlive(r))
+      return Busy(device + ": already open as " + r.name + " (userspace, " + r.file + ")");
+  struct stat st;
+  if (::stat(device.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) {
+    DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
+    if (!holders.empty())
+      return Busy(device + ": already open as /dev/mapper/" + holders[0].name);
+  }
+  return Status::Ok();
+}
+
+// The volume's regular segments as a dm table. Refuses a header that needs recovery first.
+Result<std::vector<dm::Segment>> DmSegments(luks2::Volume& v, const luks2::Volume::Unlocked& u) {
+  std::vector<dm::Segment> out;
+  const uint64_t dev_size = v.data_device().Size();
+  for (const auto& seg : luks2::Segments(v.metadata())) {
+    if (std::any_of(seg.flags.begin(), seg.flags.end(),
+                    [](const std::string& f) { return f.rfind("backup-", 0) == 0; }))
+      continue;
+    if (seg.has_flag("in-reencryption"))
+      return Busy(v.name() + ": an in-place operation was interrupted here (segment " +
+                  std::to_string(seg.id) + " is in-reencryption); run `diskseal resume` first");
+    DS_ASSIGN_OR_RETURN(uint64_t bytes, luks2::SegmentBytes(seg, dev_size));
+    dm::Segment d;
+    d.sectors = bytes / 512;
+    d.device_sector = seg.offset / 512;
+    if (seg.type == "linear") {
+      d.type = dm::Segment::Type::kLinear;
+    } else if (seg.type == "crypt") {
+      auto digest = luks2::DigestOfSegment(v.metadata(), seg.id);
+      if (!digest || digest->id != u.digest)
+        return Unsupported(v.name() + ": segment " + std::to_string(seg.id) +
+                           " uses another volume key than the unlocked one (a re-encryption "
+                           "between keys); diskseal cannot open it yet");
+      d.cipher = seg.cipher;
+      d.iv_offset = seg.iv_tweak;
+      d.sector_size = seg.sector_size;
+      d.key = u.key.span();
+    } else {
+      return Unsupported(v.name() + ": segment " + std::to_string(seg.id) + " has type '" +
+                         seg.type + "', which diskseal cannot open");
+    }
+    out.push_back(std::move(d));
+  }
+  if (out.empty()) return Corrupt(v.name() + ": the header describes no data segment");
+  return out;
+}
+
+uint32_t LargestSectorSize(const luks2::Metadata& md) {
+  uint32_t s = 512;
+  for (const auto& seg : luks2::Segments(md))
+    if (seg.type == "crypt") s = std::max(s, seg.sector_size);
+  return s;
+}
+
+}  // namespace
+
+Runner SetupOpen(CLI::App& app, Globals& g) {
+  struct Opts {
+    DeviceArgs dev;
+    std::string name;
+    KeySource keys;
+    SlotArg slot;
+    bool userspace = false, read_only = false;
+    unsigned threads = 8;
+    std::string run_dir = kDefaultRunDir;
+  };
+  auto o = std::make_shared<Opts>();
+  AddDeviceArgs(app, o->dev);
+  app.add_option("name", o->name, "name of the opened volume (/dev/mapper/NAME or RUN/NAME)")
+      ->required();
+  AddKeyOptions(app, o->keys);
+  AddSlotOption(app, o->slot, "try only this keyslot");
+  app.add_flag("--userspace", o->userspace,
+               "serve the plaintext through FUSE as a regular file even where device-mapper "
+               "exists (the default without device-mapper)");
+  app.add_flag("--readonly,-r", o->read_only, "open read-only");
+  app.add_option("--threads", o->threads, "userspace: threads serving requests (default 8)")
+      ->check(CLI::Range(1, 64));
+  app.add_option("--run-dir", o->run_dir, "userspace: where served files and records live "
+                 "(default /run/diskseal)");
+  app.add_flag("--json", g.json, "print the result as JSON");
+  return [o, &g]() -> Status {
+    DS_RETURN_IF_ERROR(fuse::ValidateVolumeName(o->name));
+    const bool userspace = o->userspace || !dm::Available();
+    if (userspace) DS_RETURN_IF_ERROR(fuse::CheckFuseAvailable());
+    fuse::RunDir run(*g.env, o->run_dir);
+    DS_RETURN_IF_ERROR(ClaimName(g, run, o->name));
+    const std::string device = Canonical(o->dev.device);
+    DS_RETURN_IF_ERROR(CheckDeviceFree(run, device));
+    DS_ASSIGN_OR_RETURN(OpenedVolume ov,
+                        LoadAndUnlock(g, o->dev, o->keys, o->slot.get(), !o->read_only));
+    luks2::Volume& v = ov.volume;
+    nlohmann::ordered_json j = {{"name", o->name}, {"device", device}};
+    if (!userspace) {
+      dm::Activation a;
+      a.name = o->name;
+      a.luks_uuid = v.metadata().uuid;
+      a.device = device;
+      a.read_only = o->read_only;
+      DS_ASSIGN_OR_RETURN(a.segments, DmSegments(v, ov.unlocked));
+      DS_RETURN_IF_ERROR(dm::Create(a));
+      j["mode"] = "kernel";
+      j["path"] = "/dev/mapper/" + o->name;
+    } else {
+      std::map<int, const SecureBuffer*> keys = {{ov.unlocked.digest, &ov.unlocked.key}};
+      DS_ASSIGN_OR_RETURN(std::unique_ptr<BlockDevice> view, v.OpenData(keys));
+      fuse::StartRequest req;
+      req.name = o->name;
+      req.device = device;
+      req.header = o->dev.header.empty() ? "" : Canonical(o->dev.header);
+      req.uuid = v.metadata().uuid;
+      req.read_only = o->read_only;
+      req.atomic_unit = LargestSectorSize(v.metadata());
+      req.threads = o->threads;
+      DS_ASSIGN_OR_RETURN(fuse::Mapping m, fuse::StartDaemon(run, view.get(), req));
+      j["mode"] = "userspace";
+      j["path"] = m.file;
+      j["pid"] = m.pid;
+    }
+    if (g.json) {
+      *g.out << j.dump(2) << "\n";
+    } else {
+      *g.out << "Opened " << o->dev.device << " as " << j["path"].get<std::string>() << " ("
+             << j["mode"].get<std::string>() << ")\n";
+    }
+    return Status::Ok();
+  };
+}
+
+Runner SetupClose(CLI::App& app, Globals& g) {
+  struct Opts {
+    std::string name;
+    std::string run_dir = kDefaultRunDir;
+  };
+  auto o = std::make_shared<Opts>();
+  app.add_option("name", o->name, "the name given to open")->required();
+  app.add_option("--run-dir", o->run_dir, "userspace: where served files and records live");
+  return [o, &g]() -> Status {
+    DS_RETURN_IF_ERROR(fuse::ValidateVolumeName(o->name));
+    fuse::RunDir run(*g.env, o->run_dir);
+    DS_ASSIGN_OR_RETURN(auto rec, run.Find(o->name));
+    if (rec) {
+      bool stale = !fuse::RunDir::IsAlive(*rec);
+      DS_RETURN_IF_ERROR(fuse::StopDaemon(run, *rec));
+      *g.out << (stale ? "Removed stale mapping " : "Closed ") << o->name << "\n";
+      return Status::Ok();
+    }
+    DS_ASSIGN_OR_RETURN(auto dmm, dm::Find(o->name));
+    if (dmm) {
+      if (!dm::IsLuks2(*dmm) && !dm::IsStale(*dmm))
+        return InvalidArgument(o->name + ": /dev/mapper/" + o->name +
+                               " is not a LUKS2 mapping; diskseal does not close it");
+      DS_RETURN_IF_ERROR(dm::Remove(o->name));
+      *g.out << "Closed " << o->name << "\n";
+      return Status::Ok();
+    }
+    return NotFound(o->name + ": no open volume of this name");
+  };
+}
+
+Runner SetupList(CLI::App& app, Globals& g) {
+  auto run_dir = std::make_shared<std::string>(kDefaultRunDir);
+  app.add_option("--run-dir", *run_dir, "userspace: where served files and records live");
+  app.add_flag("--json", g.json, "print the list as JSON");
+  return [run_dir, &g]() -> Status {
+    fuse::RunDir run(*g.env, *run_dir);
+    nlohmann::ordered_json list = nlohmann::ordered_json::array();
+    DS_ASSIGN_OR_RETURN(auto recs, run.List());
+    for (const auto& r : recs)
+      list.push_back({{"name", r.name}, {"mode", "userspace"}, {"device", r.device},
+                      {"path", r.file}, {"pid", r.pid}, {"size", r.size},
+                      {"read_only", r.read_only},
+                      {"state", fuse::RunDir::IsAlive(r) ? "active" : "stale"}});
+    DS_ASSIGN_OR_RETURN(auto maps, dm::List());
+    for (const auto& m : maps) {
+      if (!dm::IsLuks2(m)) continue;
+      std::string dev = m.deps.empty() ? "" : BlockDevName(m.deps[0]);
+      list.push_back({{"name", m.name}, {"mode", "kernel"}, {"device", dev},
+                      {"path", "/dev/mapper/" + m.name}, {"read_only", m.read_only},
+                      {"state", dm::IsStale(m) ? "stale" : "active"}});
+    }
+    if (g.json) {
+      *g.out << list.dump(2) << "\n";
+      return Status::Ok();
+    }
+    for (const auto& e : list)
+      *g.out << std::left << std::setw(16) << e["name"].get<std::string>() << " "
+             << std::setw(10) << e["mode"].get<std::string>() << " " << std::setw(7)
+             << e["state"].get<std::string>() << " " << e["device"].get<std::string>() << " -> "
+             << e["path"].get<std::string>() << "\n";
+    return Status::Ok();
+  };
+}
+
+}  // namespace ds::cli

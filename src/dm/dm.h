@@ -1,0 +1,91 @@
+// Kernel activation of a volume through device-mapper (libdevmapper): a dm device /dev/mapper/NAME
+// whose table is the volume's data segments in order, each a dm-crypt or a linear target over the
+// data device. The dm UUID follows cryptsetup (CRYPT-LUKS2-<uuid without dashes>-<name>) so
+// `cryptsetup status NAME` and `cryptsetup close NAME` recognise what diskseal opened, and diskseal
+// recognises what cryptsetup opened.
+// The host kernels of the development machines have no device-mapper: this part is exercised in
+// the QEMU guest (tests/vm). Everything that does not talk to the kernel is tested on the host.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "util/secure_buffer.h"
+#include "util/status.h"
+
+namespace ds::dm {
+
+// One piece of the plaintext device. Sizes and offsets in 512-byte sectors, as dm tables count.
+struct Segment {
+  enum class Type { kCrypt, kLinear };
+  Type type = Type::kCrypt;
+  uint64_t sectors = 0;         // length in the plaintext device
+  uint64_t device_sector = 0;   // where the segment starts on the data device
+  // kCrypt only:
+  std::string cipher;           // as dm-crypt spells it: "aes-xts-plain64"
+  uint64_t iv_offset = 0;       // LUKS2 iv_tweak (512-byte units)
+  uint32_t sector_size = 512;   // encryption sector size, 512..4096
+  std::span<const uint8_t> key; // volume key of this segment's digest (borrowed)
+};
+
+struct Activation {
+  std::string name;             // /dev/mapper/NAME
+  std::string luks_uuid;        // the volume's LUKS2 uuid, with dashes
+  std::string device;           // data device: a block device path
+  std::vector<Segment> segments;  // in plaintext order; starts follow from the lengths
+  bool read_only = false;
+};
+
+// cryptsetup's dm UUID for a LUKS2 mapping: CRYPT-LUKS2-<uuid without dashes>-<name>.
+std::string MakeUuid(const std::string& luks_uuid, const std::string& name);
+
+// The parameter string of one target ("<cipher> <hex key> <iv> <maj:min> <offset> [opts]" for
+// crypt, "<maj:min> <offset>" for linear), in locked memory because it holds the key.
+// device is given as "major:minor" so the table does not depend on device node names.
+Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin);
+
+// Checks an Activation without touching the kernel: non-empty name and segments, non-zero
+// lengths, a cipher and a sector size dm-crypt accepts for crypt segments, a key when needed.
+Status Validate(const Activation& a);
+
+// True when the kernel offers device-mapper (/dev/mapper/control answers a version request).
+bool Available();
+
+// Creates /dev/mapper/NAME with the table and waits for its node (udev, or libdevmapper creating
+// it where udev does not run). kBusy when NAME exists; kUnsupported without device-mapper.
+// The key reaches the kernel as hex in a table marked secure (the kernel wipes its copy of the
+// ioctl buffer; libdevmapper wipes its own).
+Status Create(const Activation& a);
+
+// Removes /dev/mapper/NAME. kBusy when it is open (mounted, held); kNotFound when absent.
+Status Remove(const std::string& name);
+
+struct MappingInfo {
+  std::string name;
+  std::string uuid;          // dm UUID ("" when none)
+  bool live_table = false;   // false: created but never loaded (a crash mid-activation)
+  bool suspended = false;
+  int32_t open_count = 0;
+  bool read_only = false;
+  std::vector<dev_t> deps;   // underlying devices
+  std::vector<std::string> target_types;  // "crypt", "linear" ...
+};
+
+// True for a mapping left unusable by a crash: no live table, or suspended with no table loaded.
+bool IsStale(const MappingInfo& m);
+// True for a LUKS2 mapping made by diskseal or cryptsetup (UUID CRYPT-LUKS2-...).
+bool IsLuks2(const MappingInfo& m);
+
+// nullopt when there is no mapping NAME.
+Result<std::optional<MappingInfo>> Find(const std::string& name);
+// Every dm device, sorted by name.
+Result<std::vector<MappingInfo>> List();
+// The mappings whose table uses `dev` (major:minor of a block device).
+Result<std::vector<MappingInfo>> Holders(dev_t dev);
+
+}  // namespace ds::dm

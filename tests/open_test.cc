@@ -1,0 +1,216 @@
+// `diskseal open --userspace` / `close` / `list` end to end on the host (no device-mapper here):
+// an ext4 filesystem goes into a volume, is mounted through the served file and a loop device,
+// survives close and reopen; and every kind of bad input gets its exit code and a clear message.
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "testlib.h"
+
+namespace ds::test {
+namespace {
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+class OpenTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_EQ(::geteuid(), 0u) << "mounts FUSE and loop devices: run as root";
+    WriteFile(dir_ / "pw", "open sesame");
+    WriteFile(dir_ / "bad", "open barley");
+    ::mkdir(mnt_.c_str(), 0700);
+  }
+  void TearDown() override {
+    test::Run({"umount", mnt_});
+    auto r = Diskseal({"list", "--json", "--run-dir", run_});
+    auto j = nlohmann::json::parse(r.out, nullptr, false);
+    if (j.is_array())
+      for (auto& e : j) Diskseal({"close", "--run-dir", run_, e["name"].get<std::string>()});
+  }
+
+  void Format(const std::string& img, const std::string& size) {
+    test::Run({"truncate", "-s", size, img});
+    RunResult r = Diskseal({"format", "-q", "--pbkdf", "pbkdf2", "--pbkdf-force-iterations",
+                            "1000", "--key-file", dir_ / "pw", img});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  RunResult Open(const std::string& img, const std::string& name,
+                 const std::string& key = "pw") {
+    return Diskseal({"open", "--userspace", "--json", "--run-dir", run_, "--key-file", dir_ / key,
+                     img, name});
+  }
+  RunResult Close(const std::string& name) {
+    return Diskseal({"close", "--run-dir", run_, name});
+  }
+  std::string Losetup(const std::string& file) {
+    RunResult r = test::Run({"losetup", "-f", "--show", file});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return Trim(r.out);
+  }
+  void Mount(const std::string& name) {
+    std::string loop = Losetup(run_ + "/" + name);
+    RunResult r = test::Run({"mount", loop, mnt_});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  std::string Sums(const std::vector<std::string>& files) {
+    std::vector<std::string> argv = {"sh", "-c", "cd " + mnt_ + " && sha256sum"};
+    for (const auto& f : files) argv[2] += " " + f;
+    return test::Run(argv).out;
+  }
+
+  TempDir dir_;
+  std::string run_ = dir_ / "run", mnt_ = dir_ / "mnt";
+};
+
+// The host end-to-end story: a filesystem with files is put into a volume (format + copy until
+// the in-place engine exists), opened in userspace, mounted through losetup, verified, extended,
+// closed, reopened and verified again.
+TEST_F(OpenTest, Ext4EndToEndThroughTheUserspaceView) {
+  const std::string plain = dir_ / "plain.img", vol = dir_ / "vol.img";
+  test::Run({"truncate", "-s", "32M", plain});
+  ASSERT_EQ(test::Run({"mkfs.ext4", "-q", plain}).exit_code, 0);
+  ASSERT_EQ(test::Run({"mount", "-o", "loop", plain, mnt_}).exit_code, 0);
+  MakeRandomImage(mnt_ + "/a.bin", 4 << 20, 1);
+  WriteFile(mnt_ + "/b.txt", "the plaintext filesystem\n");
+  const std::string sums = Sums({"a.bin", "b.txt"});
+  ASSERT_EQ(test::Run({"umount", mnt_}).exit_code, 0);
+
+  Format(vol, "48M");  // 16 MiB header area + 32 MiB data
+  RunResult o = Open(vol, "e2e");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  auto j = nlohmann::json::parse(o.out);
+  EXPECT_EQ(j["mode"], "userspace");
+  EXPECT_EQ(j["path"], run_ + "/e2e");
+  EXPECT_EQ(std::filesystem::file_size(run_ + "/e2e"), 32u << 20);
+  RunResult dd = test::Run({"dd", "if=" + plain, "of=" + run_ + "/e2e", "bs=1M",
+                            "conv=notrunc,fsync", "status=none"});
+  ASSERT_EQ(dd.exit_code, 0) << dd.err;
+  ASSERT_EQ(Close("e2e").exit_code, 0);
+  // The image holds ciphertext: the plaintext's ext4 superblock is nowhere at the data offset.
+  EXPECT_NE(test::Run({"blkid", "-p", "-o", "value", "-s", "TYPE", vol}).out, "ext4\n");
+
+  std::string more_sum;
+  for (int round = 0; round < 2; ++round) {
+    RunResult r = Open(vol, "e2e");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    Mount("e2e");
+    EXPECT_EQ(Sums({"a.bin", "b.txt"}), sums);
+    if (round == 0) {
+      MakeRandomImage(mnt_ + "/c.bin", 3 << 20, 2);
+      more_sum = Sums({"c.bin"});
+      EXPECT_FALSE(more_sum.empty());
+    } else {
+      EXPECT_EQ(Sums({"c.bin"}), more_sum);
+    }
+    RunResult busy = Close("e2e");  // mounted: refused, and nothing is lost
+    EXPECT_EQ(busy.exit_code, 5) << busy.err;
+    EXPECT_NE(busy.err.find("unmount it first"), std::string::npos) << busy.err;
+    ASSERT_EQ(test::Run({"umount", mnt_}).exit_code, 0);
+    RunResult c = Close("e2e");  // detaches the loop device too
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    EXPECT_FALSE(std::filesystem::exists(run_ + "/e2e"));
+    if (round == 1) {
+      // e2fsck through a fresh open: the filesystem is clean after all of it.
+      ASSERT_EQ(Open(vol, "e2e").exit_code, 0);
+      RunResult fsck = test::Run({"e2fsck", "-fn", run_ + "/e2e"});
+      EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
+      ASSERT_EQ(Close("e2e").exit_code, 0);
+    }
+  }
+  RunResult l = Diskseal({"list", "--run-dir", run_});
+  EXPECT_EQ(l.out, "");
+}
+
+TEST_F(OpenTest, BadInput) {
+  const std::string vol = dir_ / "vol.img", vol2 = dir_ / "vol2.img";
+  Format(vol, "20M");
+  Format(vol2, "20M");
+
+  RunResult wrong = Open(vol, "x", "bad");
+  EXPECT_EQ(wrong.exit_code, 2) << wrong.err;
+  EXPECT_FALSE(std::filesystem::exists(run_ + "/x"));
+
+  ASSERT_EQ(Open(vol, "x").exit_code, 0);
+  RunResult same_name = Open(vol2, "x");
+  EXPECT_EQ(same_name.exit_code, 5) << same_name.err;
+  EXPECT_NE(same_name.err.find("name in use"), std::string::npos) << same_name.err;
+  RunResult same_dev = Open(vol, "y");
+  EXPECT_EQ(same_dev.exit_code, 5) << same_dev.err;
+  EXPECT_NE(same_dev.err.find("already open as x"), std::string::npos) << same_dev.err;
+
+  RunResult bad_name = Open(vol2, "../etc");
+  EXPECT_EQ(bad_name.exit_code, 1) << bad_name.err;
+  RunResult missing = Close("nothing");
+  EXPECT_EQ(missing.exit_code, 4) << missing.err;
+  RunResult not_luks = Diskseal({"open", "--userspace", "--run-dir", run_, "--key-file",
+                                 dir_ / "pw", dir_ / "pw", "z"});
+  EXPECT_EQ(not_luks.exit_code, 4) << not_luks.err;
+  EXPECT_EQ(Close("x").exit_code, 0);
+}
+
+// kill -9 of the daemon: list says stale, opening the name again cleans up and works, and close
+// of a stale mapping removes it.
+TEST_F(OpenTest, CrashLeavesAStaleMappingThatIsCleanedUp) {
+  const std::string vol = dir_ / "vol.img";
+  Format(vol, "20M");
+  RunResult o = Open(vol, "c");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  pid_t pid = pid_t(nlohmann::json::parse(o.out)["pid"].get<int64_t>());
+  std::string loop = Losetup(run_ + "/c");
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  // Wait until the kernel has torn the process down (not a sleep: a condition on /proc).
+  for (;;) {
+    RunResult st = test::Run({"sh", "-c", "cat /proc/" + std::to_string(pid) +
+                                              "/stat 2>/dev/null | cut -d' ' -f3"});
+    if (Trim(st.out).empty() || Trim(st.out) == "Z") break;
+  }
+  RunResult l = Diskseal({"list", "--json", "--run-dir", run_});
+  auto j = nlohmann::json::parse(l.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["state"], "stale");
+
+  RunResult again = Open(vol, "c");  // cleans the stale mapping (and its loop device) first
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_NE(again.err.find("stale"), std::string::npos) << again.err;
+  ASSERT_EQ(Close("c").exit_code, 0);
+
+  // Once more, this time cleaned by close.
+  o = Open(vol, "c");
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  pid = pid_t(nlohmann::json::parse(o.out)["pid"].get<int64_t>());
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);
+  for (;;) {
+    RunResult st = test::Run({"sh", "-c", "cat /proc/" + std::to_string(pid) +
+                                              "/stat 2>/dev/null | cut -d' ' -f3"});
+    if (Trim(st.out).empty() || Trim(st.out) == "Z") break;
+  }
+  RunResult c = Close("c");
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(c.out.find("stale"), std::string::npos) << c.out;
+  EXPECT_FALSE(std::filesystem::exists(run_ + "/c"));
+  EXPECT_EQ(Diskseal({"list", "--run-dir", run_}).out, "");
+}
+
+// Without a usable /dev/fuse (hidden here in a private mount namespace), open says which package.
+TEST_F(OpenTest, FuseMissingNamesThePackage) {
+  const std::string vol = dir_ / "vol.img";
+  Format(vol, "20M");
+  RunResult r = test::Run(
+      {"unshare", "-m", "--propagation", "private", "sh", "-c",
+       "mount --bind /dev/null /dev/fuse && exec " + std::string(DISKSEAL_BIN) +
+           " open --userspace --run-dir " + run_ + " --key-file " + dir_ / "pw" + " " + vol +
+           " nofuse"});
+  EXPECT_EQ(r.exit_code, 7) << r.err;
+  EXPECT_NE(r.err.find("fuse3"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace ds::test
