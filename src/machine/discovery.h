@@ -24,9 +24,13 @@ namespace ds::machine {
 // Where a machine's files are. Not owned: `env` outlives the root.
 struct MachineRoot {
   std::string dir = "/";  // "/" for the running machine
+  // Where etc/ files (fstab, crypttab) are read and, by enable/disable, written: "" means
+  // "<dir>/etc". Lets a test run enable against live mounts without touching the real /etc.
+  std::string etc_dir;
   Env* env = nullptr;
   // "/proc/self/mountinfo" -> "<dir>/proc/self/mountinfo"
   std::string Path(const std::string& machine_path) const;
+  std::string Etc(const std::string& name) const;  // "fstab" -> "<etc_dir or dir/etc>/fstab"
   bool live() const { return dir == "/" || dir.empty(); }
 };
 
