@@ -126,6 +126,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
   app.add_option("--label", o->f.label, "LUKS2 label");
   app.add_option("--uuid", o->f.uuid, "use this UUID");
   return [o, &g]() -> Status {
+    CatchStopSignals();  // before anything is written: a signal from now on stops at a commit point
     const std::string& dev = o->dev.device;
     if (o->reduce || o->dev.header.empty())
       return Unsupported(dev + ": encrypting with the header at the start of the device "
@@ -226,6 +227,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
   AddVaultOptions(app, o->vault);
   app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
   return [o, &g]() -> Status {
+    CatchStopSignals();
     const std::string& dev = o->dev.device;
     if (o->dev.header.empty())
       return Unsupported(dev + ": decrypting a volume whose header is at the start of the device "
@@ -269,6 +271,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
   app.add_option("--key-size,-s", o->key_size_bits, "new volume key size in bits (default: unchanged)");
   app.add_option("--sector-size", o->sector_size, "new encryption sector size (default: unchanged)");
   return [o, &g]() -> Status {
+    CatchStopSignals();
     const std::string& dev = o->dev.device;
     if (o->dev.header.empty())
       return Unsupported(dev + ": reencrypting a volume whose header is at the start of the device is not "
@@ -310,6 +313,7 @@ Runner SetupResume(CLI::App& app, Globals& g) {
   AddEngineOptions(app, o->e);
   AddVaultOptions(app, o->vault);
   return [o, &g]() -> Status {
+    CatchStopSignals();
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
   };
 }
