@@ -4,22 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <fcntl.h>
 
 #include <algorithm>
-#include <chrono>
 #include <fstream>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "testlib.h"
-
-extern char** environ;
 
 namespace ds::test {
 namespace {
@@ -49,34 +40,6 @@ class EngineCliTest : public ::testing::Test {
                               "--header", hcopy, "--key-file", dir_ / "key", copy});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return ReadFileOrDie(copy);
-  }
-  // Starts argv; once `ready_path` exists (the header is in place: the operation is under way)
-  // waits `ms` more, then sends `sig`. Returns the exit code (128+sig if killed). Waiting for the
-  // header rather than a fixed time keeps the test independent of how loaded the machine is.
-  int RunAndSignal(const std::vector<std::string>& argv, int ms, int sig, const std::string& ready_path = "") {
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    EXPECT_EQ(posix_spawn(&pid, args[0], &fa, nullptr, args.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    int status = 0;
-    if (!ready_path.empty()) {
-      // Bounded: if the process exits first (an error, or it finished), stop waiting.
-      for (int i = 0; i < 60000 && access(ready_path.c_str(), F_OK) != 0; ++i) {
-        if (waitpid(pid, &status, WNOHANG) == pid)
-          return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(ms));
-    kill(pid, sig);
-    waitpid(pid, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   }
   TempDir dir_;
 };

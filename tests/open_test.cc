@@ -43,9 +43,11 @@ class OpenTest : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   RunResult Open(const std::string& img, const std::string& name,
-                 const std::string& key = "pw") {
-    return Diskseal({"open", "--userspace", "--json", "--run-dir", run_, "--key-file", dir_ / key,
-                     img, name});
+                 const std::string& key = "pw", const std::string& header = "") {
+    std::vector<std::string> a = {"open", "--userspace", "--json", "--run-dir", run_, "--key-file", dir_ / key,
+                                  img, name};
+    if (!header.empty()) a.insert(a.end(), {"--header", header});
+    return Diskseal(a);
   }
   RunResult Close(const std::string& name) {
     return Diskseal({"close", "--run-dir", run_, name});
@@ -70,36 +72,35 @@ class OpenTest : public ::testing::Test {
   std::string run_ = dir_ / "run", mnt_ = dir_ / "mnt";
 };
 
-// The host end-to-end story: a filesystem with files is put into a volume (format + copy until
-// the in-place engine exists), opened in userspace, mounted through losetup, verified, extended,
-// closed, reopened and verified again.
+// The host end-to-end story: a filesystem with files is encrypted in place (detached header),
+// opened in userspace, mounted through losetup, verified, extended, closed, reopened and verified
+// again.
 TEST_F(OpenTest, Ext4EndToEndThroughTheUserspaceView) {
-  const std::string plain = dir_ / "plain.img", vol = dir_ / "vol.img";
-  test::Run({"truncate", "-s", "32M", plain});
-  ASSERT_EQ(test::Run({"mkfs.ext4", "-q", plain}).exit_code, 0);
-  ASSERT_EQ(test::Run({"mount", "-o", "loop", plain, mnt_}).exit_code, 0);
+  const std::string vol = dir_ / "vol.img", hdr = dir_ / "vol.hdr";
+  test::Run({"truncate", "-s", "32M", vol});
+  ASSERT_EQ(test::Run({"mkfs.ext4", "-q", vol}).exit_code, 0);
+  ASSERT_EQ(test::Run({"mount", "-o", "loop", vol, mnt_}).exit_code, 0);
   MakeRandomImage(mnt_ + "/a.bin", 4 << 20, 1);
   WriteFile(mnt_ + "/b.txt", "the plaintext filesystem\n");
   const std::string sums = Sums({"a.bin", "b.txt"});
   ASSERT_EQ(test::Run({"umount", mnt_}).exit_code, 0);
 
-  Format(vol, "48M");  // 16 MiB header area + 32 MiB data
-  RunResult o = Open(vol, "e2e");
+  RunResult e = Diskseal({"encrypt", vol, "--header", hdr, "--key-file", dir_ / "pw", "--pbkdf", "pbkdf2",
+                          "--pbkdf-force-iterations", "1000", "--hotzone-size", "4M"});
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  // The image holds ciphertext now: blkid no longer finds the ext4 superblock.
+  EXPECT_NE(test::Run({"blkid", "-p", "-o", "value", "-s", "TYPE", vol}).out, "ext4\n");
+  RunResult o = Open(vol, "e2e", "pw", hdr);
   ASSERT_EQ(o.exit_code, 0) << o.err;
   auto j = nlohmann::json::parse(o.out);
   EXPECT_EQ(j["mode"], "userspace");
   EXPECT_EQ(j["path"], run_ + "/e2e");
   EXPECT_EQ(std::filesystem::file_size(run_ + "/e2e"), 32u << 20);
-  RunResult dd = test::Run({"dd", "if=" + plain, "of=" + run_ + "/e2e", "bs=1M",
-                            "conv=notrunc,fsync", "status=none"});
-  ASSERT_EQ(dd.exit_code, 0) << dd.err;
   ASSERT_EQ(Close("e2e").exit_code, 0);
-  // The image holds ciphertext: the plaintext's ext4 superblock is nowhere at the data offset.
-  EXPECT_NE(test::Run({"blkid", "-p", "-o", "value", "-s", "TYPE", vol}).out, "ext4\n");
 
   std::string more_sum;
   for (int round = 0; round < 2; ++round) {
-    RunResult r = Open(vol, "e2e");
+    RunResult r = Open(vol, "e2e", "pw", hdr);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     Mount("e2e");
     EXPECT_EQ(Sums({"a.bin", "b.txt"}), sums);
@@ -119,7 +120,7 @@ TEST_F(OpenTest, Ext4EndToEndThroughTheUserspaceView) {
     EXPECT_FALSE(std::filesystem::exists(run_ + "/e2e"));
     if (round == 1) {
       // e2fsck through a fresh open: the filesystem is clean after all of it.
-      ASSERT_EQ(Open(vol, "e2e").exit_code, 0);
+      ASSERT_EQ(Open(vol, "e2e", "pw", hdr).exit_code, 0);
       RunResult fsck = test::Run({"e2fsck", "-fn", run_ + "/e2e"});
       EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
       ASSERT_EQ(Close("e2e").exit_code, 0);
@@ -127,6 +128,42 @@ TEST_F(OpenTest, Ext4EndToEndThroughTheUserspaceView) {
   }
   RunResult l = Diskseal({"list", "--run-dir", run_});
   EXPECT_EQ(l.out, "");
+}
+
+// A volume stopped in the middle of its encryption (SIGTERM: a commit point, part crypt, part
+// still plaintext) opens in userspace and reads as the original bytes; writes through the view
+// land on the right side of the boundary, and resuming afterwards keeps them.
+TEST_F(OpenTest, HalfEncryptedVolumeReadsAsTheOriginal) {
+  const std::string vol = dir_ / "half.img", hdr = dir_ / "half.hdr";
+  Bytes plain = MakeRandomImage(vol, 16u << 20, 5);
+  // --stop-after: a run that stops at the first commit point past 6 MiB (exit 9, resumable).
+  RunResult e = Diskseal({"encrypt", vol, "--header", hdr, "--key-file", dir_ / "pw", "--pbkdf", "pbkdf2",
+                          "--pbkdf-force-iterations", "1000", "--hotzone-size", "1M", "--stop-after", "6M"});
+  ASSERT_EQ(e.exit_code, 9) << e.err;
+  EXPECT_NE(e.err.find("stopped at a commit point after 6291456 of 16777216 bytes"), std::string::npos) << e.err;
+  auto d = nlohmann::json::parse(Diskseal({"dump", "--json", vol, "--header", hdr}).out);
+  ASSERT_EQ(d["requirements"], nlohmann::json::array({"online-reencrypt-v2"}));
+  std::vector<std::string> kinds;  // the regular segments: the part done, then the part still plain
+  for (auto& seg : d["segments"])
+    if (seg["flags"].empty()) kinds.push_back(seg["type"]);
+  EXPECT_EQ(kinds, (std::vector<std::string>{"crypt", "linear"}));
+  RunResult o = Open(vol, "half", "pw", hdr);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(ReadFileOrDie(run_ + "/half"), std::string(plain.begin(), plain.end()));
+  // One write on each side of the boundary and one across the whole volume's middle.
+  Bytes patch = RandomData(64 << 10, 6);
+  for (uint64_t off : {uint64_t(0), uint64_t(8u << 20), uint64_t((16u << 20) - (64 << 10))}) {
+    RunResult w = test::Run({"dd", "of=" + run_ + "/half", "bs=64k", "seek=" + std::to_string(off / (64 << 10)),
+                             "conv=notrunc,fsync", "status=none"}, std::string(patch.begin(), patch.end()));
+    ASSERT_EQ(w.exit_code, 0) << w.err;
+    std::copy(patch.begin(), patch.end(), plain.begin() + off);
+  }
+  ASSERT_EQ(Close("half").exit_code, 0);
+  RunResult r = Diskseal({"resume", vol, "--header", hdr, "--key-file", dir_ / "pw"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(Open(vol, "half", "pw", hdr).exit_code, 0);
+  EXPECT_EQ(ReadFileOrDie(run_ + "/half"), std::string(plain.begin(), plain.end()));
+  ASSERT_EQ(Close("half").exit_code, 0);
 }
 
 TEST_F(OpenTest, BadInput) {

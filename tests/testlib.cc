@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -13,6 +15,7 @@
 #include <random>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "crypto/crypto.h"
 
@@ -111,6 +114,32 @@ RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdi
   std::vector<std::string> argv{DISKSEAL_BIN};
   argv.insert(argv.end(), args.begin(), args.end());
   return RunProgram(argv, stdin_data);
+}
+
+int RunAndSignal(const std::vector<std::string>& argv, int ms, int sig, const std::string& ready_path) {
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+  pid_t pid;
+  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return -1;
+  auto code = [](int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); };
+  int status = 0;
+  if (!ready_path.empty()) {
+    for (int i = 0; i < 60000 && ::access(ready_path.c_str(), F_OK) != 0; ++i) {
+      if (::waitpid(pid, &status, WNOHANG) == pid) return code(status);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+  ::kill(pid, sig);
+  ::waitpid(pid, &status, 0);
+  return code(status);
 }
 
 bool HaveProgram(const std::string& name) {

@@ -39,6 +39,13 @@ inline RunResult Run(const std::vector<std::string>& argv, const std::string& st
 RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdin_data = "");
 bool HaveProgram(const std::string& name);
 
+// Starts argv (stdout and stderr to /dev/null); once `ready_path` exists (for the in-place
+// commands: the header is in place, so the operation is under way) waits `ms` more, then sends
+// `sig`. Returns the exit code (128+N when killed by signal N). Waiting for a file rather than a
+// fixed time keeps tests independent of how loaded the machine is; the wait is bounded (60 s)
+// and ends early when the process exits first.
+int RunAndSignal(const std::vector<std::string>& argv, int ms, int sig, const std::string& ready_path = "");
+
 void WriteFile(const std::string& path, const std::string& data);
 std::string ReadFileOrDie(const std::string& path);
 Bytes RandomData(size_t n, uint64_t seed);

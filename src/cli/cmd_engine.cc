@@ -38,12 +38,15 @@ struct EngineArgs {
   uint64_t hotzone = 32u << 20;
   bool progress_json = false;
   unsigned threads = 0;
+  uint64_t stop_after = 0;
 };
 
 void AddEngineOptions(CLI::App& app, EngineArgs& e) {
   AddSizeOption(app, "--hotzone-size", e.hotzone, "bytes per step (default 32M; the engine's one buffer; journal mode caps it at its area)");
   app.add_flag("--progress-json", e.progress_json, "progress as JSON lines on stderr");
   app.add_option("--threads", e.threads, "encryption threads (default: one per core)");
+  AddSizeOption(app, "--stop-after", e.stop_after,
+                "stop at the first commit point after this many bytes (exit 9, resumable): work in windows");
 }
 
 // The passphrase of an existing volume: from the vault when --vault is given and no key file is,
@@ -90,6 +93,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   eo.hotzone_bytes = e.hotzone;
   eo.threads = e.threads;
   eo.stop = &g_stop;
+  eo.stop_after = e.stop_after;
   eo.progress = &p;
   Status s = engine::RunOperation(v, keymap, eo);
   if (!s.ok()) return s;

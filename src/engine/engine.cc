@@ -76,8 +76,9 @@ class Runner {
   Status Go() {
     if (st_.hotzone_len) DS_RETURN_IF_ERROR(Recover(*st_.hotzone_len));
     const uint64_t hz = HotzoneLimit();
+    const uint64_t run_start = st_.done;
     while (st_.done < st_.data_size) {
-      if (o_.stop && o_.stop->load())
+      if ((o_.stop && o_.stop->load()) || (o_.stop_after && st_.done - run_start >= o_.stop_after))
         return Interrupted(v_.name() + ": stopped at a commit point after " +
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");

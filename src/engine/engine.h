@@ -27,6 +27,9 @@ struct EngineOptions {
   uint64_t hotzone_bytes = 32u << 20;  // bounds memory: the one buffer is this large
   unsigned threads = 0;               // 0: one per core
   const std::atomic<bool>* stop = nullptr;  // checked at every commit point
+  // Stop at the first commit point once this run has transformed at least this many bytes
+  // (0: no limit), as if `stop` were set: the work can be spread over maintenance windows.
+  uint64_t stop_after = 0;
   Progress* progress = nullptr;
 };
 
