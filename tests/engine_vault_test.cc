@@ -35,6 +35,20 @@ TEST(EngineVaultTest, EncryptEscrowsFirstAndDecryptFetchesFromTheVault) {
   EXPECT_NE(r.err.find("escrowed and verified"), std::string::npos) << r.err;
   EXPECT_NE(ReadFileOrDie(img), std::string(plain.begin(), plain.end()));
 
+  // open fetches (and unwraps) the escrowed passphrase: the view reads the original bytes.
+  const std::string run = dir / "run";
+  std::vector<std::string> open = {"open", "--userspace", "--run-dir", run, img, "v", "--header", hdr};
+  open.insert(open.end(), vault.begin(), vault.end());
+  RunResult o = Diskseal(open);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  EXPECT_EQ(ReadFileOrDie(run + "/v"), std::string(plain.begin(), plain.end()));
+  ASSERT_EQ(Diskseal({"close", "--run-dir", run, "v"}).exit_code, 0);
+  // a token that may not read secrets cannot open it (2: permission denied)
+  const std::string blind = vp.Token("blind", "keys:unwrap");
+  RunResult no = Diskseal({"open", "--userspace", "--run-dir", run, img, "v", "--header", hdr, "--vault", vp.url(),
+                           "--vault-token-file", blind, "--vault-ca", vp.ca()});
+  EXPECT_EQ(no.exit_code, 2) << no.err;
+
   std::vector<std::string> dec = {"decrypt", img, "--header", hdr};
   dec.insert(dec.end(), vault.begin(), vault.end());
   RunResult d = Diskseal(dec);

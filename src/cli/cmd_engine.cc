@@ -49,19 +49,6 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
                 "stop at the first commit point after this many bytes (exit 9, resumable): work in windows");
 }
 
-// The passphrase of an existing volume: from the vault when --vault is given and no key file is,
-// else from the key options.
-Result<SecureBuffer> ObtainPassphrase(Globals& g, const KeySource& keys, const VaultOptions* vo,
-                                      const std::string& uuid, const std::string& device) {
-  if (vo && vo->enabled() && keys.key_file.empty()) {
-    DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, *vo));
-    auto p = vault::FetchEscrowedPassphrase(*client, vo->SecretNameFor(uuid));
-    if (!p.ok()) return p.status().WithContext(device + ": fetching the escrowed passphrase");
-    return std::move(p).value();
-  }
-  return ReadKey(*g.env, keys, "Enter passphrase for " + device + ": ", false);
-}
-
 // Loads the volume with its operation, unlocks, and runs it to the end.
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
                        const SecureBuffer* known_key, int known_digest,
@@ -80,7 +67,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   } else {
     SecureBuffer read;
     if (!known_pass) {
-      DS_ASSIGN_OR_RETURN(read, ObtainPassphrase(g, keys, vo, v.metadata().uuid, d.device));
+      DS_ASSIGN_OR_RETURN(read, ObtainPassphrase(*g.env, keys, vo, v.metadata().uuid, d.device));
     }
     DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll((known_pass ? *known_pass : read).span()));
     for (auto& [digest, key] : unlocked) keymap[digest] = &key;
@@ -243,7 +230,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     if (luks2::Segments(v.metadata()).front().type == "linear")
       return Busy(dev + ": already decrypted (the header describes plaintext)");
     DS_RETURN_IF_ERROR(v.CheckRequirements());
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(g, o->keys, &o->vault, v.metadata().uuid, dev));
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata().uuid, dev));
     DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
     DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
     luks2::Metadata before = v.metadata();

@@ -132,9 +132,11 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
     bool userspace = false, read_only = false;
     unsigned threads = 8;
     std::string run_dir = kDefaultRunDir;
+    VaultOptions vault;
   };
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev);
+  AddVaultOptions(app, o->vault);
   app.add_option("name", o->name, "name of the opened volume (/dev/mapper/NAME or RUN/NAME)")
       ->required();
   AddKeyOptions(app, o->keys);
@@ -157,7 +159,7 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
     const std::string device = Canonical(o->dev.device);
     DS_RETURN_IF_ERROR(CheckDeviceFree(run, device));
     DS_ASSIGN_OR_RETURN(OpenedVolume ov,
-                        LoadAndUnlock(g, o->dev, o->keys, o->slot.get(), !o->read_only));
+                        LoadAndUnlock(g, o->dev, o->keys, o->slot.get(), !o->read_only, &o->vault));
     luks2::Volume& v = ov.volume;
     nlohmann::ordered_json j = {{"name", o->name}, {"device", device}};
     if (!userspace) {

@@ -6,6 +6,7 @@
 
 #include "cli/command.h"
 #include "cli/key_input.h"
+#include "cli/vault_options.h"
 #include "luks2/volume.h"
 
 namespace ds::cli {
@@ -30,8 +31,10 @@ struct OpenedVolume {
   luks2::Volume volume;
   luks2::Volume::Unlocked unlocked;
 };
+// With `vault` enabled and no key file, the passphrase is the one escrowed in the vault.
 Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySource& keys,
-                                   std::optional<int> slot, bool writable);
+                                   std::optional<int> slot, bool writable,
+                                   const VaultOptions* vault = nullptr);
 
 // Size flags accept units (16k, 4M) like cryptsetup.
 CLI::Option* AddSizeOption(CLI::App& app, const std::string& name, uint64_t& target,

@@ -37,4 +37,15 @@ Result<std::unique_ptr<vault::VaultClient>> MakeVaultClient(Env& env, const Vaul
   return vault::VaultClient::Create(env, c);
 }
 
+Result<SecureBuffer> ObtainPassphrase(Env& env, const KeySource& keys, const VaultOptions* vo,
+                                      const std::string& luks_uuid, const std::string& device) {
+  if (vo && vo->enabled() && keys.key_file.empty()) {
+    DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(env, *vo));
+    auto p = vault::FetchEscrowedPassphrase(*client, vo->SecretNameFor(luks_uuid));
+    if (!p.ok()) return p.status().WithContext(device + ": fetching the escrowed passphrase");
+    return std::move(p).value();
+  }
+  return ReadKey(env, keys, "Enter passphrase for " + device + ": ", false);
+}
+
 }  // namespace ds::cli
