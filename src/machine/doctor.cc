@@ -291,8 +291,7 @@ class Doctor {
 
   void ConcurrentTools() {
     static const std::set<std::string> kPackageTools = {
-        "dpkg", "apt", "apt-get", "aptitude", "unattended-upgr", "yum", "dnf", "rpm", "zypper",
-        "packagekitd-run"};
+        "dpkg", "apt", "apt-get", "aptitude", "unattended-upgr", "yum", "dnf", "rpm", "zypper"};
     static const char* const kLockFiles[] = {
         "/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
         "/var/cache/apt/archives/lock", "/var/lib/rpm/.rpm.lock", "/var/run/yum.pid",

@@ -5,8 +5,8 @@
 //
 // Checks (stable ids; docs/json-schemas.md and README "doctor" list them):
 //   open-files, concurrent-tools, selinux, lvm-layout, memory, nested-mounts, filesystem-mode,
-//   header-space, shrink-space, already-encrypted, interrupted, kernel-support, vault,
-//   no-targets, discovery.
+//   header-space, header-location, shrink-space, already-encrypted, interrupted,
+//   kernel-support, vault, no-targets.
 // Everything machine-side is read below the MachineRoot through its Env, so a captured tree
 // tests each check; only the vault probe talks to the network.
 //
