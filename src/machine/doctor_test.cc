@@ -11,7 +11,10 @@
 
 #include <gtest/gtest.h>
 
+#include <httplib.h>
+
 #include "machine/test_tree.h"
+#include "vault/vault_crypto.h"
 #include "vault_testutil.h"
 
 namespace ds::machine {
@@ -588,6 +591,28 @@ TEST_F(DoctorVaultTest, NotTls) {
   ::close(s);
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].message.substr(0, 4), "tls:") << f[0].message;
+}
+
+TEST_F(DoctorVaultTest, HttpsServerThatIsNotAVault) {
+  // TLS verifies, but the answer is a web page: the HTTP stage is the one that fails
+  vault::TlsFiles tls{*dir_ / "web-ca.pem", *dir_ / "web-ca.key", *dir_ / "web.pem", *dir_ / "web.key"};
+  ASSERT_TRUE(vault::CreateTlsIdentity(*PosixEnv(), tls, {"127.0.0.1"}).ok());
+  httplib::SSLServer web(tls.server_cert.c_str(), tls.server_key.c_str());
+  ASSERT_TRUE(web.is_valid());
+  web.Get(".*", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content("<html>welcome</html>", "text/html");
+  });
+  int port = web.bind_to_any_port("127.0.0.1");  // listening from here: connects queue
+  ASSERT_GT(port, 0);
+  std::thread serve([&] { web.listen_after_bind(); });
+  auto vo = server_->ClientOptions(all_);
+  vo.url = "https://127.0.0.1:" + std::to_string(port);
+  vo.ca_file = tls.ca_cert;
+  auto f = Vault(vo);
+  web.stop();
+  serve.join();
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].message.substr(0, 5), "http:") << f[0].message;
 }
 
 TEST_F(DoctorVaultTest, WrongCa) {
