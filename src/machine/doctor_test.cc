@@ -547,6 +547,7 @@ TEST_F(DoctorVaultTest, TcpConnect) {
   auto f = Vault(vo);
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].message.substr(0, 4), "tcp:") << f[0].message;
+  EXPECT_EQ(f[0].code, Code::kNetwork);
 }
 
 TEST_F(DoctorVaultTest, DeadProxyIsNamed) {
@@ -630,6 +631,7 @@ TEST_F(DoctorVaultTest, BadToken) {
   auto f = Vault(server_->ClientOptions(bad));
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].message.substr(0, 15), "authentication:") << f[0].message;
+  EXPECT_EQ(f[0].code, Code::kPermissionDenied);
 }
 
 TEST_F(DoctorVaultTest, MissingPermissionIsNamed) {
@@ -637,6 +639,7 @@ TEST_F(DoctorVaultTest, MissingPermissionIsNamed) {
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].severity, Severity::kBlocking);
   EXPECT_EQ(f[0].message, "permission: the token may not secrets:set");
+  EXPECT_EQ(f[0].code, Code::kPermissionDenied);
 }
 
 TEST_F(DoctorVaultTest, MissingKek) {
