@@ -339,6 +339,14 @@ TEST_F(DoctorTest, InterruptedInPlaceOperationInAHeaderFile) {
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].volume, "/var/lib/diskseal/sdb1.hdr");
   EXPECT_TRUE(Contains(f[0].fix, "diskseal resume DEVICE --header /var/lib/diskseal/sdb1.hdr"));
+  // The same header at the start of a device (attached): the device is named
+  t.Block("sdd", {.devno = "8:48"});
+  ds::test::WriteFile(t / "dev/sdd", ds::test::ReadFileOrDie(hdr));
+  ASSERT_EQ(::unlink(hdr.c_str()), 0);
+  f = Of(Doctor(), "interrupted");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].volume, "/dev/sdd");
+  EXPECT_EQ(f[0].fix, "resume it: diskseal resume /dev/sdd");
 }
 
 TEST_F(DoctorTest, KernelSupportChoosesTheOpenMode) {
