@@ -28,5 +28,7 @@ Runner SetupVault(CLI::App& app, Globals& g);
 Runner SetupOpen(CLI::App& app, Globals& g);
 Runner SetupClose(CLI::App& app, Globals& g);
 Runner SetupList(CLI::App& app, Globals& g);
+// Machine checks (cmd_machine.cc)
+Runner SetupDoctor(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli
