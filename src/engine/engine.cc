@@ -81,8 +81,15 @@ class Runner {
         return Interrupted(v_.name() + ": stopped at a commit point after " +
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
-      uint64_t len = std::min(hz, st_.data_size - st_.done);
-      DS_RETURN_IF_ERROR(Step(len));
+      DS_RETURN_IF_ERROR(Step(NextLength(hz)));
+    }
+    if (st_.moved) {
+      // Every byte is in its new place and that is durable; the moved copy (plaintext) is no
+      // longer a source. Wiping it before the final commit makes the wipe part of the
+      // operation: a crash here comes back to this point and wipes again.
+      DS_RETURN_IF_ERROR(WipeRandom(data_, st_.moved->offset, st_.shift));
+      SetFinished(v_.mutable_metadata(), st_);
+      DS_RETURN_IF_ERROR(v_.Commit());
     }
     return Status::Ok();
   }
@@ -98,6 +105,25 @@ class Runner {
   }
 
  private:
+  // The next hotzone's length. With a data shift the moved copy of [0, shift) is done in one
+  // piece (cryptsetup cannot resume a split one) and the linear part in pieces of at most
+  // `shift` bytes, ending at `shift` (cryptsetup's reencrypt_offset_backward_moved).
+  uint64_t NextLength(uint64_t hz) const {
+    const uint64_t left = st_.data_size - st_.done;
+    if (!st_.moved) return std::min(hz, left);
+    return left > st_.shift ? std::min(st_.shift, left - st_.shift) : left;
+  }
+
+  static Status WipeRandom(BlockDevice& dev, uint64_t off, uint64_t size) {
+    Bytes noise(size_t(std::min<uint64_t>(size, 1u << 20)));
+    for (uint64_t done = 0; done < size; done += noise.size()) {
+      size_t n = size_t(std::min<uint64_t>(noise.size(), size - done));
+      DS_RETURN_IF_ERROR(RandomBytes(std::span<uint8_t>(noise).first(n)));
+      DS_RETURN_IF_ERROR(dev.WriteAt(off + done, std::span<const uint8_t>(noise).first(n)));
+    }
+    return dev.Sync();
+  }
+
   uint64_t HotzoneLimit() const {
     const uint64_t unit = std::max<uint64_t>(st_.sector_size(), st_.area.block);
     uint64_t hz = std::max<uint64_t>(o_.hotzone_bytes / unit * unit, unit);
@@ -109,11 +135,10 @@ class Runner {
     return hz;
   }
 
-  uint64_t DataOffset() const { return st_.new_seg.offset; }
-
   Status Commit(uint64_t done, std::optional<uint64_t> hot) {
     luks2::Metadata& md = v_.mutable_metadata();
-    if (done == st_.data_size && !hot) {
+    // With a data shift the last step commits "all new" first; Go() finishes after the wipe.
+    if (done == st_.data_size && !hot && !st_.moved) {
       SetFinished(md, st_);
     } else {
       SetProgress(md, st_, done, hot);
@@ -122,7 +147,8 @@ class Runner {
   }
 
   Status WriteResilience(std::span<const uint8_t> raw) {
-    if (st_.area.type == Resilience::kNone) return Status::Ok();
+    // datashift: the source is never overwritten before its hotzone is committed done.
+    if (st_.area.type == Resilience::kNone || st_.area.type == Resilience::kDatashift) return Status::Ok();
     if (st_.area.type == Resilience::kJournal) {
       DS_RETURN_IF_ERROR(md_dev_.WriteAt(st_.area.offset, raw));
     } else {
@@ -153,11 +179,11 @@ class Runner {
   Status Step(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     buf_.resize(len);
-    DS_RETURN_IF_ERROR(data_.ReadAt(DataOffset() + pos, buf_));
+    DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
     DS_RETURN_IF_ERROR(WriteResilience(buf_));
     DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
     DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
-    DS_RETURN_IF_ERROR(data_.WriteAt(DataOffset() + pos, buf_));
+    DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos), buf_));
     DS_RETURN_IF_ERROR(data_.Sync());
     DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
     st_.done = done + len;
@@ -168,8 +194,15 @@ class Runner {
   Status Recover(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     buf_.resize(len);
-    const uint64_t at = DataOffset() + pos;
+    const uint64_t at = st_.NewAt(pos);
     switch (st_.area.type) {
+      case Resilience::kDatashift: {
+        // The hotzone's source is intact (writes never reach unread source): do it again.
+        DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
+        DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
+        DS_RETURN_IF_ERROR(data_.WriteAt(at, buf_));
+        break;
+      }
       case Resilience::kNone:
         return Corrupt(v_.name() + ": an interrupted step over bytes [" + std::to_string(pos) + ", " +
                        std::to_string(pos + len) + ") ran with resilience none and cannot be recovered");
