@@ -65,6 +65,11 @@ class Transformer {
   }
   const State* st_ = nullptr;
   std::vector<Pair> pairs_;
+
+ public:
+  size_t threads() const { return pairs_.size(); }
+  // Thread `i`'s own cipher contexts (i < threads()); same contract as Apply.
+  Status ApplyOn(size_t i, std::span<uint8_t> buf, uint64_t pos) { return ApplyOne(pairs_[i], buf, pos); }
 };
 
 class Runner {
@@ -176,8 +181,49 @@ class Runner {
     return md_dev_.Sync();
   }
 
+  // Datashift: old logical bytes [pos, pos+len) -> new place, read, transformed and written piece
+  // by piece on every thread (the pieces stay in cache between the three). Reads and writes may
+  // interleave freely: the hotzone's writes land at least `shift` bytes above its reads.
+  Status MoveHotzone(uint64_t pos, uint64_t len) {
+    buf_.resize(len);
+    const uint64_t unit = st_.sector_size();
+    const size_t n = std::max<size_t>(1, std::min<size_t>(tf_.threads(), len / unit));
+    const uint64_t per = (len / unit + n - 1) / n * unit;
+    std::vector<Status> res(n);
+    auto work = [&](size_t t) {
+      const uint64_t b0 = t * per, b1 = std::min(len, b0 + per);
+      constexpr uint64_t kPiece = 256u << 10;
+      for (uint64_t at = b0; at < b1; at += kPiece) {
+        std::span<uint8_t> piece(buf_.data() + at, size_t(std::min(kPiece, b1 - at)));
+        Status s = data_.ReadAt(st_.OldAt(pos + at), piece);
+        if (s.ok()) s = tf_.ApplyOn(t, piece, pos + at);
+        if (s.ok()) s = data_.WriteAt(st_.NewAt(pos + at), piece);
+        if (!s.ok()) {
+          res[t] = s;
+          return;
+        }
+      }
+    };
+    std::vector<std::thread> workers;
+    for (size_t t = 1; t < n; ++t) workers.emplace_back(work, t);
+    work(0);
+    for (auto& w : workers) w.join();
+    for (auto& r : res) DS_RETURN_IF_ERROR(r);
+    return Status::Ok();
+  }
+
   Status Step(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
+    if (st_.area.type == Resilience::kDatashift) {
+      // No resilience data to write first: the source itself is the resilience.
+      DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
+      DS_RETURN_IF_ERROR(MoveHotzone(pos, len));
+      DS_RETURN_IF_ERROR(data_.Sync());
+      DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
+      st_.done = done + len;
+      if (o_.progress) o_.progress->Advance(len);
+      return Status::Ok();
+    }
     buf_.resize(len);
     DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
     DS_RETURN_IF_ERROR(WriteResilience(buf_));
@@ -196,13 +242,10 @@ class Runner {
     buf_.resize(len);
     const uint64_t at = st_.NewAt(pos);
     switch (st_.area.type) {
-      case Resilience::kDatashift: {
+      case Resilience::kDatashift:
         // The hotzone's source is intact (writes never reach unread source): do it again.
-        DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
-        DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
-        DS_RETURN_IF_ERROR(data_.WriteAt(at, buf_));
+        DS_RETURN_IF_ERROR(MoveHotzone(pos, len));
         break;
-      }
       case Resilience::kNone:
         return Corrupt(v_.name() + ": an interrupted step over bytes [" + std::to_string(pos) + ", " +
                        std::to_string(pos + len) + ") ran with resilience none and cannot be recovered");
