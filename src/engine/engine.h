@@ -13,6 +13,10 @@
 // Recovery of a flagged hotzone: checksum -- a block whose checksum still matches is still old
 // and is transformed again, other blocks are already new; journal -- the old data is transformed
 // again from the journal; none -- refused (the mode exists only when asked for by name).
+// Data shift (header at the start, engine/reencrypt_state.h): step 2 is empty -- the hotzone is
+// read at its old place and written `shift` bytes further, never over unread data -- and
+// recovery does the hotzone again from its source. The moved copy is wiped before the final
+// commit. Placing the header itself is engine/datashift.h.
 #pragma once
 
 #include <atomic>

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "crypto/crypto.h"
 #include "engine/datashift.h"
 #include "engine/reencrypt_state.h"
@@ -500,6 +502,90 @@ TEST(Engine, DatashiftPowerCutDuringRecoveryResumesToTheOriginalBytes) {
     }
   }
   EXPECT_GT(points, 500);
+}
+
+// The tail check reads what each filesystem's superblock claims (cryptsetup checks nothing).
+TEST(Engine, ProbeFilesystemReadsTheSizeEachSuperblockClaims) {
+  auto le = [](Bytes& b, size_t at, uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) b[at + i] = uint8_t(v >> (8 * i));
+  };
+  {  // ext4, 64-bit block count, 4 KiB blocks
+    Bytes b(1u << 20, 0);
+    le(b, 1024 + 56, 0xEF53, 2);
+    le(b, 1024 + 0x60, 0x80 | 0x40, 4);
+    le(b, 1024 + 4, 0x10, 4);
+    le(b, 1024 + 0x150, 0x1, 4);
+    le(b, 1024 + 24, 2, 4);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "ext4");
+    EXPECT_EQ((*fs)->size, ((uint64_t(1) << 32) + 0x10) * 4096);
+  }
+  {  // ext2: no journal, no extents; 1 KiB blocks
+    Bytes b(1u << 20, 0);
+    le(b, 1024 + 56, 0xEF53, 2);
+    le(b, 1024 + 4, 1000, 4);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "ext2");
+    EXPECT_EQ((*fs)->size, 1000u * 1024);
+  }
+  {  // xfs: big-endian blocksize and dblocks
+    Bytes b(1u << 20, 0);
+    std::memcpy(b.data(), "XFSB", 4);
+    PutBe32(b.data() + 4, 4096);
+    PutBe64(b.data() + 8, 81920);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "xfs");
+    EXPECT_EQ((*fs)->size, 81920u * 4096);
+  }
+  {  // btrfs: superblock at 64 KiB, total_bytes
+    Bytes b(1u << 20, 0);
+    std::memcpy(b.data() + 65536 + 0x40, "_BHRfS_M", 8);
+    le(b, 65536 + 0x70, 123456789012ull, 8);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "btrfs");
+    EXPECT_EQ((*fs)->size, 123456789012ull);
+  }
+  MemDevice none("d", test::RandomData(1u << 20, 5));
+  auto fs = ProbeFilesystem(none);
+  ASSERT_TRUE(fs.ok());
+  EXPECT_FALSE(fs->has_value());
+}
+
+// A staging record from another geometry, or over a moved copy that does not match, is never
+// acted on: the front is then the original data and a fresh start is what is safe.
+TEST(Engine, DatashiftStagingRecordIsOnlyTrustedWhenEverythingMatches) {
+  ShiftFixture f = MakeShift(4096);
+  FaultDevice d("dev", f.device);
+  d.CrashAfterOps(6);  // step 1 durable, the front keyslot area written but not synced (torn)
+  EXPECT_FALSE(PlaceShiftHeader(d, f.image, kShift).ok());
+  const Bytes after = d.PowerCut(FaultDevice::CutMode::kTearOne, 9);
+  {
+    MemDevice m("dev", after);
+    auto other = RecoverShiftHeader(m, kShift / 2);  // not the shift it was made for
+    ASSERT_TRUE(other.ok());
+    EXPECT_EQ(*other, ShiftStart::kNothing);
+  }
+  {
+    Bytes bad = after;
+    bad[kShiftDevice - 1] ^= 1;  // the moved copy no longer matches its hash
+    MemDevice m("dev", bad);
+    auto s = RecoverShiftHeader(m, kShift);
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ(*s, ShiftStart::kNothing);
+  }
+  MemDevice m("dev", after);
+  auto s = RecoverShiftHeader(m, kShift);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(*s, ShiftStart::kRestored);
+  EXPECT_EQ(FinishShiftAndRead(m.Snapshot(), f), f.plain);
 }
 
 }  // namespace
