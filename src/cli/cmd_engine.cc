@@ -70,8 +70,12 @@ Result<SecureBuffer> ObtainPassphrase(Globals& g, const KeySource& keys, const V
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
                        const SecureBuffer* known_key, int known_digest,
                        const SecureBuffer* known_pass = nullptr, const VaultOptions* vo = nullptr) {
-  OpenOptions rw;
-  DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
+  auto loaded = luks2::Volume::Load(*g.env, d.device, d.header, true);
+  if (!loaded.ok() && d.header.empty() && loaded.status().code() == Code::kCorrupt)
+    return Status(Code::kCorrupt, loaded.status().message() +
+                                      "; if `encrypt --reduce-device-size` was interrupted while it placed the header, "
+                                      "run that same command again (it finds the staged header; resume cannot know the size)");
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, std::move(loaded));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
     *g.out << d.device << ": no in-place operation to resume.\n";
