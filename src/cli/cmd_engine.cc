@@ -254,9 +254,13 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
   f.offset_sectors = shift / 512;
   if (!f.keyslots_size) f.keyslots_size = std::min<uint64_t>(shift - 2 * f.metadata_size, 128u << 20) / 4096 * 4096;
   if (!f.sector_size) f.sector_size = 4096;
+  // Named after the device, so that a run killed while the file existed has its leftover
+  // removed by the next run.
   std::error_code ec;
+  const std::string canon = std::filesystem::weakly_canonical(dev, ec).string();
+  DS_ASSIGN_OR_RETURN(Bytes tag, Hash("sha256", AsBytes(canon.empty() ? dev : canon)));
   const std::string tmp = (std::filesystem::temp_directory_path(ec) /
-                           ("diskseal-" + std::to_string(getpid()) + "-header.new")).string();
+                           ("diskseal-" + HexEncode(std::span<const uint8_t>(tag).first(8)) + "-header.new")).string();
   if (g.env->Exists(tmp)) DS_RETURN_IF_ERROR(g.env->Remove(tmp));
   SecureBuffer vk;
   Bytes image(shift, 0);
