@@ -106,6 +106,7 @@ TEST_F(DatashiftCliTest, EncryptWithTheHeaderAtTheStartCryptsetupOpensAndDecrypt
   ASSERT_EQ(dump.exit_code, 0) << dump.err;
   EXPECT_NE(dump.out.find("offset: 4194304 [bytes]"), std::string::npos) << dump.out;
   EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
+  EXPECT_EQ(dump.out.find("diskseal-wipe"), std::string::npos) << dump.out;  // the moved copy is wiped
   EXPECT_EQ(RunProgram({"cryptsetup", "open", "--test-passphrase", "--key-file", dir_ / "key", img}).exit_code, 0);
   // the plaintext is nowhere in the clear: not at its old place, not in the moved copy's place
   std::string now = ReadFileOrDie(img);

@@ -78,6 +78,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   DS_ASSIGN_OR_RETURN(luks2::Volume v, std::move(loaded));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
+    DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
     *g.out << d.device << ": no in-place operation to resume.\n";
     return Status::Ok();
   }
@@ -202,9 +203,12 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
     DS_ASSIGN_OR_RETURN(engine::ShiftStart start, engine::RecoverShiftHeader(*d, shift));
     if (start != engine::ShiftStart::kNothing) {
       d.reset();
-      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, "", false));
+      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, "", true));
       DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
-      if (!st) return Busy(dev + ": already encrypted (a finished LUKS2 header is at its start)");
+      if (!st) {
+        DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
+        return Busy(dev + ": already encrypted (a finished LUKS2 header is at its start)");
+      }
       if (start == engine::ShiftStart::kRestored)
         *g.err << dev << ": finished placing the header of an interrupted run\n";
       return ResumeOperation(g, da, keys, e, nullptr, -1, nullptr, &vault_opts);

@@ -72,6 +72,26 @@ class Transformer {
   Status ApplyOn(size_t i, std::span<uint8_t> buf, uint64_t pos) { return ApplyOne(pairs_[i], buf, pos); }
 };
 
+constexpr const char* kWipeToken = "diskseal-wipe";
+
+void AddWipeToken(luks2::Metadata& md, uint64_t offset, uint64_t size) {
+  int id = 0;
+  while (md.json["tokens"].contains(std::to_string(id))) ++id;
+  md.json["tokens"][std::to_string(id)] = {
+      {"type", kWipeToken}, {"keyslots", luks2::Json::array()},
+      {"areas", luks2::Json::array({luks2::Json::array({luks2::U64Str(offset), luks2::U64Str(size)})})}};
+}
+
+Status WipeWithNoise(BlockDevice& dev, uint64_t off, uint64_t size) {
+  Bytes noise(size_t(std::min<uint64_t>(size, 1u << 20)));
+  for (uint64_t done = 0; done < size; done += noise.size()) {
+    size_t n = size_t(std::min<uint64_t>(noise.size(), size - done));
+    DS_RETURN_IF_ERROR(RandomBytes(std::span<uint8_t>(noise).first(n)));
+    DS_RETURN_IF_ERROR(dev.WriteAt(off + done, std::span<const uint8_t>(noise).first(n)));
+  }
+  return dev.Sync();
+}
+
 class Runner {
  public:
   Runner(luks2::Volume& v, State st, Transformer tf, const EngineOptions& o, unsigned threads)
@@ -88,14 +108,9 @@ class Runner {
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
       DS_RETURN_IF_ERROR(Step(NextLength(hz)));
     }
-    if (st_.moved) {
-      // Every byte is in its new place and that is durable; the moved copy (plaintext) is no
-      // longer a source. Wiping it before the final commit makes the wipe part of the
-      // operation: a crash here comes back to this point and wipes again.
-      DS_RETURN_IF_ERROR(WipeRandom(data_, st_.moved->offset, st_.shift));
-      SetFinished(v_.mutable_metadata(), st_);
-      DS_RETURN_IF_ERROR(v_.Commit());
-    }
+    // A header whose every byte was already new (cryptsetup stores that state just before its
+    // final commit) still needs the final layout.
+    if (!finished_) DS_RETURN_IF_ERROR(Commit(st_.data_size, std::nullopt));
     return Status::Ok();
   }
 
@@ -119,16 +134,6 @@ class Runner {
     return left > st_.shift ? std::min(st_.shift, left - st_.shift) : left;
   }
 
-  static Status WipeRandom(BlockDevice& dev, uint64_t off, uint64_t size) {
-    Bytes noise(size_t(std::min<uint64_t>(size, 1u << 20)));
-    for (uint64_t done = 0; done < size; done += noise.size()) {
-      size_t n = size_t(std::min<uint64_t>(noise.size(), size - done));
-      DS_RETURN_IF_ERROR(RandomBytes(std::span<uint8_t>(noise).first(n)));
-      DS_RETURN_IF_ERROR(dev.WriteAt(off + done, std::span<const uint8_t>(noise).first(n)));
-    }
-    return dev.Sync();
-  }
-
   uint64_t HotzoneLimit() const {
     const uint64_t unit = std::max<uint64_t>(st_.sector_size(), st_.area.block);
     uint64_t hz = std::max<uint64_t>(o_.hotzone_bytes / unit * unit, unit);
@@ -142,9 +147,12 @@ class Runner {
 
   Status Commit(uint64_t done, std::optional<uint64_t> hot) {
     luks2::Metadata& md = v_.mutable_metadata();
-    // With a data shift the last step commits "all new" first; Go() finishes after the wipe.
-    if (done == st_.data_size && !hot && !st_.moved) {
+    if (done == st_.data_size && !hot) {
+      finished_ = true;
       SetFinished(md, st_);
+      // The moved copy held plaintext: its wipe is recorded in the same commit as the final
+      // layout (cryptsetup sees a finished volume) and done by FinishPendingWipe, repeatably.
+      if (st_.moved) AddWipeToken(md, st_.moved->offset, st_.shift);
     } else {
       SetProgress(md, st_, done, hot);
     }
@@ -287,14 +295,32 @@ class Runner {
   BlockDevice& data_;
   BlockDevice& md_dev_;
   Bytes buf_;
+  bool finished_ = false;
 };
 
 }  // namespace
 
+Status FinishPendingWipe(luks2::Volume& volume) {
+  luks2::Json& tokens = volume.mutable_metadata().json["tokens"];
+  std::vector<std::string> ids;
+  for (const auto& [k, t] : tokens.items())
+    if (luks2::StrOr(t, "type") == kWipeToken) ids.push_back(k);
+  if (ids.empty()) return Status::Ok();
+  for (const auto& k : ids)
+    for (const auto& a : tokens[k]["areas"]) {
+      auto off = luks2::JsonU64(a[0]), size = luks2::JsonU64(a[1]);
+      if (!off || !size || *off > volume.data_device().Size() || *size > volume.data_device().Size() - *off)
+        return Corrupt(volume.name() + ": token " + k + " names an area outside the device");
+      DS_RETURN_IF_ERROR(WipeWithNoise(volume.data_device(), *off, *size));
+    }
+  for (const auto& k : ids) tokens.erase(k);
+  return volume.Commit();  // after the wipe is durable: until then the token says "do it again"
+}
+
 Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
            const EngineOptions& opts) {
   DS_ASSIGN_OR_RETURN(auto st, ReadState(volume.metadata(), volume.data_device().Size()));
-  if (!st) return Status::Ok();
+  if (!st) return FinishPendingWipe(volume);
   if (st->area.type == Resilience::kChecksum &&
       (st->area.block % st->sector_size() || HashSize(st->area.hash) == 0))
     return Unsupported(volume.name() + ": checksum blocks must be whole sectors of a known hash");
@@ -322,7 +348,7 @@ Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffe
   Runner r(volume, *st, std::move(tf), opts, threads);
   DS_RETURN_IF_ERROR(r.Go());
   for (auto [off, size] : scrub) DS_RETURN_IF_ERROR(r.Scrub(off, size));
-  return Status::Ok();
+  return FinishPendingWipe(volume);
 }
 
 }  // namespace ds::engine

@@ -375,6 +375,10 @@ Bytes FinishShiftAndRead(const Bytes& device, const ShiftFixture& f) {
   EXPECT_TRUE(plain.ok()) << plain.status().message();
   if (!plain.ok()) return {};
   EXPECT_EQ((*plain)->Size(), kShiftDevice - kShift);
+  EXPECT_EQ(v->metadata().json["tokens"].size(), 0u);  // the moved copy's wipe is done
+  Bytes tail(kShift);
+  EXPECT_TRUE(d.ReadAt(kShiftDevice - kShift, tail).ok());
+  EXPECT_NE(tail, Bytes(f.plain.begin(), f.plain.begin() + kShift));
   Bytes out(kShiftData);
   EXPECT_TRUE((*plain)->ReadAt(0, out).ok());
   return out;
