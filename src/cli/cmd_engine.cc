@@ -263,7 +263,10 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
   std::error_code ec;
   const std::string canon = std::filesystem::weakly_canonical(dev, ec).string();
   DS_ASSIGN_OR_RETURN(Bytes tag, Hash("sha256", AsBytes(canon.empty() ? dev : canon)));
-  const std::string tmp = (std::filesystem::temp_directory_path(ec) /
+  // In memory (/dev/shm) where there is one: the image is made, synced and read back at once.
+  const std::filesystem::path tmp_dir =
+      std::filesystem::is_directory("/dev/shm", ec) ? std::filesystem::path("/dev/shm") : std::filesystem::temp_directory_path(ec);
+  const std::string tmp = (tmp_dir /
                            ("diskseal-" + HexEncode(std::span<const uint8_t>(tag).first(8)) + "-header.new")).string();
   if (g.env->Exists(tmp)) DS_RETURN_IF_ERROR(g.env->Remove(tmp));
   SecureBuffer vk;
