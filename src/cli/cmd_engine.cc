@@ -1,14 +1,19 @@
 // In-place operations: encrypt (and resume). Progress on stderr; SIGINT/SIGTERM stop at the next
 // commit point and leave a resumable volume.
 #include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <filesystem>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/luks_options.h"
+#include "engine/datashift.h"
 #include "engine/engine.h"
 #include "engine/reencrypt_state.h"
 #include "crypto/crypto.h"
@@ -17,6 +22,8 @@
 #include "vault/escrow.h"
 
 #include <algorithm>
+
+extern char** environ;
 
 namespace ds::cli {
 
@@ -53,10 +60,15 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
                        const SecureBuffer* known_key, int known_digest,
                        const SecureBuffer* known_pass = nullptr, const VaultOptions* vo = nullptr) {
-  OpenOptions rw;
-  DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
+  auto loaded = luks2::Volume::Load(*g.env, d.device, d.header, true);
+  if (!loaded.ok() && d.header.empty() && loaded.status().code() == Code::kCorrupt)
+    return Status(Code::kCorrupt, loaded.status().message() +
+                                      "; if `encrypt --reduce-device-size` was interrupted while it placed the header, "
+                                      "run that same command again (it finds the staged header; resume cannot know the size)");
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, std::move(loaded));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
+    DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
     *g.out << d.device << ": no in-place operation to resume.\n";
     return Status::Ok();
   }
@@ -89,6 +101,191 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   return Status::Ok();
 }
 
+
+// Runs an outside tool (e2fsck, resize2fs) with its output on our stderr; returns its exit code.
+// argv holds device paths only, never a key.
+Result<int> RunTool(const std::vector<std::string>& argv) {
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, 2, 1);
+  pid_t pid;
+  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  if (rc != 0) return PosixError("running " + argv[0], rc);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0) {
+    if (errno != EINTR) return PosixError("waiting for " + argv[0], errno);
+  }
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// Where `device` is mounted (from /proc/self/mounts), or empty.
+std::string MountPointOf(Env& env, const std::string& device) {
+  auto mounts = env.ReadFile("/proc/self/mounts", 4u << 20);
+  if (!mounts.ok()) return "";
+  std::error_code ec;
+  const std::string want = std::filesystem::weakly_canonical(device, ec).string();
+  std::istringstream in(*mounts);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string src, where;
+    f >> src >> where;
+    if (src == device || (!want.empty() && src == want)) return where;
+  }
+  return "";
+}
+
+// Stores the new passphrase in the vault and checks it against the header in `tmp` before the
+// header is put anywhere: if any of it fails, no data block has been touched.
+Status EscrowNewHeader(Globals& g, const VaultOptions& vo, vault::VaultClient& client, const SecureBuffer& pass,
+                       const SecureBuffer& vk, const std::string& dev, const std::string& tmp,
+                       const std::string& uuid) {
+  vault::EscrowRequest req;
+  req.luks_uuid = uuid;
+  req.secret_name = vo.SecretNameFor(uuid);
+  req.kek = vo.kek;
+  req.kek_alg = vo.kek_alg;
+  auto verify = [&](const SecureBuffer& p) -> Status {
+    DS_ASSIGN_OR_RETURN(luks2::Volume check, luks2::Volume::Load(*g.env, dev, tmp, false));
+    auto u = check.Unlock(p.span());
+    if (!u.ok()) return u.status();
+    if (!u->key.Equals(vk.span())) return Corrupt("the escrowed passphrase opens a different key");
+    return Status::Ok();
+  };
+  auto rec = vault::EscrowAndVerify(client, pass, req, verify);
+  if (!rec.ok()) return rec.status().WithContext(dev + ": key escrow failed; nothing was written to the device");
+  *g.err << dev << ": passphrase escrowed and verified as " << rec->secret_id << "\n";
+  return Status::Ok();
+}
+
+struct ShiftArgs {
+  uint64_t reduce = 0;
+  bool resize_fs = false;
+};
+
+// encrypt DEVICE --reduce-device-size R: the header at the start (cryptsetup's layout, shift
+// R/2), the data shifted by R/2, the last R/2 bytes holding the moved copy while it runs.
+// Running it again resumes, including a run interrupted while the header was being placed.
+Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luks2::FormatOptions f,
+                    const EngineArgs& e, const ShiftArgs& sa, VaultOptions& vault_opts) {
+  const std::string& dev = da.device;
+  const uint64_t r = sa.reduce, shift = r / 2;
+  if (r % 8192 || shift < 2 * f.metadata_size + (64u << 10))
+    return InvalidArgument("--reduce-device-size must be a multiple of 8 KiB and leave room for the header "
+                           "(at least twice the metadata size plus a keyslot, e.g. 8M or 32M)");
+  if (std::string mp = MountPointOf(*g.env, dev); !mp.empty())
+    return Busy(dev + ": mounted on " + mp + "; unmount it first");
+  OpenOptions rw;
+  rw.write = true;
+  rw.exclusive = true;
+  uint64_t size = 0;
+  {
+    DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, rw));
+    size = d->Size();
+    if (size % 4096)
+      return InvalidArgument(dev + ": size " + std::to_string(size) + " is not a multiple of 4096 bytes");
+    if (size < r + shift)
+      return InvalidArgument(dev + ": " + std::to_string(size) + " bytes is too small for --reduce-device-size " +
+                             std::to_string(r) + " (the data must be at least half of it)");
+    DS_ASSIGN_OR_RETURN(engine::ShiftStart start, engine::RecoverShiftHeader(*d, shift));
+    if (start != engine::ShiftStart::kNothing) {
+      d.reset();
+      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, "", true));
+      DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+      if (!st) {
+        DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
+        return Busy(dev + ": already encrypted (a finished LUKS2 header is at its start)");
+      }
+      if (start == engine::ShiftStart::kRestored)
+        *g.err << dev << ": finished placing the header of an interrupted run\n";
+      return ResumeOperation(g, da, keys, e, nullptr, -1, nullptr, &vault_opts);
+    }
+    DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
+    if (luks) return Busy(dev + ": already a LUKS volume; refusing to encrypt it again");
+  }
+  // The last R bytes must hold nothing: a filesystem claiming them would lose its end.
+  const uint64_t data_size = size - r;
+  for (int attempt = 0;; ++attempt) {
+    DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, OpenOptions{}));
+    DS_ASSIGN_OR_RETURN(auto fs, engine::ProbeFilesystem(*d));
+    if (!fs || fs->size <= data_size) break;
+    const bool ext = fs->type.rfind("ext", 0) == 0;
+    if (!sa.resize_fs || !ext || attempt > 0)
+      return InvalidArgument(dev + ": the " + fs->type + " filesystem on it is " + std::to_string(fs->size) +
+                             " bytes and reaches into the last " + std::to_string(r) +
+                             " bytes that --reduce-device-size frees (it must end by " + std::to_string(data_size) +
+                             "); shrink it first" + (ext && attempt == 0 ? " or pass --resize-fs" : ""));
+    d.reset();
+    *g.err << dev << ": shrinking the " << fs->type << " filesystem to " << data_size << " bytes\n";
+    DS_ASSIGN_OR_RETURN(int fsck, RunTool({"e2fsck", "-f", "-y", dev}));
+    if (fsck > 1) return Status(Code::kIOError, dev + ": e2fsck -f -y failed (exit " + std::to_string(fsck) + ")");
+    DS_ASSIGN_OR_RETURN(int rs, RunTool({"resize2fs", dev, std::to_string(data_size / 1024) + "K"}));
+    if (rs != 0) return Status(Code::kIOError, dev + ": resize2fs failed (exit " + std::to_string(rs) + ")");
+    // resize2fs also shortens an image file to the new filesystem size; the freed tail is where
+    // the header image and the moved copy go, so the file gets its size back.
+    std::error_code ec;
+    if (std::filesystem::is_regular_file(dev, ec)) {
+      DS_ASSIGN_OR_RETURN(int tr, RunTool({"truncate", "-s", std::to_string(size), dev}));
+      if (tr != 0) return Status(Code::kIOError, dev + ": could not restore the image file's size after resize2fs");
+    }
+  }
+  std::unique_ptr<vault::VaultClient> client;
+  if (vault_opts.enabled()) {
+    DS_ASSIGN_OR_RETURN(client, MakeVaultClient(*g.env, vault_opts));
+  }
+  SecureBuffer pass;
+  if (client && keys.key_file.empty()) {
+    DS_ASSIGN_OR_RETURN(pass, vault::GeneratePassphrase());
+  } else {
+    DS_ASSIGN_OR_RETURN(pass, ReadKey(*g.env, keys, "Enter new passphrase for " + dev + ": ", true));
+  }
+  DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(f.pbkdf));
+  // The header image is built completely (with the operation recorded in it) in a private temp
+  // file, then placed in one crash-safe procedure (engine/datashift.h).
+  f.offset_sectors = shift / 512;
+  if (!f.keyslots_size) f.keyslots_size = std::min<uint64_t>(shift - 2 * f.metadata_size, 128u << 20) / 4096 * 4096;
+  if (!f.sector_size) f.sector_size = 4096;
+  // Named after the device, so that a run killed while the file existed has its leftover
+  // removed by the next run.
+  std::error_code ec;
+  const std::string canon = std::filesystem::weakly_canonical(dev, ec).string();
+  DS_ASSIGN_OR_RETURN(Bytes tag, Hash("sha256", AsBytes(canon.empty() ? dev : canon)));
+  // In memory (/dev/shm) where there is one: the image is made, synced and read back at once.
+  const std::filesystem::path tmp_dir =
+      std::filesystem::is_directory("/dev/shm", ec) ? std::filesystem::path("/dev/shm") : std::filesystem::temp_directory_path(ec);
+  const std::string tmp = (tmp_dir /
+                           ("diskseal-" + HexEncode(std::span<const uint8_t>(tag).first(8)) + "-header.new")).string();
+  if (g.env->Exists(tmp)) DS_RETURN_IF_ERROR(g.env->Remove(tmp));
+  SecureBuffer vk;
+  Bytes image(shift, 0);
+  {
+    auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) {
+      return engine::InitEncryptShift(md, key, shift, data_size, size, digest_iters);
+    };
+    auto v = luks2::Volume::Format(*g.env, dev, tmp, f, pass.span(), hook, &vk);
+    if (!v.ok()) {
+      (void)g.env->Remove(tmp);
+      return v.status().WithContext(dev + ": encrypt");
+    }
+    Status ok = client ? EscrowNewHeader(g, vault_opts, *client, pass, vk, dev, tmp, v->metadata().uuid) : Status::Ok();
+    if (ok.ok()) {
+      auto h = g.env->Open(tmp, OpenOptions{});
+      ok = h.ok() ? (*h)->ReadAt(0, std::span<uint8_t>(image).first(size_t((*h)->Size()))) : h.status();
+    }
+    (void)g.env->Remove(tmp);
+    DS_RETURN_IF_ERROR(ok);
+  }
+  {
+    DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, rw));
+    DS_RETURN_IF_ERROR(engine::PlaceShiftHeader(*d, image, shift).WithContext(dev + ": placing the header"));
+  }
+  return ResumeOperation(g, da, keys, e, &vk, 0);
+}
+
 }  // namespace
 
 Runner SetupEncrypt(CLI::App& app, Globals& g) {
@@ -98,7 +295,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     luks2::FormatOptions f;
     EngineArgs e;
     std::string resilience = "checksum";
-    uint64_t reduce = 0;
+    ShiftArgs shift;
     VaultOptions vault;
   };
   auto o = std::make_shared<Opts>();
@@ -107,22 +304,34 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
   AddPbkdfOptions(app, o->f.pbkdf);
   AddEngineOptions(app, o->e);
   AddVaultOptions(app, o->vault);
-  app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
+  CLI::Option* res_opt = app.add_option("--resilience", o->resilience,
+                                        "checksum (default), journal, none (no crash safety); datashift with --reduce-device-size");
   app.add_option("--cipher,-c", o->f.cipher, "data cipher (default aes-xts-plain64)");
   app.add_option("--key-size,-s", o->f.key_size_bits, "volume key size in bits (default 512)");
   app.add_option("--sector-size", o->f.sector_size, "encryption sector size (default 4096 when the device allows)");
   AddSizeOption(app, "--luks2-metadata-size", o->f.metadata_size, "metadata copy size, 16k..4m");
   AddSizeOption(app, "--luks2-keyslots-size", o->f.keyslots_size, "keyslots area size");
-  AddSizeOption(app, "--reduce-device-size", o->reduce, "header at the start of the device (not implemented yet)");
+  AddSizeOption(app, "--reduce-device-size", o->shift.reduce,
+                "header at the start of the device: the last SIZE bytes must be unused; data moves by SIZE/2");
+  app.add_flag("--resize-fs", o->shift.resize_fs, "with --reduce-device-size: shrink an ext2/3/4 filesystem first (e2fsck + resize2fs)");
   app.add_option("--label", o->f.label, "LUKS2 label");
   app.add_option("--uuid", o->f.uuid, "use this UUID");
-  return [o, &g]() -> Status {
+  return [o, &g, res_opt]() -> Status {
     CatchStopSignals();  // before anything is written: a signal from now on stops at a commit point
     const std::string& dev = o->dev.device;
-    if (o->reduce || o->dev.header.empty())
-      return Unsupported(dev + ": encrypting with the header at the start of the device "
-                               "(--reduce-device-size) is not implemented yet; use --header FILE");
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    if (o->dev.header.empty()) {
+      if (!o->shift.reduce)
+        return Unsupported(dev + ": encrypting in place needs --header FILE (detached header) or "
+                                 "--reduce-device-size SIZE (header at the start of the device)");
+      if (res_opt->count() && res != engine::Resilience::kDatashift)
+        return InvalidArgument(dev + ": with the header at the start of the device the resilience is datashift");
+      return EncryptShift(g, o->dev, o->keys, o->f, o->e, o->shift, o->vault);
+    }
+    if (o->shift.reduce)
+      return InvalidArgument("--reduce-device-size puts the header at the start of the device; it does not go with --header");
+    if (res == engine::Resilience::kDatashift)
+      return Unsupported(dev + ": resilience datashift (data shift) needs --reduce-device-size, not --header");
     // Running the original command again resumes an interrupted run.
     if (g.env->Exists(o->dev.header)) {
       auto v = luks2::Volume::Load(*g.env, dev, o->dev.header, false);
@@ -175,26 +384,11 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
         return v.status().WithContext(dev + ": encrypt");
       }
       if (client) {
-        // Escrow, read back, unwrap and check against this header's keyslot and digest while the
-        // header is still a temp file: if any of it fails, no data block has been touched.
-        vault::EscrowRequest req;
-        req.luks_uuid = v->metadata().uuid;
-        req.secret_name = o->vault.SecretNameFor(req.luks_uuid);
-        req.kek = o->vault.kek;
-        req.kek_alg = o->vault.kek_alg;
-        auto verify = [&](const SecureBuffer& p) -> Status {
-          DS_ASSIGN_OR_RETURN(luks2::Volume check, luks2::Volume::Load(*g.env, dev, tmp, false));
-          auto u = check.Unlock(p.span());
-          if (!u.ok()) return u.status();
-          if (!u->key.Equals(vk.span())) return Corrupt("the escrowed passphrase opens a different key");
-          return Status::Ok();
-        };
-        auto rec = vault::EscrowAndVerify(*client, pass, req, verify);
-        if (!rec.ok()) {
+        Status esc = EscrowNewHeader(g, o->vault, *client, pass, vk, dev, tmp, v->metadata().uuid);
+        if (!esc.ok()) {
           (void)g.env->Remove(tmp);
-          return rec.status().WithContext(dev + ": key escrow failed; nothing was written to the device");
+          return esc;
         }
-        *g.err << dev << ": passphrase escrowed and verified as " << rec->secret_id << "\n";
       }
     }
     DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
@@ -221,8 +415,9 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     CatchStopSignals();
     const std::string& dev = o->dev.device;
     if (o->dev.header.empty())
-      return Unsupported(dev + ": decrypting a volume whose header is at the start of the device "
-                               "(data shift) is not implemented yet; only detached headers (--header FILE)");
+      return Unsupported(dev + ": decrypting a volume whose header is at the start of the device is not "
+                               "implemented yet (cryptsetup 2.6.1 does it as `reencrypt --decrypt --header NEWFILE`: "
+                               "header exported, data moved back, datashift-checksum); only detached headers (--header FILE)");
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));

@@ -65,7 +65,32 @@ class Transformer {
   }
   const State* st_ = nullptr;
   std::vector<Pair> pairs_;
+
+ public:
+  size_t threads() const { return pairs_.size(); }
+  // Thread `i`'s own cipher contexts (i < threads()); same contract as Apply.
+  Status ApplyOn(size_t i, std::span<uint8_t> buf, uint64_t pos) { return ApplyOne(pairs_[i], buf, pos); }
 };
+
+constexpr const char* kWipeToken = "diskseal-wipe";
+
+void AddWipeToken(luks2::Metadata& md, uint64_t offset, uint64_t size) {
+  int id = 0;
+  while (md.json["tokens"].contains(std::to_string(id))) ++id;
+  md.json["tokens"][std::to_string(id)] = {
+      {"type", kWipeToken}, {"keyslots", luks2::Json::array()},
+      {"areas", luks2::Json::array({luks2::Json::array({luks2::U64Str(offset), luks2::U64Str(size)})})}};
+}
+
+Status WipeWithNoise(BlockDevice& dev, uint64_t off, uint64_t size) {
+  Bytes noise(size_t(std::min<uint64_t>(size, 1u << 20)));
+  for (uint64_t done = 0; done < size; done += noise.size()) {
+    size_t n = size_t(std::min<uint64_t>(noise.size(), size - done));
+    DS_RETURN_IF_ERROR(RandomBytes(std::span<uint8_t>(noise).first(n)));
+    DS_RETURN_IF_ERROR(dev.WriteAt(off + done, std::span<const uint8_t>(noise).first(n)));
+  }
+  return dev.Sync();
+}
 
 class Runner {
  public:
@@ -82,9 +107,11 @@ class Runner {
         return Interrupted(v_.name() + ": stopped at a commit point after " +
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
-      uint64_t len = std::min(hz, st_.data_size - st_.done);
-      DS_RETURN_IF_ERROR(Step(len));
+      DS_RETURN_IF_ERROR(Step(NextLength(hz)));
     }
+    // A header whose every byte was already new (cryptsetup stores that state just before its
+    // final commit) still needs the final layout.
+    if (!finished_) DS_RETURN_IF_ERROR(Commit(st_.data_size, std::nullopt));
     return Status::Ok();
   }
 
@@ -99,6 +126,15 @@ class Runner {
   }
 
  private:
+  // The next hotzone's length. With a data shift the moved copy of [0, shift) is done in one
+  // piece (cryptsetup cannot resume a split one) and the linear part in pieces of at most
+  // `shift` bytes, ending at `shift` (cryptsetup's reencrypt_offset_backward_moved).
+  uint64_t NextLength(uint64_t hz) const {
+    const uint64_t left = st_.data_size - st_.done;
+    if (!st_.moved) return std::min(hz, left);
+    return left > st_.shift ? std::min(st_.shift, left - st_.shift) : left;
+  }
+
   uint64_t HotzoneLimit() const {
     const uint64_t unit = std::max<uint64_t>(st_.sector_size(), st_.area.block);
     uint64_t hz = std::max<uint64_t>(o_.hotzone_bytes / unit * unit, unit);
@@ -110,12 +146,14 @@ class Runner {
     return hz;
   }
 
-  uint64_t DataOffset() const { return st_.new_seg.offset; }
-
   Status Commit(uint64_t done, std::optional<uint64_t> hot) {
     luks2::Metadata& md = v_.mutable_metadata();
     if (done == st_.data_size && !hot) {
+      finished_ = true;
       SetFinished(md, st_);
+      // The moved copy held plaintext: its wipe is recorded in the same commit as the final
+      // layout (cryptsetup sees a finished volume) and done by FinishPendingWipe, repeatably.
+      if (st_.moved) AddWipeToken(md, st_.moved->offset, st_.shift);
     } else {
       SetProgress(md, st_, done, hot);
     }
@@ -123,7 +161,8 @@ class Runner {
   }
 
   Status WriteResilience(std::span<const uint8_t> raw) {
-    if (st_.area.type == Resilience::kNone) return Status::Ok();
+    // datashift: the source is never overwritten before its hotzone is committed done.
+    if (st_.area.type == Resilience::kNone || st_.area.type == Resilience::kDatashift) return Status::Ok();
     if (st_.area.type == Resilience::kJournal) {
       DS_RETURN_IF_ERROR(md_dev_.WriteAt(st_.area.offset, raw));
     } else {
@@ -151,14 +190,55 @@ class Runner {
     return md_dev_.Sync();
   }
 
+  // Datashift: old logical bytes [pos, pos+len) -> new place, read, transformed and written piece
+  // by piece on every thread (the pieces stay in cache between the three). Reads and writes may
+  // interleave freely: the hotzone's writes land at least `shift` bytes above its reads.
+  Status MoveHotzone(uint64_t pos, uint64_t len) {
+    buf_.resize(len);
+    const uint64_t unit = st_.sector_size();
+    const size_t n = std::max<size_t>(1, std::min<size_t>(tf_.threads(), len / unit));
+    const uint64_t per = (len / unit + n - 1) / n * unit;
+    std::vector<Status> res(n);
+    auto work = [&](size_t t) {
+      const uint64_t b0 = t * per, b1 = std::min(len, b0 + per);
+      constexpr uint64_t kPiece = 256u << 10;
+      for (uint64_t at = b0; at < b1; at += kPiece) {
+        std::span<uint8_t> piece(buf_.data() + at, size_t(std::min(kPiece, b1 - at)));
+        Status s = data_.ReadAt(st_.OldAt(pos + at), piece);
+        if (s.ok()) s = tf_.ApplyOn(t, piece, pos + at);
+        if (s.ok()) s = data_.WriteAt(st_.NewAt(pos + at), piece);
+        if (!s.ok()) {
+          res[t] = s;
+          return;
+        }
+      }
+    };
+    std::vector<std::thread> workers;
+    for (size_t t = 1; t < n; ++t) workers.emplace_back(work, t);
+    work(0);
+    for (auto& w : workers) w.join();
+    for (auto& r : res) DS_RETURN_IF_ERROR(r);
+    return Status::Ok();
+  }
+
   Status Step(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
+    if (st_.area.type == Resilience::kDatashift) {
+      // No resilience data to write first: the source itself is the resilience.
+      DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
+      DS_RETURN_IF_ERROR(MoveHotzone(pos, len));
+      DS_RETURN_IF_ERROR(data_.Sync());
+      DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
+      st_.done = done + len;
+      if (o_.progress) o_.progress->Advance(len);
+      return Status::Ok();
+    }
     buf_.resize(len);
-    DS_RETURN_IF_ERROR(data_.ReadAt(DataOffset() + pos, buf_));
+    DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
     DS_RETURN_IF_ERROR(WriteResilience(buf_));
     DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
     DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
-    DS_RETURN_IF_ERROR(data_.WriteAt(DataOffset() + pos, buf_));
+    DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos), buf_));
     DS_RETURN_IF_ERROR(data_.Sync());
     DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
     st_.done = done + len;
@@ -169,8 +249,12 @@ class Runner {
   Status Recover(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     buf_.resize(len);
-    const uint64_t at = DataOffset() + pos;
+    const uint64_t at = st_.NewAt(pos);
     switch (st_.area.type) {
+      case Resilience::kDatashift:
+        // The hotzone's source is intact (writes never reach unread source): do it again.
+        DS_RETURN_IF_ERROR(MoveHotzone(pos, len));
+        break;
       case Resilience::kNone:
         return Corrupt(v_.name() + ": an interrupted step over bytes [" + std::to_string(pos) + ", " +
                        std::to_string(pos + len) + ") ran with resilience none and cannot be recovered");
@@ -212,14 +296,32 @@ class Runner {
   BlockDevice& data_;
   BlockDevice& md_dev_;
   Bytes buf_;
+  bool finished_ = false;
 };
 
 }  // namespace
 
+Status FinishPendingWipe(luks2::Volume& volume) {
+  luks2::Json& tokens = volume.mutable_metadata().json["tokens"];
+  std::vector<std::string> ids;
+  for (const auto& [k, t] : tokens.items())
+    if (luks2::StrOr(t, "type") == kWipeToken) ids.push_back(k);
+  if (ids.empty()) return Status::Ok();
+  for (const auto& k : ids)
+    for (const auto& a : tokens[k]["areas"]) {
+      auto off = luks2::JsonU64(a[0]), size = luks2::JsonU64(a[1]);
+      if (!off || !size || *off > volume.data_device().Size() || *size > volume.data_device().Size() - *off)
+        return Corrupt(volume.name() + ": token " + k + " names an area outside the device");
+      DS_RETURN_IF_ERROR(WipeWithNoise(volume.data_device(), *off, *size));
+    }
+  for (const auto& k : ids) tokens.erase(k);
+  return volume.Commit();  // after the wipe is durable: until then the token says "do it again"
+}
+
 Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
            const EngineOptions& opts) {
   DS_ASSIGN_OR_RETURN(auto st, ReadState(volume.metadata(), volume.data_device().Size()));
-  if (!st) return Status::Ok();
+  if (!st) return FinishPendingWipe(volume);
   if (st->area.type == Resilience::kChecksum &&
       (st->area.block % st->sector_size() || HashSize(st->area.hash) == 0))
     return Unsupported(volume.name() + ": checksum blocks must be whole sectors of a known hash");
@@ -247,7 +349,7 @@ Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffe
   Runner r(volume, *st, std::move(tf), opts, threads);
   DS_RETURN_IF_ERROR(r.Go());
   for (auto [off, size] : scrub) DS_RETURN_IF_ERROR(r.Scrub(off, size));
-  return Status::Ok();
+  return FinishPendingWipe(volume);
 }
 
 }  // namespace ds::engine

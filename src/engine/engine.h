@@ -13,6 +13,10 @@
 // Recovery of a flagged hotzone: checksum -- a block whose checksum still matches is still old
 // and is transformed again, other blocks are already new; journal -- the old data is transformed
 // again from the journal; none -- refused (the mode exists only when asked for by name).
+// Data shift (header at the start, engine/reencrypt_state.h): step 2 is empty -- the hotzone is
+// read at its old place and written `shift` bytes further, never over unread data -- and
+// recovery does the hotzone again from its source. The moved copy's wipe is recorded with the
+// final layout and done afterwards (FinishPendingWipe). Placing the header is engine/datashift.h.
 #pragma once
 
 #include <atomic>
@@ -38,5 +42,10 @@ struct EngineOptions {
 // seen at a commit point (the header then describes a consistent, resumable state).
 Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffer*>& keys,
            const EngineOptions& opts);
+
+// Areas that held plaintext outside the data (the moved copy of a data-shift encryption) are
+// listed in a "diskseal-wipe" token committed with the final layout; this overwrites them with
+// random bytes, then removes the token. Idempotent; RunOperation calls it; no key needed.
+Status FinishPendingWipe(luks2::Volume& volume);
 
 }  // namespace ds::engine

@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "crypto/crypto.h"
+#include "engine/datashift.h"
 #include "engine/reencrypt_state.h"
 #include "io/mem_device.h"
 #include "luks2/test_util.h"
@@ -310,6 +313,283 @@ TEST(Engine, PowerCutAtEveryInstantResumesToTheOriginalBytes) {
     }
     EXPECT_GT(points, 150);
   }
+}
+
+
+// ---- encryption with the header at the start (data shift) ----
+
+constexpr uint64_t kShift = 320u << 10;                    // the header image: header + one keyslot
+constexpr uint64_t kShiftData = 4 * kShift + (64u << 10);  // three full hotzones, a short one, the moved copy
+constexpr uint64_t kShiftDevice = kShiftData + 2 * kShift;
+
+// A device whose first kShiftData bytes are the data (the rest is free), and the header image
+// `encrypt --reduce-device-size` would place on it.
+struct ShiftFixture {
+  Bytes plain, device, image;
+  SecureBuffer key;
+};
+
+ShiftFixture MakeShift(uint32_t sector) {
+  test::TempDir dir;
+  ShiftFixture f;
+  f.device = test::RandomData(kShiftDevice, 300 + sector);
+  f.plain.assign(f.device.begin(), f.device.begin() + kShiftData);
+  test::WriteFile(dir / "data", std::string(f.device.begin(), f.device.end()));
+  luks2::FormatOptions o = test::FastFormat();
+  o.sector_size = sector;
+  o.offset_sectors = kShift / 512;
+  o.keyslots_size = kShift - 2 * o.metadata_size;
+  auto hook = [&](luks2::Metadata& md, const SecureBuffer& k) {
+    return InitEncryptShift(md, k, kShift, kShiftData, kShiftDevice, 1000);
+  };
+  auto v = luks2::Volume::Format(*PosixEnv(), dir / "data", dir / "hdr", o, AsBytes("pw"), hook, &f.key);
+  EXPECT_TRUE(v.ok()) << v.status().message();
+  std::string h = test::ReadFileOrDie(dir / "hdr");
+  f.image.assign(h.begin(), h.end());
+  f.image.resize(kShift, 0);
+  return f;
+}
+
+// What `diskseal encrypt DEV --reduce-device-size` does on a device it may have worked on before:
+// finish an interrupted header placement, or place the header, then run the operation.
+Status RunShift(BlockDevice& dev, const ShiftFixture& f, unsigned threads = 2) {
+  DS_ASSIGN_OR_RETURN(ShiftStart start, RecoverShiftHeader(dev, kShift));
+  if (start == ShiftStart::kNothing) DS_RETURN_IF_ERROR(PlaceShiftHeader(dev, f.image, kShift));
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::FromDevices("dev", std::make_unique<DeviceRef>(&dev), nullptr));
+  EngineOptions eo;
+  eo.threads = threads;
+  return RunOperation(v, {{0, &f.key}}, eo);
+}
+
+// Resumes on the bytes a crash left and returns the plaintext of the finished volume.
+Bytes FinishShiftAndRead(const Bytes& device, const ShiftFixture& f) {
+  MemDevice d("dev", device);
+  Status s = RunShift(d, f);
+  EXPECT_TRUE(s.ok()) << s.message();
+  auto v = luks2::Volume::FromDevices("dev", std::make_unique<DeviceRef>(&d), nullptr);
+  EXPECT_TRUE(v.ok()) << v.status().message();
+  if (!v.ok()) return {};
+  auto st = ReadState(v->metadata(), d.Size());
+  EXPECT_TRUE(st.ok() && !st->has_value()) << "operation not finished";
+  auto plain = v->OpenData({{0, &f.key}});
+  EXPECT_TRUE(plain.ok()) << plain.status().message();
+  if (!plain.ok()) return {};
+  EXPECT_EQ((*plain)->Size(), kShiftDevice - kShift);
+  EXPECT_EQ(v->metadata().json["tokens"].size(), 0u);  // the moved copy's wipe is done
+  Bytes tail(kShift);
+  EXPECT_TRUE(d.ReadAt(kShiftDevice - kShift, tail).ok());
+  EXPECT_NE(tail, Bytes(f.plain.begin(), f.plain.begin() + kShift));
+  Bytes out(kShiftData);
+  EXPECT_TRUE((*plain)->ReadAt(0, out).ok());
+  return out;
+}
+
+TEST(Engine, DatashiftEncryptsWithTheHeaderAtTheStartInCryptsetupsLayout) {
+  ShiftFixture f = MakeShift(4096);
+  MemDevice d("dev", f.device);
+  ASSERT_TRUE(PlaceShiftHeader(d, f.image, kShift).ok());
+  {
+    auto v = luks2::Volume::FromDevices("dev", std::make_unique<DeviceRef>(&d), nullptr);
+    ASSERT_TRUE(v.ok()) << v.status().message();
+    auto st = ReadState(v->metadata(), d.Size());
+    ASSERT_TRUE(st.ok() && st->has_value()) << st.status().message();
+    EXPECT_TRUE((*st)->backward);
+    EXPECT_EQ((*st)->shift, kShift);
+    EXPECT_EQ((*st)->data_size, kShiftData);
+    EXPECT_EQ((*st)->done, 0u);
+    ASSERT_TRUE((*st)->moved.has_value());
+    EXPECT_EQ((*st)->moved->offset, kShiftDevice - kShift);
+    Bytes copy(kShift);
+    ASSERT_TRUE(d.ReadAt(kShiftDevice - kShift, copy).ok());
+    EXPECT_EQ(copy, Bytes(f.plain.begin(), f.plain.begin() + kShift));  // the moved copy
+    EXPECT_TRUE(CheckVerificationDigest(v->metadata(), **st, nullptr, &f.key).ok());
+    // progress in cryptsetup's layout: moved copy, old linear, hotzone, new crypt (fixed size)
+    luks2::Metadata md = v->metadata();
+    SetProgress(md, **st, kShift, kShift);
+    EXPECT_TRUE(luks2::Validate(md).ok());
+    auto segs = luks2::Segments(md);
+    ASSERT_EQ(segs.size(), 7u);
+    EXPECT_EQ(segs[0].offset, kShiftDevice - kShift);
+    EXPECT_EQ(segs[1].type, "linear");
+    EXPECT_EQ(segs[1].offset, kShift);
+    EXPECT_EQ(*segs[1].size, kShiftData - 3 * kShift);
+    EXPECT_TRUE(segs[2].has_flag("in-reencryption"));
+    EXPECT_EQ(segs[2].offset, kShift + kShiftData - 2 * kShift);
+    EXPECT_EQ(segs[3].size, kShift);
+    auto again = ReadState(md, d.Size());
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    EXPECT_EQ((*again)->done, kShift);
+    EXPECT_EQ((*again)->hotzone_len, kShift);
+  }
+  EXPECT_EQ(FinishShiftAndRead(d.Snapshot(), f), f.plain);
+  // the plaintext copy at the end is wiped
+  MemDevice done("dev", d.Snapshot());
+  ASSERT_TRUE(RunShift(done, f).ok());
+  Bytes tail(kShift);
+  ASSERT_TRUE(done.ReadAt(kShiftDevice - kShift, tail).ok());
+  EXPECT_NE(tail, Bytes(f.plain.begin(), f.plain.begin() + kShift));
+}
+
+TEST(Engine, DatashiftEioMidWayStopsCleanlyAndResumes) {
+  ShiftFixture f = MakeShift(4096);
+  for (uint64_t at : {uint64_t(100), kShiftDevice - kShift / 2, kShift + kShiftData / 2}) {
+    SCOPED_TRACE("EIO at " + std::to_string(at));
+    FaultDevice d("dev", f.device);
+    d.FailWriteAt(at, at + 1);
+    Status s = RunShift(d, f);
+    EXPECT_EQ(s.code(), Code::kIOError) << s.message();
+    d.ClearFaults();
+    EXPECT_EQ(FinishShiftAndRead(d.Current(), f), f.plain);
+  }
+}
+
+// A power cut at every write and sync of the header placement and the whole operation, in every
+// cut mode; after each, running the command again finishes and the plaintext is the original.
+TEST(Engine, DatashiftPowerCutAtEveryInstantResumesToTheOriginalBytes) {
+  using C = FaultDevice::CutMode;
+  for (uint32_t sector : {4096u, 512u}) {
+    ShiftFixture f = MakeShift(sector);
+    uint64_t total;
+    {
+      FaultDevice d("dev", f.device);
+      ASSERT_TRUE(RunShift(d, f).ok());
+      total = d.ops();
+    }
+    ASSERT_GT(total, 60u);
+    int points = 0;
+    for (uint64_t k = 1; k <= total; ++k) {
+      for (auto cut : {C::kDropUnsynced, C::kKeepSome, C::kTearOne}) {
+        SCOPED_TRACE("datashift/" + std::to_string(sector) + " crash at op " + std::to_string(k) + " cut " +
+                     std::to_string(int(cut)));
+        FaultDevice d("dev", f.device);
+        d.CrashAfterOps(k);
+        (void)RunShift(d, f);
+        Bytes after = d.PowerCut(cut, k * 11 + 3);
+        ASSERT_EQ(FinishShiftAndRead(after, f), f.plain);
+        ++points;
+      }
+    }
+    EXPECT_GT(points, 180);
+  }
+}
+
+// Recovery is repeatable: a second power cut at every write and sync of the run that resumes
+// (including one that finishes a header placement) still ends with the original bytes.
+TEST(Engine, DatashiftPowerCutDuringRecoveryResumesToTheOriginalBytes) {
+  using C = FaultDevice::CutMode;
+  ShiftFixture f = MakeShift(4096);
+  uint64_t total;
+  {
+    FaultDevice d("dev", f.device);
+    ASSERT_TRUE(RunShift(d, f).ok());
+    total = d.ops();
+  }
+  int points = 0;
+  for (uint64_t k = 1; k <= total; k += 4) {
+    FaultDevice first("dev", f.device);
+    first.CrashAfterOps(k);
+    (void)RunShift(first, f);
+    const Bytes after_first = first.PowerCut(C::kTearOne, k);
+    uint64_t resume_ops;
+    {
+      FaultDevice d("dev", after_first);
+      ASSERT_TRUE(RunShift(d, f).ok());
+      resume_ops = d.ops();
+    }
+    for (uint64_t j = 1; j <= resume_ops; ++j) {
+      SCOPED_TRACE("first crash at op " + std::to_string(k) + ", second at op " + std::to_string(j));
+      FaultDevice d("dev", after_first);
+      d.CrashAfterOps(j);
+      (void)RunShift(d, f);
+      ASSERT_EQ(FinishShiftAndRead(d.PowerCut(j % 2 ? C::kKeepSome : C::kTearOne, j * 5 + k), f), f.plain);
+      ++points;
+    }
+  }
+  EXPECT_GT(points, 500);
+}
+
+// The tail check reads what each filesystem's superblock claims (cryptsetup checks nothing).
+TEST(Engine, ProbeFilesystemReadsTheSizeEachSuperblockClaims) {
+  auto le = [](Bytes& b, size_t at, uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) b[at + i] = uint8_t(v >> (8 * i));
+  };
+  {  // ext4, 64-bit block count, 4 KiB blocks
+    Bytes b(1u << 20, 0);
+    le(b, 1024 + 56, 0xEF53, 2);
+    le(b, 1024 + 0x60, 0x80 | 0x40, 4);
+    le(b, 1024 + 4, 0x10, 4);
+    le(b, 1024 + 0x150, 0x1, 4);
+    le(b, 1024 + 24, 2, 4);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "ext4");
+    EXPECT_EQ((*fs)->size, ((uint64_t(1) << 32) + 0x10) * 4096);
+  }
+  {  // ext2: no journal, no extents; 1 KiB blocks
+    Bytes b(1u << 20, 0);
+    le(b, 1024 + 56, 0xEF53, 2);
+    le(b, 1024 + 4, 1000, 4);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "ext2");
+    EXPECT_EQ((*fs)->size, 1000u * 1024);
+  }
+  {  // xfs: big-endian blocksize and dblocks
+    Bytes b(1u << 20, 0);
+    std::memcpy(b.data(), "XFSB", 4);
+    PutBe32(b.data() + 4, 4096);
+    PutBe64(b.data() + 8, 81920);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "xfs");
+    EXPECT_EQ((*fs)->size, 81920u * 4096);
+  }
+  {  // btrfs: superblock at 64 KiB, total_bytes
+    Bytes b(1u << 20, 0);
+    std::memcpy(b.data() + 65536 + 0x40, "_BHRfS_M", 8);
+    le(b, 65536 + 0x70, 123456789012ull, 8);
+    MemDevice d("d", b);
+    auto fs = ProbeFilesystem(d);
+    ASSERT_TRUE(fs.ok() && fs->has_value());
+    EXPECT_EQ((*fs)->type, "btrfs");
+    EXPECT_EQ((*fs)->size, 123456789012ull);
+  }
+  MemDevice none("d", test::RandomData(1u << 20, 5));
+  auto fs = ProbeFilesystem(none);
+  ASSERT_TRUE(fs.ok());
+  EXPECT_FALSE(fs->has_value());
+}
+
+// A staging record from another geometry, or over a moved copy that does not match, is never
+// acted on: the front is then the original data and a fresh start is what is safe.
+TEST(Engine, DatashiftStagingRecordIsOnlyTrustedWhenEverythingMatches) {
+  ShiftFixture f = MakeShift(4096);
+  FaultDevice d("dev", f.device);
+  d.CrashAfterOps(6);  // step 1 durable, the front keyslot area written but not synced (torn)
+  EXPECT_FALSE(PlaceShiftHeader(d, f.image, kShift).ok());
+  const Bytes after = d.PowerCut(FaultDevice::CutMode::kTearOne, 9);
+  {
+    MemDevice m("dev", after);
+    auto other = RecoverShiftHeader(m, kShift / 2);  // not the shift it was made for
+    ASSERT_TRUE(other.ok());
+    EXPECT_EQ(*other, ShiftStart::kNothing);
+  }
+  {
+    Bytes bad = after;
+    bad[kShiftDevice - 1] ^= 1;  // the moved copy no longer matches its hash
+    MemDevice m("dev", bad);
+    auto s = RecoverShiftHeader(m, kShift);
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ(*s, ShiftStart::kNothing);
+  }
+  MemDevice m("dev", after);
+  auto s = RecoverShiftHeader(m, kShift);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(*s, ShiftStart::kRestored);
+  EXPECT_EQ(FinishShiftAndRead(m.Snapshot(), f), f.plain);
 }
 
 }  // namespace

@@ -67,6 +67,106 @@ void SerializeSegment(Bytes& out, const Json& s) {
     PutU32(out, luks2::JsonU32(s["sector_size"]).value_or(0));
   }
 }
+
+bool IsNewSide(const luks2::Metadata& md, const luks2::SegmentInfo& s, const State& st, uint64_t pos) {
+  if (s.type != "crypt" || s.cipher != st.new_seg.cipher || s.sector_size != st.new_seg.sector_size ||
+      s.offset != st.NewAt(pos) || s.iv_tweak != st.new_seg.iv_tweak + pos / 512)
+    return false;
+  auto d = luks2::DigestOfSegment(md, s.id);
+  return d && d->id == st.digest_new;
+}
+
+// The regular segments of an encryption with data shift read, in data order:
+//   [moved copy of [0, shift)] [old linear] [hotzone, in-reencryption] [new crypt]
+// (cryptsetup's reencrypt_make_hot_segments_encrypt_shift / _enc_create_segments_shift_after).
+Result<std::optional<State>> ReadShiftState(const luks2::Metadata& md, State st, const Json& area,
+                                            const std::vector<luks2::SegmentInfo>& all,
+                                            uint64_t device_size) {
+  if (st.mode != Mode::kEncrypt || !st.backward || st.area.type != Resilience::kDatashift || !st.moved)
+    return Unsupported("only encryption with a data shift (backward, resilience datashift, a moved "
+                       "first segment) is implemented among the data-shift layouts");
+  st.shift = luks2::JsonU64(area["shift_size"]).value_or(0);
+  if (st.old_seg.type != "linear" || !st.old_seg.size || st.new_seg.type != "crypt")
+    return Corrupt("a data-shift encryption needs a sized linear old segment and a crypt new one");
+  if (st.moved->type != "linear" || st.moved->size != st.shift || st.shift == 0)
+    return Corrupt("the moved segment must be linear and shift_size bytes long");
+  if (auto d = luks2::DigestOfSegment(md, st.new_seg.id)) st.digest_new = d->id;
+  st.data_size = *st.old_seg.size;
+  if (st.data_size < st.shift || st.data_size % st.sector_size())
+    return Corrupt("the data size does not fit the shift and the sector size");
+  if (st.moved->offset + st.shift > device_size || st.NewAt(st.data_size) > device_size)
+    return Corrupt("the device is smaller than the data-shift layout says");
+  if (st.moved->offset < st.NewAt(st.data_size))
+    return Corrupt("the moved segment overlaps the shifted data");
+  enum { kOld, kHot, kNew } phase = kOld;
+  uint64_t pos = 0, new_start = st.data_size, hot_len = 0;
+  bool hot = false;
+  for (const auto& s : all) {
+    if (s.id == st.old_seg.id || s.id == st.new_seg.id || s.id == st.moved->id) continue;
+    const uint64_t len = s.size ? *s.size : (pos < st.data_size ? st.data_size - pos : 0);
+    const std::string id = std::to_string(s.id);
+    if (phase == kOld && pos == 0 && s.type == "linear" && s.offset == st.moved->offset) {
+      if (len != st.shift) return Corrupt("segment " + id + ": the moved copy is not whole");
+    } else if (phase == kOld && s.type == "linear" && s.offset == st.old_seg.offset + pos && pos >= st.shift) {
+    } else if (phase == kOld && s.has_flag("in-reencryption") && IsNewSide(md, s, st, pos)) {
+      if (pos < st.shift && pos + len > st.shift)
+        return Corrupt("segment " + id + ": a hotzone across the end of the moved copy");
+      phase = kHot;
+      hot = true;
+      hot_len = len;
+    } else if (phase != kNew && !s.has_flag("in-reencryption") && IsNewSide(md, s, st, pos)) {
+      phase = kNew;
+      new_start = pos;
+    } else if (phase == kNew && !s.has_flag("in-reencryption") && IsNewSide(md, s, st, pos)) {
+    } else {
+      return Corrupt("segment " + id + " is not where an encryption with data shift allows");
+    }
+    pos += len;
+  }
+  if (pos != st.data_size)
+    return Corrupt("the segments cover " + std::to_string(pos) + " bytes, not the " +
+                   std::to_string(st.data_size) + " the operation is about");
+  if (hot) st.hotzone_len = hot_len;
+  st.done = st.data_size - new_start;
+  return std::optional<State>(st);
+}
+
+void SetShiftProgress(luks2::Metadata& md, const State& st, uint64_t done, uint64_t hot) {
+  Json& segs = md.json["segments"];
+  const Json moved_b = segs[*SegmentIdWithFlag(segs, "backup-moved-segment")];
+  const Json old_b = segs[*SegmentIdWithFlag(segs, "backup-previous")];
+  const Json new_b = segs[*SegmentIdWithFlag(segs, "backup-final")];
+  Json out = Json::object();
+  std::vector<std::string> new_ids;
+  int id = 0;
+  auto add = [&](Json s, bool is_new) {
+    if (is_new) new_ids.push_back(std::to_string(id));
+    out[std::to_string(id++)] = std::move(s);
+  };
+  // The old part is whole hotzones of the linear data plus the whole moved copy, or nothing:
+  // the moved copy is never split (cryptsetup cannot resume a split one).
+  const uint64_t old_len = st.data_size - done - hot;
+  if (old_len > 0) {
+    Json m = moved_b;
+    m.erase("flags");
+    add(m, false);
+  }
+  if (old_len > st.shift) add(Slice(old_b, st.shift, old_len - st.shift), false);
+  if (hot) {
+    Json h = Slice(new_b, old_len, hot);
+    h["flags"] = {"in-reencryption"};
+    add(h, true);
+  }
+  const bool sole = old_len == 0 && hot == 0;
+  if (done > 0) add(Slice(new_b, old_len + hot, sole ? 0 : done), true);
+  for (const Json* b : {&moved_b, &old_b, &new_b}) {
+    if (b == &new_b) new_ids.push_back(std::to_string(id));
+    out[std::to_string(id++)] = *b;
+  }
+  segs = out;
+  for (auto& [k, d] : md.json["digests"].items())
+    d["segments"] = int(*ParseU64(k)) == st.digest_new ? Json(new_ids) : Json::array();
+}
 }  // namespace
 
 const char* ModeName(Mode m) {
@@ -83,6 +183,7 @@ const char* ResilienceName(Resilience r) {
     case Resilience::kNone: return "none";
     case Resilience::kChecksum: return "checksum";
     case Resilience::kJournal: return "journal";
+    case Resilience::kDatashift: return "datashift";
   }
   return "?";
 }
@@ -91,8 +192,9 @@ Result<Resilience> ParseResilience(const std::string& s) {
   if (s == "checksum") return Resilience::kChecksum;
   if (s == "journal") return Resilience::kJournal;
   if (s == "none") return Resilience::kNone;
+  if (s == "datashift") return Resilience::kDatashift;
   if (s.rfind("datashift", 0) == 0)
-    return Unsupported("resilience '" + s + "' (data shift) is not implemented yet; use a detached header");
+    return Unsupported("resilience '" + s + "' (decryption with a data shift) is not implemented yet");
   return InvalidArgument("--resilience must be checksum, journal or none");
 }
 
@@ -126,13 +228,14 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
   auto prev = SegmentIdWithFlag(segs, "backup-previous");
   auto fin = SegmentIdWithFlag(segs, "backup-final");
   if (!prev || !fin) return Corrupt("the in-place operation lacks its backup segments");
-  if (SegmentIdWithFlag(segs, "backup-moved-segment"))
-    return Unsupported("in-place operations with a moved segment (data shift) are not implemented yet");
+  auto moved = SegmentIdWithFlag(segs, "backup-moved-segment");
   auto all = luks2::Segments(md);
   for (const auto& s : all) {
     if (std::to_string(s.id) == *prev) st.old_seg = s;
     if (std::to_string(s.id) == *fin) st.new_seg = s;
+    if (moved && std::to_string(s.id) == *moved) st.moved = s;
   }
+  if (moved || st.area.type == Resilience::kDatashift) return ReadShiftState(md, std::move(st), area, all, data_device_size);
   if (st.old_seg.offset != st.new_seg.offset)
     return Unsupported("in-place operations that move data are not implemented yet");
   if (auto d = luks2::DigestOfSegment(md, st.old_seg.id); d && st.old_seg.type == "crypt") st.digest_old = d->id;
@@ -189,6 +292,7 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
 
 void SetProgress(luks2::Metadata& md, const State& st, uint64_t done,
                  std::optional<uint64_t> hotzone_len) {
+  if (st.moved) return SetShiftProgress(md, st, done, hotzone_len.value_or(0));
   Json& segs = md.json["segments"];
   // Segment ids move with every rewrite; the backups are found by their flags.
   const Json old_b = segs[*SegmentIdWithFlag(segs, "backup-previous")];
@@ -454,6 +558,62 @@ Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience 
   md.json["digests"]["0"]["segments"] = {"2"};
   Json& cfg = md.json["config"];
   cfg["requirements"]["mandatory"] = {kRequirement};
+  Bytes vd = VerificationData(md, nullptr, &new_key);
+  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
+  OPENSSL_cleanse(vd.data(), vd.size());
+  int did = 0;
+  while (md.json["digests"].contains(std::to_string(did))) ++did;
+  digest["keyslots"] = {std::to_string(id)};
+  md.json["digests"][std::to_string(did)] = digest;
+  return Status::Ok();
+}
+
+}  // namespace ds::engine
+
+namespace ds::engine {
+
+Status InitEncryptShift(luks2::Metadata& md, const SecureBuffer& new_key, uint64_t shift,
+                        uint64_t data_size, uint64_t device_size, uint32_t digest_iterations) {
+  Json& segs = md.json["segments"];
+  if (segs.size() != 1 || !segs.contains("0") || luks2::JsonU64(segs["0"]["offset"]) != shift)
+    return InvalidArgument("the new header must have one crypt segment at the shift offset");
+  if (shift == 0 || shift % 4096 || data_size < shift || data_size + 2 * shift > device_size)
+    return InvalidArgument("the data shift does not fit the device");
+  Json fin = segs["0"];
+  fin["flags"] = {"backup-final"};
+  // The moved copy sits right after the data in its new place, in the freed tail.
+  const uint64_t moved_at = shift + data_size;
+  Json moved = {{"type", "linear"}, {"offset", luks2::U64Str(moved_at)}, {"size", luks2::U64Str(shift)},
+                {"flags", {"backup-moved-segment"}}};
+  Json prev = {{"type", "linear"}, {"offset", "0"}, {"size", luks2::U64Str(data_size)},
+               {"flags", {"backup-previous"}}};
+  // Data shift needs no room for checksums or copies: one 4 KiB area, as cryptsetup makes it.
+  uint64_t area_off = 2 * md.hdr_size;
+  for (const auto& k : luks2::Keyslots(md))
+    area_off = std::max(area_off, (k.area_offset + k.area_size + 4095) / 4096 * 4096);
+  if (area_off + 4096 > md.areas_end())
+    return Status(Code::kNoMemory, "no room left in the keyslots area for the reencryption area");
+  int id = 0;
+  while (md.json["keyslots"].contains(std::to_string(id))) ++id;
+  Json area = {{"type", "datashift"}, {"offset", luks2::U64Str(area_off)}, {"size", "4096"},
+               {"shift_size", luks2::U64Str(shift)}};
+  md.json["keyslots"][std::to_string(id)] = {{"type", "reencrypt"}, {"key_size", 1},
+                                             {"mode", "encrypt"}, {"direction", "backward"},
+                                             {"priority", 0}, {"area", area}};
+  Json first = moved;
+  first.erase("flags");
+  Json out = {{"0", first}};
+  int n = 1;
+  if (data_size > shift)
+    out[std::to_string(n++)] = {{"type", "linear"}, {"offset", luks2::U64Str(shift)},
+                                {"size", luks2::U64Str(data_size - shift)}};
+  out[std::to_string(n++)] = moved;
+  out[std::to_string(n++)] = prev;
+  const std::string fin_id = std::to_string(n);
+  out[fin_id] = fin;
+  segs = out;
+  md.json["digests"]["0"]["segments"] = {fin_id};
+  md.json["config"]["requirements"]["mandatory"] = {kRequirement};
   Bytes vd = VerificationData(md, nullptr, &new_key);
   DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
   OPENSSL_cleanse(vd.data(), vd.size());

@@ -6,7 +6,15 @@
 //    ("backup-final"), and regular segments: the part already done (new), at most one hotzone
 //    flagged "in-reencryption" (a step was under way), and the part not yet done (old).
 // Forward (start to end) and backward (end to start, cryptsetup's choice for decrypt) operations
-// are supported; operations that shift data are not implemented yet.
+// are supported, and encryption with the header at the start of the device (data shift, below).
+//
+// Data shift (cryptsetup's layout for `reencrypt --encrypt --reduce-device-size R`): the header
+// takes the first S = R/2 bytes and the data moves S bytes towards the end. Before the header is
+// written, the first S bytes of plaintext are copied to the last S bytes of the device (the
+// "moved segment"); the operation then runs backward, each hotzone of at most S bytes read at
+// logical offset p from the old place (p, or the moved copy for p < S) and written at S + p.
+// A write never reaches a byte whose data is not yet durably recorded as encrypted, so an
+// interrupted hotzone is simply done again from its source (resilience "datashift").
 #pragma once
 
 #include <optional>
@@ -19,7 +27,7 @@
 namespace ds::engine {
 
 enum class Mode { kEncrypt, kDecrypt, kReencrypt };
-enum class Resilience { kNone, kChecksum, kJournal };
+enum class Resilience { kNone, kChecksum, kJournal, kDatashift };
 
 const char* ModeName(Mode m);
 const char* ResilienceName(Resilience r);
@@ -43,6 +51,14 @@ struct State {
   uint64_t done = 0;                     // bytes already in the new layout (at the start when
                                          // forward, at the end when backward)
   std::optional<uint64_t> hotzone_len;   // a step next to the done part was under way
+  // Data shift only: area.shift_size, and the copy of the first `shift` bytes of the old data.
+  uint64_t shift = 0;
+  std::optional<luks2::SegmentInfo> moved;
+  // Device offsets of logical byte `pos` in the old and the new layout.
+  uint64_t OldAt(uint64_t pos) const {
+    return moved && pos < shift ? moved->offset + pos : old_seg.offset + pos;
+  }
+  uint64_t NewAt(uint64_t pos) const { return new_seg.offset + pos; }
   uint32_t sector_size() const;          // the larger of the two sides' sector sizes
   // Where the next `len` bytes to transform start, given `done`.
   uint64_t StepOffset(uint64_t done_bytes, uint64_t len) const {
@@ -51,7 +67,7 @@ struct State {
 };
 
 // nullopt when no operation is in progress. kCorrupt when the metadata is not a layout we can
-// continue (naming why), kUnsupported for directions/modes not implemented (backward, datashift).
+// continue (naming why), kUnsupported for layouts not implemented (decryption with a data shift).
 Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_device_size);
 
 // Rewrites the regular segments for progress `done`, with a hotzone of `hotzone_len` flagged
@@ -68,6 +84,13 @@ void SetFinished(luks2::Metadata& md, const State& st);
 // verification digest. Used before the first header is ever written.
 Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience resilience,
                    uint32_t digest_iterations);
+// Makes freshly formatted metadata whose crypt segment starts at `shift` (a header image for the
+// start of a device of `device_size` bytes) into "encryption with data shift in progress" in
+// cryptsetup's layout: the data is the first `data_size` bytes of the device, its first `shift`
+// bytes copied to the end (the caller does the copy before the header is put in place).
+// Preconditions: shift <= data_size, data_size + 2 * shift <= device_size.
+Status InitEncryptShift(luks2::Metadata& md, const SecureBuffer& new_key, uint64_t shift,
+                        uint64_t data_size, uint64_t device_size, uint32_t digest_iterations);
 // Makes an unlocked, plain LUKS2 volume with a detached header (one crypt segment at offset 0)
 // into "decryption in progress, nothing done yet", backward as cryptsetup does it.
 Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience resilience,

@@ -173,23 +173,30 @@ Status WriteHeader(BlockDevice& dev, Metadata& md) {
   DS_RETURN_IF_ERROR(Validate(md).WithContext(dev.name() + ": refusing to write an invalid header"));
   if (dev.Size() < 2 * md.hdr_size)
     return InvalidArgument(dev.name() + ": device is too small for the LUKS2 metadata");
-  // Optimistic concurrency: a valid primary on disk must still be the one we read. Only a copy
+  // Optimistic concurrency: no valid copy on disk may be newer than the one we read. Only a copy
   // that passes every check counts: a torn copy left by a crash (which lost to the other copy
   // when the header was read) must not block the very write that supersedes it.
+  bool secondary_first = false;
   {
     CopyRead p = ReadCopy(dev, 0, false);
-    if (p.status.valid && p.md.uuid == md.uuid && p.status.seqid != md.seqid)
+    CopyRead sec = ReadCopy(dev, md.hdr_size, true);
+    const bool pv = p.status.valid && p.md.uuid == md.uuid, sv = sec.status.valid && sec.md.uuid == md.uuid;
+    const uint64_t newest = std::max(pv ? p.status.seqid : 0, sv ? sec.status.seqid : 0);
+    if ((pv || sv) && newest > md.seqid)
       return Busy(dev.name() + ": the LUKS2 header changed on disk since it was read (seqid " +
-                  std::to_string(p.status.seqid) + ", expected " + std::to_string(md.seqid) +
+                  std::to_string(newest) + ", expected " + std::to_string(md.seqid) +
                   "): concurrent update refused");
+    // The newest valid copy is overwritten last: until the other copy is complete it is the state
+    // a crash comes back to (after an earlier crash tore one copy, or left it a commit behind).
+    secondary_first = pv && (!sv || sec.status.seqid < p.status.seqid);
   }
   static const std::array<uint8_t, 64> kZero{};
   if (md.salt_primary == kZero) DS_RETURN_IF_ERROR(RandomBytes(md.salt_primary));
   if (md.salt_secondary == kZero) DS_RETURN_IF_ERROR(RandomBytes(md.salt_secondary));
   Metadata next = md;
   ++next.seqid;
-  DS_RETURN_IF_ERROR(WriteCopy(dev, next, false));
-  DS_RETURN_IF_ERROR(WriteCopy(dev, next, true));
+  DS_RETURN_IF_ERROR(WriteCopy(dev, next, secondary_first));
+  DS_RETURN_IF_ERROR(WriteCopy(dev, next, !secondary_first));
   md.seqid = next.seqid;
   return Status::Ok();
 }

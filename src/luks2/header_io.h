@@ -6,8 +6,9 @@
 // never repaired here: repair is an explicit command. Nothing here writes unless asked to.
 //
 // Writing follows cryptsetup's protocol per copy (binary header with zero checksum, JSON area,
-// binary header with checksum, then fdatasync), primary first, then secondary, so that at every
-// instant at least one copy is complete: a crash leaves the old or the new header, never neither.
+// binary header with checksum, then fdatasync), primary first, then secondary -- or secondary
+// first when it is the broken one -- so that at every instant at least one copy is complete: a
+// crash leaves the old or the new header, never neither, even after an earlier crash.
 #pragma once
 
 #include <string>

@@ -221,5 +221,55 @@ TEST_F(HeaderIoTest, CrashAtEveryInstantOfACommitLeavesOldOrNew) {
   }
 }
 
+// After a crash tore one copy (or left it a commit behind), the next commit must still never pass
+// through an instant with no valid copy, nor fall back further than the newest durable state.
+TEST_F(HeaderIoTest, CrashDuringTheCommitAfterATornCopyLeavesNewestOrNext) {
+  Metadata md = Read(image_);
+  for (bool torn_secondary : {true, false}) {
+    SCOPED_TRACE(torn_secondary ? "secondary torn" : "secondary a commit behind");
+    Bytes start = image_;
+    uint64_t newest = md.seqid;
+    {
+      MemDevice d("img", start);
+      Metadata m = md;
+      m.label = "one";
+      ASSERT_TRUE(WriteHeader(d, m).ok());
+      newest = m.seqid;
+      start = d.Snapshot();
+    }
+    if (torn_secondary) {
+      start[md.hdr_size + 4096 + 10] ^= 0xff;  // the secondary's JSON no longer matches its checksum
+    } else {
+      Bytes before = image_;  // the secondary as it was one commit earlier
+      std::copy(before.begin() + md.hdr_size, before.begin() + 2 * md.hdr_size, start.begin() + md.hdr_size);
+    }
+    Metadata now = Read(start);
+    ASSERT_EQ(now.seqid, newest);
+    now.label = "two";
+    uint64_t total;
+    {
+      FaultDevice probe("img", start);
+      Metadata m = now;
+      ASSERT_TRUE(WriteHeader(probe, m).ok());
+      total = probe.ops();
+    }
+    for (uint64_t k = 1; k <= total; ++k) {
+      for (auto mode : {FaultDevice::CutMode::kDropUnsynced, FaultDevice::CutMode::kKeepSome,
+                        FaultDevice::CutMode::kTearOne}) {
+        FaultDevice d("img", start);
+        d.CrashAfterOps(k);
+        Metadata m = now;
+        (void)WriteHeader(d, m);
+        MemDevice m2("after", d.PowerCut(mode, k * 7));
+        auto r = ReadHeader(m2);
+        ASSERT_TRUE(r.ok()) << "op " << k << ": " << r.status().message();
+        EXPECT_TRUE((r->md.label == "one" && r->md.seqid == newest) ||
+                    (r->md.label == "two" && r->md.seqid == newest + 1))
+            << "op " << k << ": " << r->md.label << " seqid " << r->md.seqid;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace ds::luks2

@@ -1,0 +1,226 @@
+// Encryption with the header at the start of the device (`encrypt --reduce-device-size`) through
+// the CLI on real files, checked by the real cryptsetup: it opens and decrypts what diskseal
+// encrypted to the original bytes, each tool finishes the other's interrupted run, a filesystem
+// that claims the freed tail is refused (ext4, xfs) or shrunk first (--resize-fs, ext4).
+// Runs are interrupted by polling the image for progress, never after a fixed time.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <functional>
+#include <thread>
+
+#include "testlib.h"
+
+extern char** environ;
+
+namespace ds::test {
+namespace {
+
+const std::vector<std::string> kFast = {"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"};
+
+// The first `n` bytes of a file (fewer if it is shorter).
+std::string Head(const std::string& path, size_t n) {
+  std::ifstream f(path, std::ios::binary);
+  std::string s(n, '\0');
+  f.read(s.data(), std::streamsize(n));
+  s.resize(size_t(f.gcount()));
+  return s;
+}
+
+// A LUKS2 header at the start whose segments show work under way or done (besides the
+// backup-final crypt segment, another crypt segment exists).
+bool ShiftRunUnderWay(const std::string& img) {
+  std::string h = Head(img, 16384);
+  if (h.size() < 6 || h.compare(0, 6, std::string("LUKS\xba\xbe", 6)) != 0) return false;
+  size_t n = 0;
+  for (size_t at = h.find("\"crypt\""); at != std::string::npos; at = h.find("\"crypt\"", at + 1)) ++n;
+  return n >= 2;
+}
+
+class DatashiftCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup-bin missing (scripts/setup installs it)";
+    WriteFile(dir_ / "key", "datashift test key");
+  }
+  std::vector<std::string> Encrypt(const std::string& img, const std::string& reduce,
+                                   std::vector<std::string> extra = {}) {
+    std::vector<std::string> a = {DISKSEAL_BIN, "encrypt", img, "--reduce-device-size", reduce, "-d", dir_ / "key"};
+    a.insert(a.end(), kFast.begin(), kFast.end());
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  }
+  // cryptsetup decrypts a copy offline (2.6.1 exports the header and moves the data back to
+  // offset 0); returns the copy's bytes.
+  std::string CryptsetupDecrypt(const std::string& img) {
+    const std::string copy = img + ".cs", hdr = img + ".cs.hdr";
+    WriteFile(copy, ReadFileOrDie(img));
+    std::remove(hdr.c_str());
+    RunResult r = RunProgram({"cryptsetup", "reencrypt", "--decrypt", "--force-offline-reencrypt", "-q",
+                              "--header", hdr, "--key-file", dir_ / "key", copy});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return ReadFileOrDie(copy);
+  }
+  // Starts argv and SIGKILLs it as soon as `ready` holds (polled); returns its exit code
+  // (128+9 when killed, its own code when it finished first).
+  int KillWhen(const std::vector<std::string>& argv, const std::function<bool()>& ready) {
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    pid_t pid;
+    EXPECT_EQ(posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+    int status = 0;
+    while (waitpid(pid, &status, WNOHANG) == 0) {
+      if (ready()) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  std::string Plain(const Bytes& b, size_t n) { return std::string(b.begin(), b.begin() + n); }
+  TempDir dir_;
+};
+
+TEST_F(DatashiftCliTest, EncryptWithTheHeaderAtTheStartCryptsetupOpensAndDecrypts) {
+  const std::string img = dir_ / "e.img";
+  const size_t size = 32u << 20, data = size - (8u << 20);
+  Bytes plain = MakeRandomImage(img, size, 31);
+  RunResult r = RunProgram(Encrypt(img, "8M"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  RunResult dump = RunProgram({"cryptsetup", "luksDump", img});
+  ASSERT_EQ(dump.exit_code, 0) << dump.err;
+  EXPECT_NE(dump.out.find("offset: 4194304 [bytes]"), std::string::npos) << dump.out;
+  EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
+  EXPECT_EQ(dump.out.find("diskseal-wipe"), std::string::npos) << dump.out;  // the moved copy is wiped
+  EXPECT_EQ(RunProgram({"cryptsetup", "open", "--test-passphrase", "--key-file", dir_ / "key", img}).exit_code, 0);
+  // the plaintext is nowhere in the clear: not at its old place, not in the moved copy's place
+  std::string now = ReadFileOrDie(img);
+  EXPECT_EQ(now.find(Plain(plain, 4096).substr(0, 64)), std::string::npos);
+  EXPECT_EQ(CryptsetupDecrypt(img).substr(0, data), Plain(plain, data));
+  RunResult again = RunProgram(Encrypt(img, "8M"));
+  EXPECT_EQ(again.exit_code, 5);
+  EXPECT_NE(again.err.find("already encrypted"), std::string::npos) << again.err;
+}
+
+TEST_F(DatashiftCliTest, CryptsetupFinishesWhatDisksealStarted) {
+  const std::string img = dir_ / "a.img";
+  const size_t size = 64u << 20, data = size - (1u << 20);
+  Bytes plain = MakeRandomImage(img, size, 32);
+  int rc = KillWhen(Encrypt(img, "1M"), [&] { return ShiftRunUnderWay(img); });
+  if (rc == 0) GTEST_SKIP() << "diskseal finished before it could be interrupted";
+  RunResult dump = RunProgram({"cryptsetup", "luksDump", img});
+  ASSERT_EQ(dump.exit_code, 0) << dump.err;
+  EXPECT_NE(dump.out.find("online-reencrypt-v2"), std::string::npos) << dump.out;
+  EXPECT_NE(dump.out.find("datashift"), std::string::npos) << dump.out;
+  RunProgram({"cryptsetup", "repair", "-q", "--key-file", dir_ / "key", img});
+  RunResult fin = RunProgram({"cryptsetup", "reencrypt", "--resume-only", "--force-offline-reencrypt", "-q",
+                              "--key-file", dir_ / "key", img});
+  ASSERT_EQ(fin.exit_code, 0) << fin.err;
+  EXPECT_EQ(CryptsetupDecrypt(img).substr(0, data), Plain(plain, data));
+}
+
+TEST_F(DatashiftCliTest, DisksealFinishesWhatCryptsetupStarted) {
+  for (bool same_command : {true, false}) {
+    SCOPED_TRACE(same_command ? "encrypt again" : "resume");
+    const std::string img = dir_ / "c.img";
+    const size_t size = 64u << 20, data = size - (1u << 20);
+    Bytes plain = MakeRandomImage(img, size, 33);
+    std::vector<std::string> cs = {"cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "-q",
+                                   "--force-offline-reencrypt", "--reduce-device-size", "1M",
+                                   "--key-file", dir_ / "key"};
+    cs.insert(cs.end(), kFast.begin(), kFast.end());
+    cs.push_back(img);
+    int rc = KillWhen(cs, [&] { return ShiftRunUnderWay(img); });
+    if (rc == 0) GTEST_SKIP() << "cryptsetup finished before it could be interrupted";
+    RunResult r = same_command ? RunProgram(Encrypt(img, "1M"))
+                               : Diskseal({"resume", img, "-d", dir_ / "key"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(CryptsetupDecrypt(img).substr(0, data), Plain(plain, data));
+  }
+}
+
+TEST_F(DatashiftCliTest, KillNineThenTheSameCommandFinishes) {
+  const std::string img = dir_ / "k.img";
+  const size_t size = 64u << 20, data = size - (1u << 20);
+  Bytes plain = MakeRandomImage(img, size, 34);
+  // first kill: as soon as the header is at the start; then as soon as more work is recorded
+  int rc = KillWhen(Encrypt(img, "1M"), [&] { return Head(img, 6) == std::string("LUKS\xba\xbe", 6); });
+  for (int i = 0; i < 3 && rc != 0; ++i) {
+    const std::string before = Head(img, 16384);
+    rc = KillWhen(Encrypt(img, "1M"), [&] { return Head(img, 16384) != before; });
+  }
+  RunResult fin = RunProgram(Encrypt(img, "1M"));
+  EXPECT_TRUE(fin.exit_code == 0 || fin.exit_code == 5) << fin.err;
+  EXPECT_EQ(CryptsetupDecrypt(img).substr(0, data), Plain(plain, data));
+}
+
+TEST_F(DatashiftCliTest, RefusesWhenAFilesystemClaimsTheTail) {
+  struct Case {
+    std::string mkfs;
+    std::vector<std::string> argv;
+    size_t size;
+    std::string name;
+  };
+  const std::string img = dir_ / "fs.img";
+  std::vector<Case> cases = {{"mkfs.ext4", {"mkfs.ext4", "-q", "-F", img}, 64u << 20, "ext4"},
+                             {"mkfs.xfs", {"mkfs.xfs", "-q", "-f", img}, 320u << 20, "xfs"}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    if (!HaveProgram(c.mkfs)) continue;
+    std::remove(img.c_str());
+    { std::ofstream(img, std::ios::binary).close(); }
+    ASSERT_EQ(truncate(img.c_str(), off_t(c.size)), 0);
+    RunResult mk = RunProgram(c.argv);
+    ASSERT_EQ(mk.exit_code, 0) << mk.err;
+    const std::string before = Sha256File(img);
+    RunResult r = RunProgram(Encrypt(img, "8M"));
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("the " + c.name + " filesystem on it is " + std::to_string(c.size) + " bytes"),
+              std::string::npos) << r.err;
+    EXPECT_EQ(Sha256File(img), before);
+  }
+}
+
+TEST_F(DatashiftCliTest, ResizeFsShrinksExt4AndItsFilesSurvive) {
+  for (const char* p : {"mkfs.ext4", "debugfs", "e2fsck", "resize2fs"})
+    if (!HaveProgram(p)) GTEST_SKIP() << p << " missing";
+  const std::string img = dir_ / "x.img";
+  const size_t size = 64u << 20;
+  { std::ofstream(img, std::ios::binary).close(); }
+  ASSERT_EQ(truncate(img.c_str(), off_t(size)), 0);
+  ASSERT_EQ(RunProgram({"mkfs.ext4", "-q", "-F", "-b", "4096", img}).exit_code, 0);
+  Bytes content = RandomData(3u << 20, 35);
+  WriteFile(dir_ / "payload", std::string(content.begin(), content.end()));
+  RunResult w = RunProgram({"debugfs", "-w", "-R", "write " + (dir_ / "payload") + " payload", img});
+  ASSERT_EQ(w.exit_code, 0) << w.err;
+  RunResult r = RunProgram(Encrypt(img, "8M", {"--resize-fs"}));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const std::string dec = dir_ / "dec.img";
+  WriteFile(dec, CryptsetupDecrypt(img));
+  RunResult fsck = RunProgram({"e2fsck", "-f", "-n", dec});
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.out << fsck.err;
+  RunResult cat = RunProgram({"debugfs", "-R", "cat payload", dec});
+  EXPECT_EQ(cat.out, std::string(content.begin(), content.end()));
+  // the filesystem now ends where the data does
+  RunResult dumpe2 = RunProgram({"dumpe2fs", "-h", dec});
+  EXPECT_NE(dumpe2.out.find("Block count:              " + std::to_string((size - (8u << 20)) / 4096)),
+            std::string::npos) << dumpe2.out;
+}
+
+}  // namespace
+}  // namespace ds::test
