@@ -139,6 +139,7 @@ Result<Mapping> StartDaemon(RunDir& run, BlockDevice* view, const StartRequest& 
   }
   if (pid == 0) {
     ::close(p[0]);
+    for (int inherited : req.close_in_child) ::close(inherited);
     RunChild(p[1], run, view, req);
   }
   ::close(p[1]);
