@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "util/status.h"
 
@@ -60,6 +61,18 @@ class Env {
   virtual Status Rename(const std::string& from, const std::string& to) = 0;
   virtual bool Exists(const std::string& path) = 0;
   virtual Status Remove(const std::string& path) = 0;
+
+  // The names in a directory, without "." and "..", in no particular order. For reading machine
+  // state (/sys/class/block, /proc/PID/fd); kNotFound when the directory does not exist.
+  virtual Result<std::vector<std::string>> ListDir(const std::string& path) = 0;
+  // The target of a symbolic link as stored (not resolved): /proc/PID/fd/N, /sys/class/block/X.
+  virtual Result<std::string> ReadLink(const std::string& path) = 0;
+  // Space on the filesystem holding `path` (statvfs): what an unprivileged user may still use.
+  struct FsSpace {
+    uint64_t total_bytes = 0;
+    uint64_t avail_bytes = 0;
+  };
+  virtual Result<FsSpace> StatFs(const std::string& path) = 0;
 };
 
 // The process-wide POSIX Env. Never null; lives for the whole program.

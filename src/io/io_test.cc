@@ -1,3 +1,7 @@
+#include <unistd.h>
+
+#include <algorithm>
+
 #include <gtest/gtest.h>
 
 #include "io/block_device.h"
@@ -39,6 +43,25 @@ TEST(PosixEnv, AtomicFileWrite) {
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(*r, "two");
   EXPECT_EQ(PosixEnv()->ReadFile(dir / "state", 2).status().code(), Code::kInvalidArgument);
+}
+
+TEST(PosixEnv, ListDirReadLinkStatFs) {
+  test::TempDir dir;
+  test::WriteFile(dir / "a", "x");
+  ASSERT_EQ(::symlink("/no/such/target", (dir / "link").c_str()), 0);
+  auto names = PosixEnv()->ListDir(dir.path());
+  ASSERT_TRUE(names.ok());
+  std::sort(names->begin(), names->end());
+  EXPECT_EQ(*names, (std::vector<std::string>{"a", "link"}));
+  EXPECT_EQ(PosixEnv()->ListDir(dir / "missing").status().code(), Code::kNotFound);
+  auto target = PosixEnv()->ReadLink(dir / "link");  // dangling links read as stored
+  ASSERT_TRUE(target.ok());
+  EXPECT_EQ(*target, "/no/such/target");
+  EXPECT_FALSE(PosixEnv()->ReadLink(dir / "a").ok());
+  auto space = PosixEnv()->StatFs(dir.path());
+  ASSERT_TRUE(space.ok());
+  EXPECT_GT(space->total_bytes, 0u);
+  EXPECT_LE(space->avail_bytes, space->total_bytes);
 }
 
 TEST(FaultDevice, PowerCutDropsUnsyncedWrites) {

@@ -1,7 +1,9 @@
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <dirent.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -205,6 +207,39 @@ class PosixEnvImpl final : public Env {
   Status Remove(const std::string& path) override {
     if (::unlink(path.c_str()) != 0) return PosixError(path, errno);
     return Status::Ok();
+  }
+
+  Result<std::vector<std::string>> ListDir(const std::string& path) override {
+    DIR* d = ::opendir(path.c_str());
+    if (!d) return PosixError(path, errno);
+    std::vector<std::string> names;
+    errno = 0;
+    while (dirent* e = ::readdir(d)) {
+      if (std::strcmp(e->d_name, ".") != 0 && std::strcmp(e->d_name, "..") != 0)
+        names.emplace_back(e->d_name);
+      errno = 0;
+    }
+    int e = errno;  // readdir returns null at the end (errno untouched) or on error
+    ::closedir(d);
+    if (e != 0) return PosixError(path, e);
+    return names;
+  }
+
+  Result<std::string> ReadLink(const std::string& path) override {
+    char buf[4096];
+    ssize_t n = ::readlink(path.c_str(), buf, sizeof buf);
+    if (n < 0) return PosixError(path, errno);
+    if (size_t(n) == sizeof buf) return InvalidArgument(path + ": link target too long");
+    return std::string(buf, size_t(n));
+  }
+
+  Result<FsSpace> StatFs(const std::string& path) override {
+    struct statvfs st;
+    if (::statvfs(path.c_str(), &st) != 0) return PosixError(path, errno);
+    FsSpace s;
+    s.total_bytes = uint64_t(st.f_blocks) * st.f_frsize;
+    s.avail_bytes = uint64_t(st.f_bavail) * st.f_frsize;
+    return s;
   }
 };
 

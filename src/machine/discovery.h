@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -113,6 +114,10 @@ struct Machine {
 Result<std::vector<Mount>> ParseMountinfo(std::string_view text);
 Result<std::vector<FstabEntry>> ParseFstab(std::string_view text);
 Result<std::vector<CrypttabEntry>> ParseCrypttab(std::string_view text);
+
+// Recognises the signature at the start of a device (`first_bytes` holds up to 68 KiB of it) and
+// fills `info.signature`, `fs_uuid`, `fs_label`; leaves them empty when nothing matches.
+void ProbeSignature(std::span<const uint8_t> first_bytes, BlockInfo& info);
 
 // Reads the whole model under `root`. Missing files (no /etc/crypttab) are empty, not errors.
 Result<Machine> Discover(const MachineRoot& root);
