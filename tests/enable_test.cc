@@ -145,10 +145,16 @@ class EnableTest : public ::testing::Test {
       if (v["mountpoint"] == mp) return &v;
     return nullptr;
   }
-  // Starts enable in the background; it stops itself (SIGSTOP) at `percent`. Waits for that stop.
-  void StartFrozen(const std::vector<std::string>& mps, int percent) {
+  std::vector<std::string> DisableArgs(const std::vector<std::string>& mps) {
+    std::vector<std::string> a = {"disable", "--volume-type", "Data", "--json", "--hotzone-size", "1M"};
+    for (auto& s : Common(mps)) a.push_back(s);
+    return a;
+  }
+  // Starts enable (or disable) in the background; it stops itself (SIGSTOP) at `percent`. Waits
+  // for that stop.
+  void StartFrozen(const std::vector<std::string>& mps, int percent, bool disable = false) {
     std::vector<std::string> argv = {DISKSEAL_BIN};
-    for (auto& s : EnableArgs(mps)) argv.push_back(s);
+    for (auto& s : disable ? DisableArgs(mps) : EnableArgs(mps)) argv.push_back(s);
     argv.push_back("--test-freeze-at-percent");
     argv.push_back(std::to_string(percent));
     std::vector<char*> args;
@@ -272,9 +278,7 @@ TEST_F(EnableTest, EnableExt4AndXfsEndToEndThenDisable) {
   EXPECT_EQ(Sums(e4), sums4);
 
   // Disable: plaintext again on the original devices, etc files as they were.
-  auto dis_args = std::vector<std::string>{"disable", "--volume-type", "Data", "--json"};
-  for (auto& s : Common({e4, xf})) dis_args.push_back(s);
-  RunResult dis = Diskseal(dis_args);
+  RunResult dis = Diskseal(DisableArgs({e4, xf}));
   ASSERT_EQ(dis.exit_code, 0) << dis.err;
   EXPECT_EQ(MountedSource(e4), devices_[e4]);
   EXPECT_EQ(MountedSource(xf), devices_[xf]);
@@ -337,6 +341,37 @@ TEST_F(EnableTest, EnableKilledMidwayThenResumedLockAndStatusDuring) {
   EXPECT_NE(MountedSource(mp), devices_[mp]);
   auto done = Status();
   EXPECT_EQ((*VolumeAt(done, mp))["state"], "Encrypted") << done.dump();
+}
+
+// Disable killed mid-way: status says DecryptionInProgress with the engine's percent; disable
+// again finishes back to plaintext on the original device with the files intact.
+TEST_F(EnableTest, DisableKilledMidwayThenResumed) {
+  const std::string mp = MakeVolume("dvol", "ext4", "32M");
+  WriteFile(etc_ + "/fstab", devices_[mp] + " " + mp + " ext4 defaults 0 2\n");
+  const std::string fstab0 = ReadFileOrDie(etc_ + "/fstab");
+  const std::string sums = Sums(mp);
+  RunResult en = Diskseal(EnableArgs({mp}));
+  ASSERT_EQ(en.exit_code, 0) << en.err;
+  StartFrozen({mp}, 50, /*disable=*/true);
+  auto during = Status();
+  const nlohmann::json* v = VolumeAt(during, mp);
+  ASSERT_NE(v, nullptr) << during.dump();
+  EXPECT_EQ((*v)["state"], "DecryptionInProgress");
+  const double pct = HeaderPercent(*v);
+  EXPECT_GE(pct, 50.0);
+  EXPECT_LT(pct, 100.0);
+  EXPECT_EQ((*v)["percent"], pct);
+  EXPECT_EQ(during["DataVolumesEncrypted"], "DecryptionInProgress");
+  EXPECT_EQ(during["ProgressMessage"], "Decrypting data volume 1/1: " + std::to_string(int(pct)) + "%");
+  bg_.Kill();
+  // enable refuses to run over a half-done disable rather than guess.
+  EXPECT_EQ(Diskseal(EnableArgs({mp})).exit_code, 5);
+  RunResult dis = Diskseal(DisableArgs({mp}));
+  ASSERT_EQ(dis.exit_code, 0) << dis.err;
+  EXPECT_EQ(MountedSource(mp), devices_[mp]);
+  EXPECT_EQ(Sums(mp), sums);
+  EXPECT_EQ(ReadFileOrDie(etc_ + "/fstab"), fstab0);
+  EXPECT_EQ(Status()["ProgressMessage"], "Decryption succeeded");
 }
 
 // A busy mount point is refused with the holder named, and nothing is changed.

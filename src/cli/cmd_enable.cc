@@ -57,9 +57,9 @@ void AddMachineArgs(CLI::App& app, Globals& g, MachineArgs& a, bool enable) {
     app.add_option("--kek-alg", a.vault.kek_alg, "wrap algorithm: RSA-OAEP (default), RSA-OAEP-256, A256KW");
     app.add_option("--ignore", a.ignore, "skip this doctor check (repeatable)");
     app.add_option("--resilience", a.resilience, "checksum (default) or journal");
-    // Tests only: stop at a known point of the engine so kill -9 lands there without timing.
-    app.add_option("--test-freeze-at-percent", a.freeze_at_percent)->group("");
   }
+  // Tests only: stop at a known point of the engine so kill -9 lands there without timing.
+  app.add_option("--test-freeze-at-percent", a.freeze_at_percent)->group("");
 }
 
 Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, const char* verb,
