@@ -34,6 +34,7 @@ static const Command kCommands[] = {
     {"list", "list open volumes (kernel and userspace)", SetupList},
     {"benchmark", "measure PBKDF and cipher speed on this machine", SetupBenchmark},
     {"vault", "run the key vault, manage its tokens, use it from scripts", SetupVault},
+    {"doctor", "check the machine before encrypting: what would fail, why, and what to do", SetupDoctor},
 };
 
 std::span<const Command> CommandTable() { return kCommands; }

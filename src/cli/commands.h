@@ -28,7 +28,9 @@ Runner SetupVault(CLI::App& app, Globals& g);
 Runner SetupOpen(CLI::App& app, Globals& g);
 Runner SetupClose(CLI::App& app, Globals& g);
 Runner SetupList(CLI::App& app, Globals& g);
-// The machine workflow (cmd_machine.cc)
+// Machine checks (cmd_machine.cc)
+Runner SetupDoctor(CLI::App& app, Globals& g);
+// The machine workflow (cmd_enable.cc)
 Runner SetupEnable(CLI::App& app, Globals& g);
 Runner SetupDisable(CLI::App& app, Globals& g);
 Runner SetupStatus(CLI::App& app, Globals& g);

@@ -345,6 +345,9 @@ BlockInfo ReadBlock(const MachineRoot& root, const std::string& name) {
 }
 
 void Probe(const MachineRoot& root, BlockInfo& b) {
+  // sysfs says 0 sectors for drives without media (cdrom, floppy) and unattached loop devices:
+  // opening those can stall, and there is nothing to read.
+  if (b.size_bytes == 0 && root.live()) return;
   // A device we may not open (not root, media absent) is simply not recognised: discovery
   // describes what it can see, doctor reports what it could not.
   auto dev = root.env->Open(root.Path("/dev/" + b.name), OpenOptions{});
@@ -358,7 +361,7 @@ void Probe(const MachineRoot& root, BlockInfo& b) {
 
 class Resolver {
  public:
-  explicit Resolver(const Machine& m) : m_(m) {
+  explicit Resolver(const Machine& m) {
     for (size_t i = 0; i < m.blocks.size(); ++i) {
       const BlockInfo& b = m.blocks[i];
       by_path_["/dev/" + b.name] = int(i);
@@ -400,7 +403,6 @@ class Resolver {
     }
     return -1;
   }
-  const Machine& m_;
   std::map<std::string, int> by_path_, by_uuid_, by_label_;
   std::map<uint64_t, int> by_devno_;
 };
@@ -482,14 +484,20 @@ Result<Machine> Discover(const MachineRoot& root) {
   }
 
   Resolver r(m);
+  // The fstab line for a volume: the one naming its device (any spelling) at this mount point,
+  // else the one for the mount point, else any naming the device (a swap line).
   auto fstab_for = [&](int block, const std::string& mountpoint) -> std::optional<FstabEntry> {
-    for (const auto& e : m.fstab)
-      if ((block >= 0 && r.Find(e.spec) == block && (mountpoint.empty() || e.file == mountpoint)) ||
-          (!mountpoint.empty() && e.file == mountpoint))
-        return e;
-    if (block >= 0)
-      for (const auto& e : m.fstab)
-        if (r.Find(e.spec) == block) return e;
+    const FstabEntry* by_point = nullptr;
+    const FstabEntry* by_device = nullptr;
+    for (const auto& e : m.fstab) {
+      bool device = block >= 0 && r.Find(e.spec) == block;
+      bool point = !mountpoint.empty() && e.file == mountpoint;
+      if (device && point) return e;
+      if (point && !by_point) by_point = &e;
+      if (device && !by_device) by_device = &e;
+    }
+    if (by_point) return *by_point;
+    if (by_device) return *by_device;
     return std::nullopt;
   };
   auto crypttab_for = [&](int block) -> std::optional<CrypttabEntry> {

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -88,7 +89,8 @@ class MachineTree {
   }
 
  private:
-  static void MkdirP(const std::string& p) {
+  void MkdirP(const std::string& p) {
+    if (!made_.insert(p).second) return;  // thousands of /proc entries share their parents
     for (size_t i = 1; i <= p.size(); ++i)
       if (i == p.size() || p[i] == '/') ::mkdir(p.substr(0, i).c_str(), 0755);
   }
@@ -106,6 +108,7 @@ class MachineTree {
     return out;
   }
   ds::test::TempDir tmp_;
+  std::set<std::string> made_;
   std::string mountinfo_;
   int next_mount_id_ = 21;
 };

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <mutex>
 
+#include <strings.h>
+
 #include <nlohmann/json.hpp>
 
 namespace ds::vault {
@@ -64,6 +66,29 @@ const char* Stage(CURLcode rc) {
   }
 }
 
+// The stage of VaultClient::TransportFailure for a libcurl failure (see client.h).
+std::string StageId(CURLcode rc, CURL* h, bool proxied) {
+  long proxy_code = 0;
+  curl_easy_getinfo(h, CURLINFO_HTTP_CONNECTCODE, &proxy_code);
+  if (proxied && proxy_code != 0 && (proxy_code < 200 || proxy_code >= 300)) return "proxy";
+  curl_off_t connected = 0, tls = 0;
+  curl_easy_getinfo(h, CURLINFO_CONNECT_TIME_T, &connected);
+  curl_easy_getinfo(h, CURLINFO_APPCONNECT_TIME_T, &tls);
+  switch (rc) {
+    case CURLE_UNSUPPORTED_PROTOCOL: case CURLE_URL_MALFORMAT: return "url";
+    case CURLE_COULDNT_RESOLVE_PROXY: return "proxy";
+    case CURLE_COULDNT_RESOLVE_HOST: return proxied ? "proxy" : "dns";
+    case CURLE_COULDNT_CONNECT: return proxied ? "proxy" : "tcp";
+    case CURLE_PEER_FAILED_VERIFICATION: case CURLE_SSL_CACERT_BADFILE: return "tls-verify";
+    case CURLE_SSL_CONNECT_ERROR: case CURLE_SSL_CERTPROBLEM: case CURLE_SSL_CIPHER: return "tls";
+    case CURLE_OPERATION_TIMEDOUT:
+      return connected == 0 ? (proxied ? "proxy" : "tcp") : tls == 0 ? "tls" : "timeout";
+    case CURLE_SEND_ERROR: case CURLE_RECV_ERROR: case CURLE_GOT_NOTHING:
+      return connected == 0 ? (proxied ? "proxy" : "tcp") : tls == 0 ? "tls" : "http";
+    default: return "request";
+  }
+}
+
 std::string CleanToken(std::string t) {
   while (!t.empty() && (t.back() == '\n' || t.back() == '\r' || t.back() == ' ' || t.back() == '\t'))
     t.pop_back();
@@ -116,6 +141,38 @@ Result<KeyInfo> ParseKey(const json& j) {
 void Wipe(std::string& s) { OPENSSL_cleanse(s.data(), s.size()); }
 
 }  // namespace
+
+std::string ProxyFor(const std::string& url) {
+  auto env = [](const char* a, const char* b) -> std::string {
+    const char* v = std::getenv(a);
+    if (!v || !*v) v = std::getenv(b);
+    return v ? v : "";
+  };
+  std::string proxy = env("https_proxy", "HTTPS_PROXY");
+  if (proxy.empty()) proxy = env("all_proxy", "ALL_PROXY");
+  if (proxy.empty()) return "";
+  size_t s = url.find("://");
+  std::string host = s == std::string::npos ? url : url.substr(s + 3);
+  host = host.substr(0, host.find('/'));
+  if (!host.empty() && host[0] == '[') host = host.substr(1, host.find(']') - 1);
+  else host = host.substr(0, host.find(':'));
+  std::string no = env("no_proxy", "NO_PROXY");
+  size_t at = 0;
+  while (at <= no.size()) {
+    size_t comma = no.find(',', at);
+    std::string e = no.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+    at = comma == std::string::npos ? no.size() + 1 : comma + 1;
+    e.erase(0, e.find_first_not_of(' '));
+    while (!e.empty() && e.back() == ' ') e.pop_back();
+    if (!e.empty() && e[0] == '.') e.erase(0, 1);
+    if (e.empty()) continue;
+    if (e == "*" || strcasecmp(e.c_str(), host.c_str()) == 0) return "";
+    if (host.size() > e.size() && host[host.size() - e.size() - 1] == '.' &&
+        strcasecmp(host.c_str() + host.size() - e.size(), e.c_str()) == 0)
+      return "";
+  }
+  return proxy;
+}
 
 Result<std::pair<std::string, std::string>> ParseObjectId(const std::string& id,
                                                           const std::string& area) {
@@ -207,8 +264,13 @@ Result<HttpReply> VaultClient::Call(const std::string& method, const std::string
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body.data());
     curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, long(body.size()));
   }
+  last_failure_ = {};
   CURLcode rc = curl_easy_perform(h);
   curl_slist_free_all(headers);
+  if (rc != CURLE_OK) {
+    last_failure_.stage = StageId(rc, h, !ProxyFor(base_).empty());
+    last_failure_.detail = errbuf[0] ? errbuf : curl_easy_strerror(rc);
+  }
   if (rc != CURLE_OK)
     return NetworkError("vault " + base_ + ": " + Stage(rc) + ": " +
                         (errbuf[0] ? errbuf : curl_easy_strerror(rc)));

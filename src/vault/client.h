@@ -84,6 +84,15 @@ class VaultClient {
                          const std::string& body);
   const std::string& base_url() const { return base_; }
 
+  // Where the last Call() failed below HTTP, for diagnosis (doctor); empty stage after a call
+  // that got an HTTP answer. Stages in connection order: "url", "proxy", "dns", "tcp", "tls",
+  // "tls-verify", "timeout", "http" (the connection dropped after TLS).
+  struct TransportFailure {
+    std::string stage;
+    std::string detail;  // libcurl's words
+  };
+  const TransportFailure& last_transport_failure() const { return last_failure_; }
+
  private:
   VaultClient() = default;
   // Call() plus: a non-2xx status becomes the typed error described at the top.
@@ -93,7 +102,13 @@ class VaultClient {
   std::string base_;
   VaultClientOptions opts_;
   SecureBuffer auth_header_;  // "Authorization: Bearer <token>\0"
+  TransportFailure last_failure_;
 };
+
+// The proxy libcurl will use for `url` from the environment (https_proxy, HTTPS_PROXY,
+// all_proxy, ALL_PROXY, minus no_proxy/NO_PROXY host and domain matches, "*" for all), or "".
+// For messages: curl itself applies the same variables.
+std::string ProxyFor(const std::string& url);
 
 // Splits an object id/kid URL "https://host/keys/name/version" into name and version.
 Result<std::pair<std::string, std::string>> ParseObjectId(const std::string& id, const std::string& area);

@@ -1,0 +1,792 @@
+#include "machine/doctor.h"
+
+#include <algorithm>
+#include <set>
+#include <sstream>
+#include <unordered_map>
+
+#include "luks2/header_io.h"
+
+namespace ds::machine {
+
+namespace {
+
+constexpr uint64_t kMiB = 1u << 20;
+// How many lines of evidence a finding shows before "... and N more": enough to act on, short
+// enough to read on a machine with thousands of processes.
+constexpr size_t kMaxEvidence = 12;
+
+const char* const kChecks[] = {
+    "open-files",    "concurrent-tools", "selinux",     "lvm-layout",      "memory",
+    "nested-mounts", "filesystem-mode",  "header-space", "header-location", "shrink-space",
+    "already-encrypted", "interrupted",  "kernel-support", "vault",       "no-targets",
+};
+
+std::string Mib(uint64_t bytes) { return std::to_string((bytes + kMiB / 2) / kMiB) + " MiB"; }
+
+std::string Trim(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\t' || s.back() == '\0'))
+    s.pop_back();
+  return s;
+}
+
+std::string ReadSmall(const MachineRoot& root, const std::string& machine_path, uint64_t max = 1 << 20) {
+  auto r = root.env->ReadFile(root.Path(machine_path), max);
+  return r.ok() ? std::move(r).value() : std::string();
+}
+
+bool Under(const std::string& path, const std::string& dir) {
+  if (dir == "/") return !path.empty() && path[0] == '/';
+  return path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 && path[dir.size()] == '/';
+}
+
+std::string ParentDir(const std::string& p) {
+  size_t s = p.rfind('/');
+  return s == 0 || s == std::string::npos ? "/" : p.substr(0, s);
+}
+
+// Findings collected by the checks, with the evidence list capped.
+class Findings {
+ public:
+  Finding& Add(std::string check, Severity sev, std::string volume, std::string message,
+               std::string fix = "") {
+    Finding f;
+    f.check = std::move(check);
+    f.severity = sev;
+    f.volume = std::move(volume);
+    f.message = std::move(message);
+    f.fix = std::move(fix);
+    list_.push_back(std::move(f));
+    return list_.back();
+  }
+  static void Evidence(Finding& f, std::vector<std::string> lines) {
+    size_t n = lines.size();
+    if (n > kMaxEvidence) {
+      lines.resize(kMaxEvidence);
+      lines.push_back("... and " + std::to_string(n - kMaxEvidence) + " more");
+    }
+    f.evidence = std::move(lines);
+  }
+  std::vector<Finding> Take() { return std::move(list_); }
+
+ private:
+  std::vector<Finding> list_;
+};
+
+// Which mount a machine path is on: the deepest mount point above it (the last mount at a point
+// hides the earlier ones, as the kernel does). O(depth) per lookup, so thousands of processes
+// against hundreds of mounts stay cheap.
+class MountMap {
+ public:
+  explicit MountMap(const std::vector<Mount>& mounts) {
+    for (size_t i = 0; i < mounts.size(); ++i) by_point_[mounts[i].mountpoint] = int(i);
+  }
+  int Owner(std::string path) const {
+    if (path.empty() || path[0] != '/') return -1;
+    for (;;) {
+      auto it = by_point_.find(path);
+      if (it != by_point_.end()) return it->second;
+      if (path == "/") return -1;
+      path = ParentDir(path);
+    }
+  }
+
+ private:
+  std::unordered_map<std::string, int> by_point_;
+};
+
+// A process as /proc shows it, with the files it holds that matter to the checks.
+struct Proc {
+  int pid = 0;
+  std::string comm;
+  std::vector<std::string> argv;
+  // (what, path): ("fd 7", "/data/x"), ("cwd", "/data"), ("maps", "/data/lib.so")
+  std::vector<std::pair<std::string, std::string>> files;
+  std::string Describe() const {
+    return "pid " + std::to_string(pid) + " (" + comm + ")";
+  }
+};
+
+std::string StripDeleted(std::string p) {
+  constexpr std::string_view kDel = " (deleted)";
+  if (p.size() > kDel.size() && p.compare(p.size() - kDel.size(), kDel.size(), kDel) == 0)
+    p.resize(p.size() - kDel.size());
+  return p;
+}
+
+// Reads every /proc/PID: command, argv, open files, cwd, root, exe and mapped files. A process
+// that exits while we read it simply has fewer entries. Paths are as the process sees them: one
+// in another mount namespace (a container) shows its own paths, matched as if they were ours.
+std::vector<Proc> ScanProcs(const MachineRoot& root, int self_pid) {
+  std::vector<Proc> procs;
+  auto names = root.env->ListDir(root.Path("/proc"));
+  if (!names.ok()) return procs;
+  for (const auto& n : *names) {
+    if (n.empty() || !std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    Proc p;
+    p.pid = std::stoi(n);
+    if (p.pid == self_pid) continue;
+    std::string base = "/proc/" + n;
+    p.comm = Trim(ReadSmall(root, base + "/comm", 4096));
+    std::string cmd = ReadSmall(root, base + "/cmdline", 64 * 1024);
+    for (size_t i = 0; i < cmd.size();) {
+      size_t z = cmd.find('\0', i);
+      if (z == std::string::npos) z = cmd.size();
+      p.argv.push_back(cmd.substr(i, z - i));
+      i = z + 1;
+    }
+    {
+      auto fds = root.env->ListDir(root.Path(base + "/fd"));
+      if (fds.ok())
+        std::sort(fds->begin(), fds->end(), [](const std::string& a, const std::string& b) {
+          return a.size() != b.size() ? a.size() < b.size() : a < b;  // numeric order
+        });
+      if (fds.ok())
+        for (const auto& fd : *fds)
+          if (auto l = root.env->ReadLink(root.Path(base + "/fd/" + fd)); l.ok() && !l->empty() && (*l)[0] == '/')
+            p.files.emplace_back("fd " + fd, StripDeleted(*l));
+      for (const char* what : {"cwd", "root", "exe"})
+        if (auto l = root.env->ReadLink(root.Path(base + "/" + what)); l.ok() && !l->empty() && (*l)[0] == '/')
+          p.files.emplace_back(what, StripDeleted(*l));
+      std::string maps = ReadSmall(root, base + "/maps", 16 << 20);
+      std::set<std::string> seen;
+      std::istringstream in(maps);
+      std::string line;
+      while (std::getline(in, line)) {
+        // address perms offset dev inode path
+        std::istringstream f(line);
+        std::string addr, perms, off, dev, inode, path;
+        if (!(f >> addr >> perms >> off >> dev >> inode)) continue;
+        std::getline(f, path);
+        size_t s = path.find_first_not_of(' ');
+        path = s == std::string::npos ? "" : StripDeleted(path.substr(s));
+        if (path.empty() || path[0] != '/' || !seen.insert(path).second) continue;
+        p.files.emplace_back("maps", path);
+      }
+    }
+    procs.push_back(std::move(p));
+  }
+  std::sort(procs.begin(), procs.end(), [](const Proc& a, const Proc& b) { return a.pid < b.pid; });
+  return procs;
+}
+
+struct Target {
+  const Volume* volume = nullptr;
+  uint32_t major = 0, minor = 0;
+  std::vector<std::string> devs;  // device nodes that are this volume (and what it is built on)
+};
+
+class Doctor {
+ public:
+  Doctor(const MachineRoot& root, const Machine& m, const DoctorOptions& o)
+      : root_(root), m_(m), o_(o), mounts_(m.mounts) {}
+
+  Report Run() {
+    Report r;
+    ChooseTargets(r);
+    procs_ = ScanProcs(root_, o_.self_pid);
+    OpenFiles();
+    ConcurrentTools();
+    Selinux();
+    Lvm();
+    Memory();
+    NestedMounts();
+    FilesystemMode();
+    HeaderSpace();
+    Encrypted();
+    Interrupted();
+    r.open_mode = KernelSupport();
+    if (o_.vault && !o_.vault->url.empty()) Vault();
+    r.findings = f_.Take();
+    for (auto& x : r.findings)
+      if (std::find(o_.ignore.begin(), o_.ignore.end(), x.check) != o_.ignore.end()) {
+        x.severity = Severity::kInfo;  // kept visible: an ignored problem is still a problem
+        x.message = "ignored (--ignore " + x.check + "): " + x.message;
+      }
+    std::stable_sort(r.findings.begin(), r.findings.end(), [](const Finding& a, const Finding& b) {
+      return int(a.severity) < int(b.severity);
+    });
+    return r;
+  }
+
+ private:
+  static std::string Name(const Volume& v) { return v.mountpoint.empty() ? v.dev : v.mountpoint; }
+
+  void ChooseTargets(Report& r) {
+    for (const auto& v : m_.volumes) {
+      bool os = v.role == VolumeRole::kOs, data = v.role == VolumeRole::kData;
+      bool want = (data && o_.volume_type != VolumeType::kOs) ||
+                  (os && o_.volume_type != VolumeType::kData);
+      if (!want) continue;
+      Target t;
+      t.volume = &v;
+      if (v.block >= 0) {
+        const BlockInfo& b = m_.blocks[size_t(v.block)];
+        t.major = b.major;
+        t.minor = b.minor;
+        t.devs = {b.dev, "/dev/" + b.name};
+        for (const auto& s : b.slaves) t.devs.push_back("/dev/" + s);
+      } else {
+        t.devs = {v.dev};
+      }
+      targets_.push_back(std::move(t));
+      r.targets.push_back(Name(v));
+    }
+    mount_target_.assign(m_.mounts.size(), -1);
+    for (size_t i = 0; i < m_.mounts.size(); ++i) {
+      const Mount& mt = m_.mounts[i];
+      for (size_t t = 0; t < targets_.size(); ++t) {
+        const Target& tg = targets_[t];
+        bool same = (tg.major || tg.minor) ? (mt.major == tg.major && mt.minor == tg.minor)
+                                           : mt.source == tg.volume->dev;
+        if (same) mount_target_[i] = int(t);
+      }
+    }
+    if (targets_.empty()) {
+      const char* what = o_.volume_type == VolumeType::kData ? "Data" :
+                         o_.volume_type == VolumeType::kOs ? "OS" : "OS or Data";
+      f_.Add("no-targets", Severity::kInfo, "",
+             std::string("no mounted ") + what + " volume to encrypt",
+             "mount the data disks (and list them in /etc/fstab), or choose another --volume-type");
+    }
+  }
+
+  // The target a path is on (through any of its mounts, bind mounts included), or -1.
+  int TargetOf(const std::string& path) const {
+    int mnt = mounts_.Owner(path);
+    if (mnt >= 0 && mount_target_[size_t(mnt)] >= 0) return mount_target_[size_t(mnt)];
+    for (size_t t = 0; t < targets_.size(); ++t)
+      for (const auto& d : targets_[t].devs)
+        if (path == d) return int(t);
+    return -1;
+  }
+
+  // fuser -m: what would keep the target from being unmounted. The OS volume is never
+  // unmounted by diskseal (it is encrypted online and finished at boot), so it is not scanned.
+  void OpenFiles() {
+    std::vector<std::vector<std::string>> ev(targets_.size());
+    std::vector<std::set<int>> pids(targets_.size());
+    for (const auto& p : procs_) {
+      for (size_t i = 0; i < p.files.size(); ++i) {
+        const auto& [what, path] = p.files[i];
+        int t = TargetOf(path);
+        if (t < 0 || targets_[size_t(t)].volume->role == VolumeRole::kOs) continue;
+        pids[size_t(t)].insert(p.pid);
+        ev[size_t(t)].push_back(p.Describe() + " " + what + " " + path);
+      }
+    }
+    for (size_t t = 0; t < targets_.size(); ++t) {
+      if (pids[t].empty()) continue;
+      const Volume& v = *targets_[t].volume;
+      auto& f = f_.Add("open-files", Severity::kBlocking, Name(v),
+                       std::to_string(pids[t].size()) +
+                           (pids[t].size() == 1 ? " process holds" : " processes hold") +
+                           " files open on " + Name(v) + ": it cannot be unmounted to encrypt it",
+                       "stop them (systemctl stop <service>, or kill the PIDs listed), then run again; "
+                       "`fuser -vm " + Name(v) + "` shows the same");
+      Findings::Evidence(f, ev[t]);
+    }
+  }
+
+  void ConcurrentTools() {
+    static const std::set<std::string> kPackageTools = {
+        "dpkg", "apt", "apt-get", "aptitude", "unattended-upgr", "yum", "dnf", "rpm", "zypper"};
+    static const char* const kLockFiles[] = {
+        "/var/lib/dpkg/lock-frontend", "/var/lib/dpkg/lock", "/var/lib/apt/lists/lock",
+        "/var/cache/apt/archives/lock", "/var/lib/rpm/.rpm.lock", "/var/run/yum.pid",
+        "/run/yum.pid"};
+    static const std::set<std::string> kDisksealOps = {"encrypt", "decrypt", "reencrypt",
+                                                        "resume", "enable", "disable"};
+    // /proc/locks: "1: POSIX ADVISORY WRITE 812 08:01:393 0 EOF"; the pids holding a lock
+    std::set<int> lockers;
+    {
+      std::istringstream in(ReadSmall(root_, "/proc/locks", 4 << 20));
+      std::string line;
+      while (std::getline(in, line)) {
+        std::istringstream f(line);
+        std::string id, kind, mode, rw;
+        int pid = 0;
+        if (f >> id >> kind >> mode >> rw >> pid) lockers.insert(pid);
+      }
+    }
+    std::vector<std::string> ev;
+    for (const auto& p : procs_) {
+      std::string arg1 = p.argv.size() > 1 ? p.argv[1] : "";
+      std::string cmdline;
+      for (const auto& a : p.argv) cmdline += (cmdline.empty() ? "" : " ") + a;
+      std::string why;
+      if (kPackageTools.count(p.comm)) why = "package manager";
+      if (p.comm == "cryptsetup" &&
+          std::any_of(p.argv.begin(), p.argv.end(), [](const std::string& a) {
+            return a == "reencrypt" || a == "luksFormat" || a == "--reduce-device-size";
+          }))
+        why = "cryptsetup changing a device";
+      if (p.comm == "diskseal" && kDisksealOps.count(arg1)) why = "another diskseal " + arg1;
+      if (cmdline.find("AzureDiskEncryptionForLinux") != std::string::npos ||
+          cmdline.find("VMEncryption") != std::string::npos)
+        why = "the Azure Disk Encryption extension";
+      for (const auto& [what, path] : p.files)
+        for (const char* lock : kLockFiles)
+          if (path == lock)
+            why = std::string("holds ") + lock + (lockers.count(p.pid) ? " (locked, /proc/locks)" : " open");
+      if (!why.empty())
+        ev.push_back(p.Describe() + ": " + why + (cmdline.empty() ? "" : ": " + cmdline.substr(0, 200)));
+    }
+    if (ev.empty()) return;
+    auto& f = f_.Add("concurrent-tools", Severity::kBlocking, "",
+                     "another program is installing packages or changing disks right now",
+                     "wait for it to finish (or stop it), and run extensions and custom scripts one "
+                     "after the other, not at the same time as encryption");
+    Findings::Evidence(f, ev);
+  }
+
+  void Selinux() {
+    std::string enforce = Trim(ReadSmall(root_, "/sys/fs/selinux/enforce", 64));
+    if (enforce != "1") return;
+    f_.Add("selinux", Severity::kInfo, "",
+           "SELinux is enforcing: diskseal does not need it off (ADE did, for its unmount of /); "
+           "the header files it writes get the label of /var/lib/diskseal",
+           "nothing to do; if boot-time unlock is denied, run restorecon -Rv " + o_.header_dir);
+  }
+
+  void Lvm() {
+    for (const auto& t : targets_) {
+      const Volume& v = *t.volume;
+      if (!v.lvm_lv) continue;
+      if (v.role == VolumeRole::kOs)
+        f_.Add("lvm-layout", Severity::kWarning, Name(v),
+               "the OS volume is an LVM logical volume (" + v.dev + "): diskseal encrypts the root "
+               "LV itself, inside the volume group; the other LVs are Data volumes of their own, "
+               "and encrypting the physical volume under the group is not supported",
+               "nothing to do for root; encrypt the other LVs with --volume-type Data");
+      else
+        f_.Add("lvm-layout", Severity::kInfo, Name(v),
+               "an LVM logical volume (" + v.dev + "): encrypted inside the LV, the volume group "
+               "is not changed");
+    }
+  }
+
+  void Memory() {
+    std::istringstream in(ReadSmall(root_, "/proc/meminfo"));
+    std::string key;
+    uint64_t kb = 0;
+    bool found = false;
+    std::string line;
+    while (std::getline(in, line)) {
+      std::istringstream f(line);
+      if (f >> key >> kb && key == "MemAvailable:") {
+        found = true;
+        break;
+      }
+    }
+    if (!found) {
+      f_.Add("memory", Severity::kWarning, "", "cannot read MemAvailable from /proc/meminfo");
+      return;
+    }
+    uint64_t avail = kb * 1024;
+    // The PBKDF asks for at most half of what is free (luks2/kdf.cc), so it shrinks to fit; the
+    // engine buffer and the process itself do not.
+    uint64_t fixed = o_.hotzone_bytes + kBaseRssBytes;
+    uint64_t pbkdf = std::min(o_.pbkdf_memory_bytes, avail / 2);
+    std::string figures = "MemAvailable " + Mib(avail) + "; diskseal needs " + Mib(fixed + pbkdf) +
+                          " (hotzone " + Mib(o_.hotzone_bytes) + " + PBKDF " + Mib(pbkdf) +
+                          " + base " + Mib(kBaseRssBytes) + ")";
+    if (avail < fixed + (1 * kMiB)) {
+      f_.Add("memory", Severity::kBlocking, "", "not enough free memory: " + figures,
+             "free memory (stop services) or use a smaller --hotzone-size");
+    } else if (pbkdf < o_.pbkdf_memory_bytes) {
+      f_.Add("memory", Severity::kWarning, "",
+             figures + ": the Argon2 memory cost will be lowered to " + Mib(pbkdf) +
+                 " (half of what is free), which makes the passphrase cheaper to guess",
+             "free memory before encrypting, or accept the lower cost");
+    } else {
+      f_.Add("memory", Severity::kInfo, "",
+             figures + "; ADE's 7 GB suggestion does not apply (no tmpfs copy of the root)");
+    }
+  }
+
+  void NestedMounts() {
+    std::set<std::pair<std::string, std::string>> said;
+    for (const auto& t : targets_) {
+      const Volume& v = *t.volume;
+      if (v.mountpoint.empty() || v.role == VolumeRole::kOs) continue;
+      std::vector<std::string> inner;
+      for (const auto& mt : m_.mounts)
+        if (Under(mt.mountpoint, v.mountpoint)) inner.push_back(mt.mountpoint + " (" + mt.source + ")");
+      if (!inner.empty()) {
+        auto& f = f_.Add("nested-mounts", Severity::kWarning, Name(v),
+                         std::to_string(inner.size()) + " mount" + (inner.size() == 1 ? " is" : "s are") +
+                             " nested in " + v.mountpoint + ": they are unmounted first and "
+                             "mounted again after it",
+                         "mount data disks side by side (e.g. /data1, /data2), not inside each "
+                         "other or inside /mnt, and keep their fstab lines in mount order");
+        Findings::Evidence(f, inner);
+      }
+      // Inside another block-device volume (not the root, which holds every mount point)?
+      int outer = mounts_.Owner(ParentDir(v.mountpoint));
+      if (outer >= 0) {
+        const Mount& om = m_.mounts[size_t(outer)];
+        if (om.mountpoint != "/" && om.source.rfind("/dev/", 0) == 0) {
+          const char* what = om.mountpoint == "/mnt" || om.mountpoint == "/mnt/resource"
+                                 ? " (the resource disk, which Azure may wipe)" : "";
+          f_.Add("nested-mounts", Severity::kWarning, Name(v),
+                 v.mountpoint + " is nested in " + om.mountpoint + what +
+                     ": it can only be mounted after " + om.mountpoint,
+                 "move the mount point out of " + om.mountpoint);
+        }
+      }
+    }
+  }
+
+  void FilesystemMode() {
+    for (const auto& t : targets_) {
+      const Volume& v = *t.volume;
+      const std::string& fs = v.fstype;
+      bool ext = fs == "ext2" || fs == "ext3" || fs == "ext4";
+      if (v.encrypted) continue;
+      if (v.block < 0) {
+        f_.Add("filesystem-mode", Severity::kBlocking, Name(v),
+               "its device " + v.dev + " is not in /sys/class/block: cannot tell what to encrypt",
+               "mount it by its real device path (/dev/..., /dev/mapper/...)");
+        continue;
+      }
+      if (o_.header_mode == HeaderMode::kShrink && !ext) {
+        f_.Add("filesystem-mode", Severity::kBlocking, Name(v),
+               fs + " cannot be shrunk to make room for the header at the start of the device",
+               "use --header-mode detached (the header in a file, nothing is resized): it works "
+               "for " + fs);
+      } else {
+        f_.Add("filesystem-mode", Severity::kInfo, Name(v),
+               fs + (ext ? ": the detached header and shrinking both work"
+                         : ": the detached header works; shrinking does not (ext2/3/4 only)"));
+      }
+    }
+  }
+
+  uint64_t FreeBytes(const std::string& machine_path, bool& known) {
+    known = true;
+    auto it = o_.free_bytes.find(machine_path);
+    if (it != o_.free_bytes.end()) return it->second;
+    // the directory may not exist yet: the space is the nearest existing parent's
+    std::string p = machine_path;
+    for (;;) {
+      auto s = root_.env->StatFs(root_.Path(p));
+      if (s.ok()) return s->avail_bytes;
+      if (p == "/") break;
+      p = ParentDir(p);
+    }
+    known = false;
+    return 0;
+  }
+
+  void HeaderSpace() {
+    std::vector<const Volume*> need;
+    for (const auto& t : targets_)
+      if (!t.volume->encrypted) need.push_back(t.volume);
+    if (need.empty()) return;
+    if (o_.header_mode == HeaderMode::kShrink) {
+      for (const Volume* v : need) {
+        bool known = false;
+        uint64_t avail = FreeBytes(v->mountpoint, known);
+        if (!known || avail >= o_.header_bytes) continue;
+        f_.Add("shrink-space", Severity::kBlocking, Name(*v),
+               "only " + Mib(avail) + " free on " + v->mountpoint + ": shrinking it by the " +
+                   Mib(o_.header_bytes) + " header needs that much free",
+               "free " + Mib(o_.header_bytes - avail) + " on " + v->mountpoint +
+                   ", or use --header-mode detached");
+      }
+      return;
+    }
+    // The header directory must live on a filesystem that is not itself being encrypted (the
+    // header is needed to open the volume) and, for the OS volume, be readable before / is.
+    std::string hd = o_.header_dir;
+    int owner = mounts_.Owner(hd);
+    if (owner >= 0 && mount_target_[size_t(owner)] >= 0) {
+      const Volume& v = *targets_[size_t(mount_target_[size_t(owner)])].volume;
+      if (v.role == VolumeRole::kOs) {
+        if (!m_.boot())
+          f_.Add("header-location", Severity::kBlocking, Name(v),
+                 "the OS volume's detached header must be readable before / is unlocked, and "
+                 "there is no separate /boot to hold it",
+                 "use --header-mode shrink (ext4), or add a /boot partition");
+      } else {
+        f_.Add("header-location", Severity::kBlocking, Name(v),
+               hd + " is on " + Name(v) + ", which is to be encrypted: its header cannot live there",
+               "choose a header directory on another filesystem");
+      }
+    }
+    bool known = false;
+    uint64_t avail = FreeBytes(hd, known);
+    uint64_t want = o_.header_bytes * need.size();
+    if (!known) {
+      f_.Add("header-space", Severity::kWarning, hd, "cannot read the free space under " + hd);
+    } else if (avail < want) {
+      f_.Add("header-space", Severity::kBlocking, hd,
+             "only " + Mib(avail) + " free for " + std::to_string(need.size()) + " detached header" +
+                 (need.size() == 1 ? "" : "s") + " of " + Mib(o_.header_bytes) + " in " + hd,
+             "free " + Mib(want - avail) + " on the filesystem holding " + hd);
+    }
+  }
+
+  void Encrypted() {
+    for (const auto& t : targets_)
+      if (t.volume->encrypted)
+        f_.Add("already-encrypted", Severity::kInfo, Name(*t.volume),
+               "already encrypted (" + t.volume->dev + " is a dm-crypt mapping)" +
+                   (t.volume->crypttab ? ", unlocked at boot by crypttab entry " + t.volume->crypttab->name : ""));
+    for (const auto& v : m_.volumes)
+      if (v.is_luks && v.mountpoint.empty())
+        f_.Add("already-encrypted", Severity::kInfo, v.dev, "a LUKS volume, not open");
+  }
+
+  // An in-place operation a crash interrupted, on a device (attached header) or in a detached
+  // header file: the LUKS2 header says so in its mandatory requirements.
+  void Interrupted() {
+    auto check = [&](const std::string& machine_path, const std::string& label, bool header_file) {
+      auto dev = root_.env->Open(root_.Path(machine_path), OpenOptions{});
+      if (!dev.ok()) return;
+      auto magic = luks2::HasLuksMagic(**dev);
+      if (!magic.ok() || !*magic) return;
+      auto hdr = luks2::ReadHeader(**dev);
+      if (!hdr.ok()) return;
+      for (const auto& req : hdr->md.requirements())
+        if (req.rfind("online-reencrypt", 0) == 0)
+          f_.Add("interrupted", Severity::kInfo, label,
+                 "an in-place operation on " + label + " was interrupted (requirement " + req + ")",
+                 header_file ? "resume it: diskseal resume DEVICE --header " + machine_path
+                             : "resume it: diskseal resume " + label);
+    };
+    for (const auto& b : m_.blocks)
+      if (b.signature == "luks2") check("/dev/" + b.name, b.dev, false);
+    auto files = root_.env->ListDir(root_.Path(o_.header_dir));
+    if (files.ok()) {
+      std::sort(files->begin(), files->end());
+      for (const auto& f : *files) check(o_.header_dir + "/" + f, o_.header_dir + "/" + f, true);
+    }
+  }
+
+  std::string KernelSupport() {
+    bool dm = false;
+    {
+      std::istringstream in(ReadSmall(root_, "/proc/misc"));
+      std::string line;
+      while (std::getline(in, line)) dm |= line.find("device-mapper") != std::string::npos;
+    }
+    bool control = root_.env->Exists(root_.Path("/dev/mapper/control"));
+    std::string crypto = ReadSmall(root_, "/proc/crypto", 4 << 20);
+    bool xts = crypto.find("xts(aes)") != std::string::npos;
+    bool fuse = root_.env->Exists(root_.Path("/dev/fuse"));
+    bool fusermount = root_.env->Exists(root_.Path("/usr/bin/fusermount3")) ||
+                      root_.env->Exists(root_.Path("/bin/fusermount3"));
+    std::vector<std::string> ev = {
+        std::string("/proc/misc device-mapper: ") + (dm ? "yes" : "no"),
+        std::string("/dev/mapper/control: ") + (control ? "yes" : "no"),
+        std::string("/proc/crypto xts(aes): ") + (xts ? "loaded" : "not loaded (loaded on first use)"),
+        std::string("/dev/fuse: ") + (fuse ? "yes" : "no"),
+        std::string("fusermount3: ") + (fusermount ? "yes" : "no")};
+    std::string mode = dm && control ? "dm-crypt" : fuse && fusermount ? "userspace" : "none";
+    bool os = std::any_of(targets_.begin(), targets_.end(),
+                          [](const Target& t) { return t.volume->role == VolumeRole::kOs; });
+    Finding* f = nullptr;
+    if (mode == "dm-crypt") {
+      f = &f_.Add("kernel-support", Severity::kInfo, "",
+                  "dm-crypt is available: volumes open through the kernel (/dev/mapper/NAME)");
+    } else if (mode == "userspace" && !os) {
+      f = &f_.Add("kernel-support", Severity::kWarning, "",
+                  "no device-mapper in this kernel: volumes open in userspace through FUSE "
+                  "(/run/diskseal/NAME), slower than dm-crypt",
+                  "load dm_crypt (modprobe dm_crypt) or boot a kernel that has it");
+    } else if (mode == "userspace") {
+      f = &f_.Add("kernel-support", Severity::kBlocking, "",
+                  "no device-mapper in this kernel: the OS volume cannot be opened at boot "
+                  "through FUSE",
+                  "boot a kernel with dm-crypt (modprobe dm_crypt)");
+    } else {
+      f = &f_.Add("kernel-support", Severity::kBlocking, "",
+                  "neither device-mapper nor FUSE: an encrypted volume could not be opened",
+                  "modprobe dm_crypt, or install fuse3 (apt-get install fuse3)");
+    }
+    f->evidence = std::move(ev);
+    return mode;
+  }
+
+  // The vault, stage by stage: each request's failure names the first stage that failed. The
+  // permission probes send bodies the vault must reject as malformed (400) once the token is
+  // allowed, so doctor never writes a secret or uses a key.
+  void Vault() {
+    const auto& vo = *o_.vault;
+    std::vector<std::string> ev;
+    std::string proxy = vault::ProxyFor(vo.url);
+    ev.push_back("proxy: " + (proxy.empty() ? std::string("none") : proxy));
+    auto fail = [&](const std::string& stage, const std::string& msg, const std::string& fix) {
+      ev.push_back("failed stage: " + stage);
+      auto& f = f_.Add("vault", Severity::kBlocking, vo.url, stage + ": " + msg, fix);
+      f.evidence = ev;
+    };
+    auto client = vault::VaultClient::Create(*root_.env, vo);
+    if (!client.ok()) return fail("token", client.status().message(), "give a readable token file (--vault-token-file)");
+    std::map<std::string, std::string> fixes = {
+        {"proxy", "check https_proxy (" + proxy + ") or add the vault to no_proxy"},
+        {"dns", "check the vault host name and /etc/resolv.conf"},
+        {"tcp", "open outbound TCP to the vault's port (NSG, firewall), or set https_proxy"},
+        {"tls", "the endpoint does not speak TLS as a vault does: check the URL and port"},
+        {"tls-verify", "give the vault's CA with --vault-ca, or check that the host name matches "
+                       "its certificate"},
+        {"http", "check the URL points at the vault"},
+        {"timeout", "the vault or a firewall drops the traffic: open the port or set https_proxy"}};
+    struct Probe {
+      const char* method;
+      std::string path, body, perm;
+    };
+    std::vector<Probe> probes = {{"GET", "/secrets/diskseal-doctor-probe", "", "secrets:get"},
+                                 {"PUT", "/secrets/diskseal-doctor-probe", "{", "secrets:set"}};
+    if (!o_.kek.empty()) {
+      probes.push_back({"GET", "/keys/" + o_.kek, "", "keys:get"});
+      probes.push_back({"POST", "/keys/" + o_.kek + "/wrapkey", "{", "keys:wrap"});
+      probes.push_back({"POST", "/keys/" + o_.kek + "/unwrapkey", "{", "keys:unwrap"});
+    }
+    std::vector<std::string> missing;
+    for (size_t i = 0; i < probes.size(); ++i) {
+      const Probe& p = probes[i];
+      auto r = (*client)->Call(p.method, p.path, p.body);
+      if (!r.ok()) {
+        const auto& tf = (*client)->last_transport_failure();
+        std::string stage = tf.stage.empty() ? "request" : tf.stage;
+        return fail(stage, r.status().message(), fixes.count(stage) ? fixes[stage] : "");
+      }
+      if (i == 0) ev.push_back("dns, tcp, tls: ok (certificate verified)");
+      bool json_reply = !r->body.empty() && r->body[0] == '{';
+      if (r->status == 401)
+        return fail("authentication", "the vault refused the token (HTTP 401" +
+                                          (r->www_authenticate.empty() ? "" : ", " + r->www_authenticate) + ")",
+                    "get a fresh token (az account get-access-token --resource https://vault.azure.net, "
+                    "or diskseal vault token create)");
+      if (r->status == 403) {
+        missing.push_back(p.perm);
+        continue;
+      }
+      if (p.perm == "keys:get" && r->status == 404)
+        return fail("key", "the key " + o_.kek + " does not exist in the vault",
+                    "create it (diskseal vault key create " + o_.kek + ") or name another --kek");
+      bool expected = p.body.empty() ? (r->status == 200 || r->status == 404) : r->status == 400;
+      if (!expected || !json_reply)
+        return fail("http", std::string(p.method) + " " + p.path + ": HTTP " + std::to_string(r->status) +
+                                " is not a key vault's answer",
+                    fixes["http"]);
+      if (i == 0) ev.push_back("http: ok; authentication: ok");
+    }
+    if (!missing.empty()) {
+      std::string list;
+      for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
+      ev.push_back("permission missing: " + list);
+      auto& f = f_.Add("vault", Severity::kBlocking, vo.url,
+                       "permission: the token may not " + list,
+                       "grant " + list + " (diskseal vault token create --allow ..., or Key Vault "
+                       "access policy Secrets Get/Set, Keys Get/Wrap Key/Unwrap Key)");
+      f.evidence = ev;
+      return;
+    }
+    ev.push_back("permissions: ok");
+    auto& f = f_.Add("vault", Severity::kInfo, vo.url,
+                     "the vault answers and the token may do what encryption needs");
+    f.evidence = ev;
+  }
+
+  const MachineRoot& root_;
+  const Machine& m_;
+  const DoctorOptions& o_;
+  MountMap mounts_;
+  std::vector<Target> targets_;
+  std::vector<int> mount_target_;  // per mount: index into targets_ or -1
+  std::vector<Proc> procs_;
+  Findings f_;
+};
+
+}  // namespace
+
+const char* SeverityName(Severity s) {
+  switch (s) {
+    case Severity::kBlocking: return "blocking";
+    case Severity::kWarning: return "warning";
+    case Severity::kInfo: return "info";
+  }
+  return "info";
+}
+
+Result<VolumeType> ParseVolumeType(const std::string& s) {
+  std::string l;
+  for (char c : s) l.push_back(char(std::tolower(uint8_t(c))));
+  if (l == "data") return VolumeType::kData;
+  if (l == "os") return VolumeType::kOs;
+  if (l == "all") return VolumeType::kAll;
+  return InvalidArgument("--volume-type must be Data, OS or All, not '" + s + "'");
+}
+
+bool Report::blocking() const {
+  return std::any_of(findings.begin(), findings.end(),
+                     [](const Finding& f) { return f.severity == Severity::kBlocking; });
+}
+
+uint64_t MemoryNeed(const DoctorOptions& o) {
+  return o.hotzone_bytes + o.pbkdf_memory_bytes + kBaseRssBytes;
+}
+
+Result<Report> RunDoctor(const MachineRoot& root, const Machine& machine, const DoctorOptions& opts) {
+  if (!root.env) return InvalidArgument("doctor needs an Env");
+  for (const auto& id : opts.ignore)
+    if (std::find(std::begin(kChecks), std::end(kChecks), id) == std::end(kChecks))
+      return InvalidArgument("--ignore " + id + ": no such check (see diskseal doctor --help)");
+  return Doctor(root, machine, opts).Run();
+}
+
+Status ReportStatus(const Report& r) {
+  int n = 0;
+  const Finding* first = nullptr;
+  for (const auto& f : r.findings)
+    if (f.severity == Severity::kBlocking) {
+      ++n;
+      if (!first) first = &f;
+    }
+  if (!first) return Status::Ok();
+  static const std::map<std::string, Code> kCodes = {
+      {"open-files", Code::kBusy},          {"concurrent-tools", Code::kBusy},
+      {"memory", Code::kNoMemory},          {"filesystem-mode", Code::kUnsupported},
+      {"kernel-support", Code::kUnsupported}, {"header-space", Code::kIOError},
+      {"shrink-space", Code::kIOError},     {"header-location", Code::kUnsupported},
+      {"vault", Code::kNetwork}};
+  Code code = kCodes.count(first->check) ? kCodes.at(first->check) : Code::kInternal;
+  if (first->check == "vault" && (first->message.rfind("authentication", 0) == 0 ||
+                                  first->message.rfind("permission", 0) == 0))
+    code = Code::kPermissionDenied;
+  return Status(code, "doctor: " + std::to_string(n) + " blocking finding" + (n == 1 ? "" : "s") +
+                          ", first: " + first->check + (first->volume.empty() ? "" : " " + first->volume) +
+                          ": " + first->message);
+}
+
+std::string FormatText(const Report& r) {
+  std::ostringstream out;
+  for (const auto& f : r.findings) {
+    out << SeverityName(f.severity) << " " << f.check << " " << (f.volume.empty() ? "-" : f.volume)
+        << ": " << f.message << "\n";
+    for (const auto& e : f.evidence) out << "    " << e << "\n";
+    if (!f.fix.empty()) out << "    fix: " << f.fix << "\n";
+  }
+  return out.str();
+}
+
+nlohmann::ordered_json ToJson(const Report& r) {
+  nlohmann::ordered_json j;
+  j["blocking"] = r.blocking();
+  j["exit_code"] = ExitCode(ReportStatus(r));
+  j["open_mode"] = r.open_mode;
+  j["targets"] = r.targets;
+  j["findings"] = nlohmann::ordered_json::array();
+  for (const auto& f : r.findings)
+    j["findings"].push_back({{"check", f.check}, {"severity", SeverityName(f.severity)},
+                             {"volume", f.volume}, {"message", f.message},
+                             {"evidence", f.evidence}, {"fix", f.fix}});
+  return j;
+}
+
+}  // namespace ds::machine
