@@ -4,6 +4,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include "cli/commands.h"
 #include "cli/luks_options.h"
 #include "cli/vault_options.h"
+#include "machine/doctor.h"
 #include "machine/enable.h"
 #include "machine/status.h"
 
@@ -55,7 +57,8 @@ void AddMachineArgs(CLI::App& app, Globals& g, MachineArgs& a, bool enable) {
     AddVaultConnectionOptions(app, a.vault);
     app.add_option("--kek", a.vault.kek, "vault key that wraps each escrowed passphrase");
     app.add_option("--kek-alg", a.vault.kek_alg, "wrap algorithm: RSA-OAEP (default), RSA-OAEP-256, A256KW");
-    app.add_option("--ignore", a.ignore, "skip this doctor check (repeatable)");
+    app.add_option("--ignore", a.ignore, "do not block on this doctor check (repeat or comma-separate)")
+        ->delimiter(',');
     app.add_option("--resilience", a.resilience, "checksum (default) or journal");
   }
   // Tests only: stop at a known point of the engine so kill -9 lands there without timing.
@@ -89,6 +92,41 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
   o.log = g.err;
   o.stop = &g_machine_stop;
   o.freeze_at_percent = a.freeze_at_percent;
+  // diskseal doctor first, on the volumes this run starts: a blocking finding not --ignore'd
+  // stops the run before anything is written, with the finding named.
+  const VaultOptions vault = a.vault;
+  const std::vector<std::string> ignore = a.ignore;
+  const std::string header_dir = a.state_dir;
+  std::ostream* err = g.err;
+  const machine::MachineRoot root = o.root;
+  const uint64_t hotzone = o.hotzone_bytes;
+  const luks2::PbkdfOptions pbkdf = o.pbkdf;
+  o.preflight = [vault, ignore, header_dir, err, root, hotzone, pbkdf](
+                    const machine::Machine& m, const std::vector<std::string>& starting) -> Status {
+    machine::DoctorOptions d;
+    d.volume_type = machine::VolumeType::kData;
+    d.ignore = ignore;
+    d.header_dir = header_dir;
+    d.hotzone_bytes = hotzone;
+    d.pbkdf_memory_bytes = pbkdf.type == "pbkdf2" ? 0 : uint64_t(pbkdf.memory_kib) << 10;
+    d.self_pid = int(::getpid());
+    d.only = starting;
+    if (vault.enabled()) {
+      vault::VaultClientOptions vo;
+      vo.url = vault.url;
+      vo.token_file = vault.token_file;
+      vo.token_env = vault.token_env;
+      vo.ca_file = vault.ca_file;
+      d.vault = vo;
+      d.kek = vault.kek;
+    }
+    DS_ASSIGN_OR_RETURN(machine::Report report, machine::RunDoctor(root, m, d));
+    const bool worth_showing = std::any_of(report.findings.begin(), report.findings.end(), [](const machine::Finding& f) {
+      return f.severity != machine::Severity::kInfo;
+    });
+    if (worth_showing) *err << machine::FormatText(report);
+    return machine::ReportStatus(report).WithContext("diskseal doctor");
+  };
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;
   sigemptyset(&sa.sa_mask);

@@ -423,10 +423,9 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
   StateDir state(env, o.state_dir);
   DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
   DS_ASSIGN_OR_RETURN(Machine m, Discover(o.root));
-  if (o.preflight) DS_RETURN_IF_ERROR(o.preflight(m));
   DS_ASSIGN_OR_RETURN(auto records, state.List());
 
-  std::vector<VolumeRecord> work;
+  std::vector<VolumeRecord> work, starting;
   std::vector<VolumeOutcome> skipped;
   auto known = [&](const std::string& dev, const std::string& mp) -> const VolumeRecord* {
     for (const auto& r : records)
@@ -455,10 +454,6 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
       skipped.push_back(s);
       continue;
     }
-    // A disabled record of the same device is history now.
-    for (const auto& r : records)
-      if (r.step == Step::kDisabled && (r.device == v->dev || r.mountpoint == v->mountpoint))
-        DS_RETURN_IF_ERROR(state.Forget(r.name));
     VolumeRecord r;
     r.name = luks2::NewUuid();
     r.device = v->dev;
@@ -469,14 +464,25 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
     r.header = state.HeaderPath(r.name);
     r.key_file = state.KeyPath(r.name);
     r.resilience = engine::ResilienceName(o.resilience);
-    DS_RETURN_IF_ERROR(state.Save(r));
-    work.push_back(std::move(r));
+    starting.push_back(std::move(r));
   }
   for (const auto& want : o.only) {
-    bool found = std::any_of(work.begin(), work.end(), [&](const VolumeRecord& r) {
-      return r.mountpoint == want || r.mountpoint == Canonical(want);
-    });
-    if (!found) return NotFound(want + ": no mounted data volume there");
+    auto at = [&](const VolumeRecord& r) { return r.mountpoint == want || r.mountpoint == Canonical(want); };
+    if (std::none_of(work.begin(), work.end(), at) && std::none_of(starting.begin(), starting.end(), at))
+      return NotFound(want + ": no mounted data volume there");
+  }
+  if (!starting.empty() && o.preflight) {
+    std::vector<std::string> mps;
+    for (const auto& r : starting) mps.push_back(r.mountpoint);
+    DS_RETURN_IF_ERROR(o.preflight(m, mps));
+  }
+  for (auto& r : starting) {
+    // A disabled record of the same device is history now.
+    for (const auto& old : records)
+      if (old.step == Step::kDisabled && (old.device == r.device || old.mountpoint == r.mountpoint))
+        DS_RETURN_IF_ERROR(state.Forget(old.name));
+    DS_RETURN_IF_ERROR(state.Save(r));
+    work.push_back(std::move(r));
   }
   *o.log << "Encrypting " << work.size() << " data volumes\n";
   Runner run(env, o, state, lock);

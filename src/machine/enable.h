@@ -50,8 +50,11 @@ struct EnableOptions {
   std::string command = "diskseal enable"; // recorded in the lock for other runs to name
   bool wait_for_lock = true;
   // Checks the machine before anything is changed (diskseal doctor): a non-ok Status stops the
-  // run and is returned as is. Called under the lock with the discovered machine. May be empty.
-  std::function<Status(const Machine&)> preflight;
+  // run and is returned as is. Called under the lock with the discovered machine and the mount
+  // points of the volumes this run is about to start, only when there are any (volumes already
+  // under way passed it when they were started; resuming them must not be blocked by, say, the
+  // files open on an encrypted volume). May be empty.
+  std::function<Status(const Machine&, const std::vector<std::string>& starting)> preflight;
   Progress::Mode progress_mode = Progress::Mode::kNone;
   std::ostream* log = nullptr;             // messages and progress (stderr); required
   const std::atomic<bool>* stop = nullptr; // SIGINT/SIGTERM: stop at the engine's next commit

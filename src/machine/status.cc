@@ -207,9 +207,10 @@ std::string StatusToText(const MachineStatus& s) {
       } else {
         eta << "-";
       }
-      o << std::left << std::setfill(' ') << std::setw(24) << v.mountpoint << std::setw(16) << v.device
-        << std::setw(22) << v.state << std::setw(8) << pct.str() << std::setw(9) << rate.str()
-        << std::setw(9) << eta.str() << v.last_error << "\n";
+      // Long mount points push the row right rather than run into the next column.
+      o << std::left << std::setfill(' ') << std::setw(23) << v.mountpoint << " " << std::setw(15)
+        << v.device << " " << std::setw(22) << v.state << std::setw(8) << pct.str() << std::setw(9)
+        << rate.str() << std::setw(9) << eta.str() << v.last_error << "\n";
     }
   }
   return o.str();
