@@ -20,8 +20,9 @@ double Floor1(double p) { return std::floor(p * 10) / 10; }
 
 // Percent of the operation recorded in the header, or nullopt when it cannot be read (a device
 // of a captured machine tree, or a header copy caught mid-commit: the record's rate is used then).
-std::optional<double> HeaderPercent(Env& env, const VolumeRecord& r) {
-  if (!env.Exists(r.header)) return std::nullopt;
+std::optional<double> HeaderPercent(Env& env, const MachineRoot& root, const VolumeRecord& r) {
+  // The devices named in a captured tree's records are not this machine's: never open them.
+  if (!root.live() || !env.Exists(r.header)) return std::nullopt;
   auto v = luks2::Volume::Load(env, r.device, r.header, false);
   if (!v.ok()) return std::nullopt;
   auto st = engine::ReadState(v->metadata(), v->data_device().Size());
@@ -89,7 +90,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
         v.percent = 0;
       } else if ((!disable && r.step >= Step::kEncrypted) || (disable && r.step >= Step::kDecrypted)) {
         v.percent = 100;
-      } else if (auto p = HeaderPercent(env, r)) {
+      } else if (auto p = HeaderPercent(env, root, r)) {
         v.percent = *p;
       } else if (r.rate.total) {
         v.percent = Floor1(100.0 * double(r.rate.done) / double(r.rate.total));
