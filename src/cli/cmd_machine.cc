@@ -32,7 +32,10 @@ Runner SetupDoctor(CLI::App& app, Globals& g) {
                  "where headers go: detached (a file in --header-dir, default) or shrink (ext2/3/4)");
   app.add_option("--header-dir", o->header_dir, "directory for detached header files")
       ->capture_default_str();
-  app.add_option("--ignore", o->ignore, "check id(s) not to block on (repeat or comma-separate)")
+  std::string ids;
+  for (const auto& id : machine::CheckIds()) ids += (ids.empty() ? "" : ", ") + id;
+  app.add_option("--ignore", o->ignore,
+                 "check id(s) not to block on (repeat or comma-separate): " + ids)
       ->delimiter(',');
   app.add_flag("--json", g.json, "print the report as JSON (docs/json-schemas.md)");
   AddVaultConnectionOptions(app, o->vault);

@@ -625,6 +625,9 @@ class Doctor {
       ev.push_back("failed stage: " + stage);
       auto& f = f_.Add("vault", Severity::kBlocking, vo.url, stage + ": " + msg, fix);
       f.evidence = ev;
+      f.code = stage == "token" ? Code::kInvalidArgument
+               : stage == "authentication" ? Code::kPermissionDenied
+               : stage == "key" ? Code::kNotFound : Code::kNetwork;
     };
     auto client = vault::VaultClient::Create(*root_.env, vo);
     if (!client.ok()) return fail("token", client.status().message(), "give a readable token file (--vault-token-file)");
@@ -687,6 +690,7 @@ class Doctor {
                        "grant " + list + " (diskseal vault token create --allow ..., or Key Vault "
                        "access policy Secrets Get/Set, Keys Get/Wrap Key/Unwrap Key)");
       f.evidence = ev;
+      f.code = Code::kPermissionDenied;
       return;
     }
     ev.push_back("permissions: ok");
@@ -725,6 +729,8 @@ Result<VolumeType> ParseVolumeType(const std::string& s) {
   return InvalidArgument("--volume-type must be Data, OS or All, not '" + s + "'");
 }
 
+std::vector<std::string> CheckIds() { return {std::begin(kChecks), std::end(kChecks)}; }
+
 bool Report::blocking() const {
   return std::any_of(findings.begin(), findings.end(),
                      [](const Finding& f) { return f.severity == Severity::kBlocking; });
@@ -757,10 +763,8 @@ Status ReportStatus(const Report& r) {
       {"kernel-support", Code::kUnsupported}, {"header-space", Code::kIOError},
       {"shrink-space", Code::kIOError},     {"header-location", Code::kUnsupported},
       {"vault", Code::kNetwork}};
-  Code code = kCodes.count(first->check) ? kCodes.at(first->check) : Code::kInternal;
-  if (first->check == "vault" && (first->message.rfind("authentication", 0) == 0 ||
-                                  first->message.rfind("permission", 0) == 0))
-    code = Code::kPermissionDenied;
+  Code code = first->code != Code::kOk ? first->code
+              : kCodes.count(first->check) ? kCodes.at(first->check) : Code::kInternal;
   return Status(code, "doctor: " + std::to_string(n) + " blocking finding" + (n == 1 ? "" : "s") +
                           ", first: " + first->check + (first->volume.empty() ? "" : " " + first->volume) +
                           ": " + first->message);

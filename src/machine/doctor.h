@@ -37,7 +37,14 @@ struct Finding {
   std::string message;                // one line
   std::vector<std::string> evidence;  // what was seen (pid 812 (postgres) /data/base/1 fd 7)
   std::string fix;                    // what to do; "" when nothing is needed
+  // For a blocking finding, the Status code (so the exit code) it stands for when the check's
+  // default does not fit (a vault token refused is kPermissionDenied, not kNetwork); kOk: the
+  // check's default (see ReportStatus).
+  Code code = Code::kOk;
 };
+
+// Every check id, in the order of the list above (for --ignore's validation and help).
+std::vector<std::string> CheckIds();
 
 enum class VolumeType { kData, kOs, kAll };
 Result<VolumeType> ParseVolumeType(const std::string& s);  // "Data", "OS", "All" (any case)
@@ -89,8 +96,8 @@ std::string FormatText(const Report& r);
 nlohmann::ordered_json ToJson(const Report& r);
 // Ok without a blocking finding; else the Status of the first one, whose code is the exit code
 // (README "Exit codes"): open-files, concurrent-tools 5; memory 3; filesystem-mode,
-// kernel-support, header-location 7; header-space, shrink-space 6; vault 8, or 2 when the
-// vault refused the token or a permission.
+// kernel-support, header-location 7; header-space, shrink-space 6; vault 8; unless the finding
+// names its own `code` (vault: 2 token or permission refused, 4 no such key, 1 bad token file).
 Status ReportStatus(const Report& r);
 
 // What diskseal needs in memory to encrypt: the hotzone buffer, the PBKDF memory cost and the

@@ -352,6 +352,14 @@ TEST_F(DoctorTest, InterruptedInPlaceOperationInAHeaderFile) {
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].volume, "/var/lib/diskseal/sdb1.hdr");
   EXPECT_TRUE(Contains(f[0].fix, "diskseal resume DEVICE --header /var/lib/diskseal/sdb1.hdr"));
+  // The same header at the start of a device (attached): the device is named
+  t.Block("sdd", {.devno = "8:48"});
+  ds::test::WriteFile(t / "dev/sdd", ds::test::ReadFileOrDie(hdr));
+  ASSERT_EQ(::unlink(hdr.c_str()), 0);
+  f = Of(Doctor(), "interrupted");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].volume, "/dev/sdd");
+  EXPECT_EQ(f[0].fix, "resume it: diskseal resume /dev/sdd");
 }
 
 TEST_F(DoctorTest, KernelSupportChoosesTheOpenMode) {
@@ -560,6 +568,7 @@ TEST_F(DoctorVaultTest, TcpConnect) {
   auto f = Vault(vo);
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].message.substr(0, 4), "tcp:") << f[0].message;
+  EXPECT_EQ(f[0].code, Code::kNetwork);
 }
 
 TEST_F(DoctorVaultTest, DeadProxyIsNamed) {
@@ -643,6 +652,7 @@ TEST_F(DoctorVaultTest, BadToken) {
   auto f = Vault(server_->ClientOptions(bad));
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].message.substr(0, 15), "authentication:") << f[0].message;
+  EXPECT_EQ(f[0].code, Code::kPermissionDenied);
 }
 
 TEST_F(DoctorVaultTest, MissingPermissionIsNamed) {
@@ -650,6 +660,7 @@ TEST_F(DoctorVaultTest, MissingPermissionIsNamed) {
   ASSERT_EQ(f.size(), 1u);
   EXPECT_EQ(f[0].severity, Severity::kBlocking);
   EXPECT_EQ(f[0].message, "permission: the token may not secrets:set");
+  EXPECT_EQ(f[0].code, Code::kPermissionDenied);
 }
 
 TEST_F(DoctorVaultTest, MissingKek) {
