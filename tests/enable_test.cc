@@ -338,8 +338,41 @@ TEST_F(EnableTest, EnableKilledMidwayThenResumedLockAndStatusDuring) {
   EXPECT_NE(crashed["ProgressMessage"].get<std::string>().find("interrupted at " + std::to_string(int(pct)) + "%"),
             std::string::npos) << crashed.dump();
 
-  RunResult resumed = Diskseal(EnableArgs({mp}));
-  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  // The next run resumes; it too is stopped, at 70%, and a third run (without --no-wait) waits for
+  // it, saying which PID it waits for; when the holder is killed the waiter takes over and
+  // finishes.
+  StartFrozen({mp}, 70);
+  const pid_t holder = bg_.pid;
+  Background waiter;
+  waiter.err = dir_ / "waiter.err";
+  {
+    std::vector<std::string> argv = {DISKSEAL_BIN};
+    for (auto& a : EnableArgs({mp})) argv.push_back(a);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, 2, waiter.err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ASSERT_EQ(posix_spawn(&waiter.pid, args[0], &fa, nullptr, args.data(), environ), 0);
+    posix_spawn_file_actions_destroy(&fa);
+  }
+  // The waiter says it waits before it blocks: read its stderr until the line is complete.
+  const std::string want = "held by pid " + std::to_string(holder) + " (diskseal enable --volume-type Data)\n";
+  std::string said;
+  while (said.find(want) == std::string::npos) {
+    int st;
+    ASSERT_EQ(::waitpid(waiter.pid, &st, WNOHANG), 0) << "the waiter ended: " << ReadFileOrDie(waiter.err);
+    said = ReadFileOrDie(waiter.err);
+    ::usleep(2000);  // polling a file for a line, not waiting for time to pass
+  }
+  bg_.Kill();
+  int wst = 0;
+  ASSERT_EQ(::waitpid(waiter.pid, &wst, 0), waiter.pid);
+  waiter.pid = -1;
+  ASSERT_TRUE(WIFEXITED(wst) && WEXITSTATUS(wst) == 0) << ReadFileOrDie(waiter.err);
   EXPECT_EQ(Sums(mp), sums);
   EXPECT_EQ(MountedSource(mp).rfind("/dev/loop", 0), 0u);
   EXPECT_NE(MountedSource(mp), devices_[mp]);
