@@ -484,7 +484,8 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
     DS_RETURN_IF_ERROR(state.Save(r));
     work.push_back(std::move(r));
   }
-  *o.log << "Encrypting " << work.size() << " data volumes\n";
+  if (work.empty()) *o.log << "No data volume to encrypt\n";
+  else *o.log << "Encrypting " << work.size() << " data volume" << (work.size() == 1 ? "" : "s") << "\n";
   Runner run(env, o, state, lock);
   DS_RETURN_IF_ERROR(RunEach(state, work, *o.log, "Encrypting", [&](VolumeRecord& r) { return run.Enable(r); }));
   std::vector<VolumeOutcome> out;
@@ -511,7 +512,8 @@ Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOpti
     });
     if (!found) return NotFound(want + ": no data volume encrypted by diskseal there");
   }
-  *o.log << "Decrypting " << work.size() << " data volumes\n";
+  if (work.empty()) *o.log << "No data volume encrypted by diskseal\n";
+  else *o.log << "Decrypting " << work.size() << " data volume" << (work.size() == 1 ? "" : "s") << "\n";
   Runner run(env, o, state, lock);
   DS_RETURN_IF_ERROR(RunEach(state, work, *o.log, "Decrypting", [&](VolumeRecord& r) { return run.Disable(r); }));
   std::vector<VolumeOutcome> out;
