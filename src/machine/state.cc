@@ -3,10 +3,14 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <functional>
 
 #include <nlohmann/json.hpp>
@@ -155,22 +159,37 @@ MachineLock::~MachineLock() {
 }
 
 std::string MachineLock::Holder(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return "";
+  // Held or not is asked of the kernel's lock table (/proc/locks), not by trying the lock: a
+  // test lock, however brief, could make a concurrent `--no-wait` run fail for nothing.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return "";
+  char key[64];
+  std::snprintf(key, sizeof key, "%02x:%02x:%lu", major(st.st_dev), minor(st.st_dev),
+                static_cast<unsigned long>(st.st_ino));
+  std::ifstream locks("/proc/locks");
+  bool held = false;
+  for (std::string line; !held && std::getline(locks, line);) {
+    // "1: FLOCK  ADVISORY  WRITE 6047 fe:00:10952977 0 EOF"; waiters are marked "->".
+    std::istringstream in(line);
+    std::vector<std::string> w;
+    for (std::string x; in >> x;) w.push_back(x);
+    held = w.size() >= 6 && w[1] == "FLOCK" && w[5] == key;
+  }
+  if (!held) return "";
   std::string who;
-  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
     char buf[512];
     ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
     if (n > 0) who.assign(buf, size_t(n));
-    while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
-    // "PID COMMAND" -> "pid PID (COMMAND)"
-    size_t sp = who.find(' ');
-    if (sp != std::string::npos) who = "pid " + who.substr(0, sp) + " (" + who.substr(sp + 1) + ")";
-    else if (!who.empty()) who = "pid " + who;
-    else who = "another process";
+    ::close(fd);
   }
-  ::close(fd);
-  return who;
+  while (!who.empty() && (who.back() == '\n' || who.back() == ' ')) who.pop_back();
+  // "PID COMMAND" -> "pid PID (COMMAND)"
+  size_t sp = who.find(' ');
+  if (sp != std::string::npos) return "pid " + who.substr(0, sp) + " (" + who.substr(sp + 1) + ")";
+  if (!who.empty()) return "pid " + who;
+  return "another process";
 }
 
 Result<MachineLock> MachineLock::Acquire(const std::string& path, const std::string& command,

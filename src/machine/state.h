@@ -114,7 +114,8 @@ class MachineLock {
   // (diskseal enable ...)").
   static Result<MachineLock> Acquire(const std::string& path, const std::string& command, bool wait,
                                      const std::function<void(const std::string&)>& on_wait);
-  // "pid N (command)" of the current holder as recorded in the lock file, "" when not held.
+  // "pid N (command)" of the current holder as recorded in the lock file, "" when no process
+  // holds the lock (the kernel's /proc/locks is asked; the lock is never tried).
   static std::string Holder(const std::string& path);
   // The locked descriptor, for children that must close it (fuse::StartRequest::close_in_child).
   int fd() const { return fd_; }
