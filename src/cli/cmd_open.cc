@@ -15,6 +15,7 @@
 #include "cli/commands.h"
 #include "cli/luks_options.h"
 #include "dm/dm.h"
+#include "dm/volume_table.h"
 #include "fuse/daemon.h"
 #include "fuse/file_server.h"
 #include "fuse/run_dir.h"
@@ -77,43 +78,6 @@ Status CheckDeviceFree(fuse::RunDir& run, const std::string& device) {
   return Status::Ok();
 }
 
-// The volume's regular segments as a dm table. Refuses a header that needs recovery first.
-Result<std::vector<dm::Segment>> DmSegments(luks2::Volume& v, const luks2::Volume::Unlocked& u) {
-  std::vector<dm::Segment> out;
-  const uint64_t dev_size = v.data_device().Size();
-  for (const auto& seg : luks2::Segments(v.metadata())) {
-    if (std::any_of(seg.flags.begin(), seg.flags.end(),
-                    [](const std::string& f) { return f.rfind("backup-", 0) == 0; }))
-      continue;
-    if (seg.has_flag("in-reencryption"))
-      return Busy(v.name() + ": an in-place operation was interrupted here (segment " +
-                  std::to_string(seg.id) + " is in-reencryption); run `diskseal resume` first");
-    DS_ASSIGN_OR_RETURN(uint64_t bytes, luks2::SegmentBytes(seg, dev_size));
-    dm::Segment d;
-    d.sectors = bytes / 512;
-    d.device_sector = seg.offset / 512;
-    if (seg.type == "linear") {
-      d.type = dm::Segment::Type::kLinear;
-    } else if (seg.type == "crypt") {
-      auto digest = luks2::DigestOfSegment(v.metadata(), seg.id);
-      if (!digest || digest->id != u.digest)
-        return Unsupported(v.name() + ": segment " + std::to_string(seg.id) +
-                           " uses another volume key than the unlocked one (a re-encryption "
-                           "between keys); diskseal cannot open it yet");
-      d.cipher = seg.cipher;
-      d.iv_offset = seg.iv_tweak;
-      d.sector_size = seg.sector_size;
-      d.key = u.key.span();
-    } else {
-      return Unsupported(v.name() + ": segment " + std::to_string(seg.id) + " has type '" +
-                         seg.type + "', which diskseal cannot open");
-    }
-    out.push_back(std::move(d));
-  }
-  if (out.empty()) return Corrupt(v.name() + ": the header describes no data segment");
-  return out;
-}
-
 uint32_t LargestSectorSize(const luks2::Metadata& md) {
   uint32_t s = 512;
   for (const auto& seg : luks2::Segments(md))
@@ -168,7 +132,7 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
       a.luks_uuid = v.metadata().uuid;
       a.device = device;
       a.read_only = o->read_only;
-      DS_ASSIGN_OR_RETURN(a.segments, DmSegments(v, ov.unlocked));
+      DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, ov.unlocked));
       DS_RETURN_IF_ERROR(dm::Create(a));
       j["mode"] = "kernel";
       j["path"] = "/dev/mapper/" + o->name;

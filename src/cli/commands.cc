@@ -13,6 +13,9 @@ Runner Dispatch(std::vector<std::pair<CLI::App*, Runner>> subs) {
 
 // The one table. Each entry's setup lives with its area (cmd_*.cc).
 static const Command kCommands[] = {
+    {"enable", "encrypt the machine's data volumes in place, keys escrowed (ADE's enable)", SetupEnable},
+    {"disable", "decrypt the data volumes enable encrypted, back to plaintext", SetupDisable},
+    {"status", "encryption status of the machine in ADE's words (--json)", SetupStatus},
     {"format", "create a new LUKS2 volume (header and keyslot) on a device", SetupFormat},
     {"encrypt", "encrypt a device in place, data kept, crash-safe (detached header)", SetupEncrypt},
     {"decrypt", "decrypt a device in place back to plaintext, crash-safe (detached header)", SetupDecrypt},

@@ -30,5 +30,9 @@ Runner SetupClose(CLI::App& app, Globals& g);
 Runner SetupList(CLI::App& app, Globals& g);
 // Machine checks (cmd_machine.cc)
 Runner SetupDoctor(CLI::App& app, Globals& g);
+// The machine workflow (cmd_enable.cc)
+Runner SetupEnable(CLI::App& app, Globals& g);
+Runner SetupDisable(CLI::App& app, Globals& g);
+Runner SetupStatus(CLI::App& app, Globals& g);
 
 }  // namespace ds::cli

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -44,6 +45,9 @@ void WriteAll(int fd, const void* data, size_t n) {
 // Runs in the forked child. Never returns.
 [[noreturn]] void RunChild(int ready_fd, RunDir& run, BlockDevice* view, const StartRequest& req) {
   ::setsid();
+  // The daemon is not the command that forked it: under its own name, `ps` and doctor's check for
+  // a concurrent `diskseal encrypt/enable` do not mistake a serving view for one.
+  ::prctl(PR_SET_NAME, "diskseal-view", 0, 0, 0);
   if (::chdir("/") != 0) {
     // Not fatal: the daemon touches only absolute paths.
   }
@@ -139,6 +143,7 @@ Result<Mapping> StartDaemon(RunDir& run, BlockDevice* view, const StartRequest& 
   }
   if (pid == 0) {
     ::close(p[0]);
+    for (int inherited : req.close_in_child) ::close(inherited);
     RunChild(p[1], run, view, req);
   }
   ::close(p[1]);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "fuse/run_dir.h"
 #include "io/block_device.h"
@@ -20,6 +21,9 @@ struct StartRequest {
   bool read_only = false;
   uint32_t atomic_unit = 4096;  // the volume's sector size
   unsigned threads = 8;
+  // Descriptors of the caller the daemon must not keep open (a machine lock the caller holds:
+  // a flock shared with a long-lived child would never be released).
+  std::vector<int> close_in_child;
 };
 
 // Forks the daemon that serves `view` at run.FilePath(name). Preconditions: the name is valid and

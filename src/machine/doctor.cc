@@ -219,6 +219,8 @@ class Doctor {
       bool want = (data && o_.volume_type != VolumeType::kOs) ||
                   (os && o_.volume_type != VolumeType::kData);
       if (!want) continue;
+      if (!o_.only.empty() && std::find(o_.only.begin(), o_.only.end(), v.mountpoint) == o_.only.end())
+        continue;
       Target t;
       t.volume = &v;
       if (v.block >= 0) {

@@ -71,6 +71,9 @@ struct DoctorOptions {
   uint64_t hotzone_bytes = 32u << 20;
   uint64_t pbkdf_memory_bytes = 1ull << 30;
   int self_pid = 0;  // not reported as holding files or running a tool (the doctor itself)
+  // When not empty, only the Data volumes mounted at these mount points are targets (enable checks
+  // the volumes it is about to start, not those it already encrypted or was told to leave alone).
+  std::vector<std::string> only;
   // The vault probe runs when `vault.url` is set; `kek` adds the key permissions.
   std::optional<vault::VaultClientOptions> vault;
   std::string kek;

@@ -119,6 +119,19 @@ TEST_F(DoctorTest, OpenFilesNamePidCommandAndPath) {
   EXPECT_EQ(ReportStatus(r).code(), Code::kBusy);
 }
 
+// enable checks only the volumes it is about to start: findings on the others are not its business.
+TEST_F(DoctorTest, OnlyRestrictsTheTargets) {
+  Proc(900, "bash");
+  t.Symlink("proc/900/cwd", "/data2/work");
+  opts.only = {"/data"};
+  Report r = Doctor();
+  EXPECT_EQ(r.targets, (std::vector<std::string>{"/data"}));
+  EXPECT_TRUE(Of(r, "open-files").empty()) << Text(r);
+  EXPECT_TRUE(ReportStatus(r).ok());
+  opts.only = {"/data2"};
+  EXPECT_EQ(ReportStatus(Doctor()).code(), Code::kBusy);
+}
+
 TEST_F(DoctorTest, OpenFilesOfTheDeviceNodeAndBindMounts) {
   t.Mount("8:17", "/srv/www", "xfs", "/dev/sdb1", "/www");  // a bind mount of /data/www
   Proc(70, "dd");

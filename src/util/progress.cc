@@ -19,6 +19,7 @@ Progress::~Progress() { Finish(); }
 
 void Progress::Advance(uint64_t bytes) {
   done_ += bytes;
+  if (observer_) observer_(Take());
   if (mode_ == Mode::kNone) return;
   auto now = std::chrono::steady_clock::now();
   std::lock_guard l(mu_);
@@ -35,12 +36,21 @@ void Progress::Finish() {
   Print(true);
 }
 
-void Progress::Print(bool final) {
-  const uint64_t done = done_.load();
+Progress::Snapshot Progress::Take() const {
+  Snapshot s;
+  s.done = done_.load();
+  s.total = total_;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const double mib_s = secs > 0 ? double(done - start_done_) / (1 << 20) / secs : 0;
+  s.mib_s = secs > 0 ? double(s.done - start_done_) / (1 << 20) / secs : 0;
+  s.eta_s = s.mib_s > 0 ? double(total_ - std::min(s.done, total_)) / (1 << 20) / s.mib_s : 0;
+  return s;
+}
+
+void Progress::Print(bool final) {
+  const Snapshot s = Take();
+  const uint64_t done = s.done;
+  const double mib_s = s.mib_s, eta = s.eta_s;
   const double pct = total_ ? 100.0 * double(done) / double(total_) : 100.0;
-  const double eta = mib_s > 0 ? double(total_ - std::min(done, total_)) / (1 << 20) / mib_s : 0;
   if (mode_ == Mode::kJson) {
     nlohmann::ordered_json j{{"event", final ? "done" : "progress"}, {"op", op_},
                              {"done", done}, {"total", total_},

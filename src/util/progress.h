@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <ostream>
 #include <string>
@@ -24,8 +25,19 @@ class Progress {
   void Advance(uint64_t bytes);
   void Finish();  // prints the final line once
 
+  // What an observer sees: the same figures the bar and the JSON lines show.
+  struct Snapshot {
+    uint64_t done = 0, total = 0;
+    double mib_s = 0, eta_s = 0;
+  };
+  // Called on every Advance, on the advancing thread, whatever the mode (enable records the rate
+  // for `status` in other processes). Set before the work starts; the observer does its own
+  // throttling and must not call back into this object.
+  void SetObserver(std::function<void(const Snapshot&)> fn) { observer_ = std::move(fn); }
+
  private:
   void Print(bool final);
+  Snapshot Take() const;
 
   std::ostream* out_;
   Mode mode_;
@@ -36,6 +48,7 @@ class Progress {
   std::chrono::steady_clock::time_point start_, last_;
   std::mutex mu_;
   bool finished_ = false;
+  std::function<void(const Snapshot&)> observer_;
 };
 
 }  // namespace ds

@@ -1,0 +1,133 @@
+#include "machine/config.h"
+
+#include <functional>
+#include <sstream>
+#include <vector>
+
+namespace ds::machine {
+
+namespace {
+
+// The whitespace-separated fields of a line, "" for comments and blank lines.
+std::vector<std::string> Fields(std::string_view line) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i < line.size()) {
+    while (i < line.size() && (line[i] == ' ' || line[i] == '\t')) ++i;
+    if (i >= line.size() || (out.empty() && line[i] == '#')) break;
+    size_t j = i;
+    while (j < line.size() && line[j] != ' ' && line[j] != '\t') ++j;
+    out.emplace_back(line.substr(i, j - i));
+    i = j;
+  }
+  return out;
+}
+
+// Replaces the lines whose `field` (unescaped) equals `key`: the first by `line`, others dropped.
+std::string SetLine(std::string_view text, size_t field, const std::string& key,
+                    const std::optional<std::string>& line) {
+  std::string out;
+  bool placed = false;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t nl = text.find('\n', pos);
+    std::string_view cur = text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+    pos = nl == std::string_view::npos ? text.size() : nl + 1;
+    auto f = Fields(cur);
+    if (f.size() > field && UnescapeField(f[field]) == key) {
+      if (!placed && line) out += *line + "\n";
+      placed = true;
+      continue;
+    }
+    out.append(cur);
+    out += "\n";
+  }
+  if (!placed && line) out += *line + "\n";
+  return out;
+}
+
+}  // namespace
+
+std::string EscapeField(std::string_view s) {
+  std::string out;
+  for (char c : s) {
+    switch (c) {
+      case ' ': out += "\\040"; break;
+      case '\t': out += "\\011"; break;
+      case '\n': out += "\\012"; break;
+      case '\\': out += "\\134"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string UnescapeField(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 3 < s.size() && s[i + 1] >= '0' && s[i + 1] <= '3' &&
+        s[i + 2] >= '0' && s[i + 2] <= '7' && s[i + 3] >= '0' && s[i + 3] <= '7') {
+      out += char((s[i + 1] - '0') * 64 + (s[i + 2] - '0') * 8 + (s[i + 3] - '0'));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+std::string CrypttabLine(const std::string& name, const std::string& luks_uuid,
+                         const std::string& key_file, const std::string& header) {
+  return name + " UUID=" + luks_uuid + " " + EscapeField(key_file) + " luks,nofail,header=" +
+         EscapeField(header);
+}
+
+std::string FstabLine(const FstabEntry& e) {
+  std::ostringstream o;
+  o << EscapeField(e.spec) << " " << EscapeField(e.file) << " " << e.vfstype << " " << e.options
+    << " " << e.freq << " " << e.passno;
+  return o.str();
+}
+
+FstabEntry MappingFstabEntry(const std::string& name, const std::string& mountpoint,
+                             const std::string& fstype, const std::optional<FstabEntry>& original) {
+  FstabEntry e;
+  e.spec = "/dev/mapper/" + name;
+  e.file = mountpoint;
+  e.vfstype = fstype;
+  e.options = original ? original->options : "defaults";
+  e.freq = original ? original->freq : 0;
+  e.passno = original ? original->passno : 2;
+  bool has_nofail = false;
+  std::stringstream ss(e.options);
+  for (std::string opt; std::getline(ss, opt, ',');) has_nofail |= opt == "nofail";
+  if (!has_nofail) e.options += ",nofail";
+  return e;
+}
+
+std::string SetFstabLine(std::string_view text, const std::string& mountpoint,
+                         const std::optional<std::string>& line) {
+  return SetLine(text, 1, mountpoint, line);
+}
+
+std::string SetCrypttabLine(std::string_view text, const std::string& name,
+                            const std::optional<std::string>& line) {
+  return SetLine(text, 0, name, line);
+}
+
+Status ApplyEtcEdit(Env& env, const MachineRoot& root, const std::string& file,
+                    const std::function<std::string(std::string_view)>& edit) {
+  const std::string path = root.Etc(file), backup = path + ".diskseal.bak";
+  std::string before;
+  if (env.Exists(path)) {
+    DS_ASSIGN_OR_RETURN(before, env.ReadFile(path, 1 << 20));
+  }
+  // The backup is the file before diskseal's first edit; later runs (and resumed steps) must not
+  // overwrite it with a file diskseal already changed.
+  if (!env.Exists(backup)) DS_RETURN_IF_ERROR(env.WriteFileAtomic(backup, before, 0644));
+  const std::string after = edit(before);
+  if (after == before && env.Exists(path)) return Status::Ok();
+  return env.WriteFileAtomic(path, after, 0644);
+}
+
+}  // namespace ds::machine

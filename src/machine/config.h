@@ -1,0 +1,49 @@
+// The lines enable and disable put into /etc/crypttab and /etc/fstab, and the edits themselves.
+// Edits touch only the line of the volume concerned and keep every other byte of the file
+// (comments, order, spacing); applying the same edit twice gives the same file (steps are
+// repeated after a crash). Writes keep a backup of the file as it was before diskseal first
+// changed it (fstab.diskseal.bak, crypttab.diskseal.bak) and replace the file atomically.
+//
+// Threading: pure functions, plus ApplyEtcEdit which does file I/O through the Env it is given.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "io/block_device.h"
+#include "machine/discovery.h"
+#include "util/status.h"
+
+namespace ds::machine {
+
+// fstab/crypttab escape: space, tab, newline and backslash as \040 \011 \012 \134.
+std::string EscapeField(std::string_view s);
+std::string UnescapeField(std::string_view s);
+
+// ADE's crypttab shape for a data volume with a detached header:
+//   <name> UUID=<luks uuid> <keyfile> luks,nofail,header=<header>
+std::string CrypttabLine(const std::string& name, const std::string& luks_uuid,
+                         const std::string& key_file, const std::string& header);
+std::string FstabLine(const FstabEntry& e);
+// The fstab entry mounting the opened mapping at the original mount point: the original line's
+// options (or "defaults"), with nofail added so a missing key never stops the boot.
+FstabEntry MappingFstabEntry(const std::string& name, const std::string& mountpoint,
+                             const std::string& fstype, const std::optional<FstabEntry>& original);
+
+// fstab: replaces the first line whose mount point is `mountpoint` by `line` (or removes it when
+// `line` is nullopt) and drops any further line for that mount point; appends when none exists.
+std::string SetFstabLine(std::string_view text, const std::string& mountpoint,
+                         const std::optional<std::string>& line);
+// crypttab: the same keyed by the mapping name (first field).
+std::string SetCrypttabLine(std::string_view text, const std::string& name,
+                            const std::optional<std::string>& line);
+
+// Reads <etc>/<file> (missing: empty), writes <etc>/<file>.diskseal.bak once if it does not exist
+// yet (the admin's file as it was before diskseal first touched it), applies `edit` and replaces
+// the file atomically when the content changed. Mode 0644.
+Status ApplyEtcEdit(Env& env, const MachineRoot& root, const std::string& file,
+                    const std::function<std::string(std::string_view)>& edit);
+
+}  // namespace ds::machine

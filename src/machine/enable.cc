@@ -1,0 +1,524 @@
+#include "machine/enable.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <ctime>
+#include <map>
+
+#include "dm/dm.h"
+#include "dm/volume_table.h"
+#include "engine/engine.h"
+#include "fuse/daemon.h"
+#include "fuse/file_server.h"
+#include "fuse/run_dir.h"
+#include "luks2/header_io.h"
+#include "machine/config.h"
+#include "machine/mounts.h"
+#include "machine/state.h"
+#include "vault/escrow.h"
+
+namespace ds::machine {
+
+namespace {
+
+std::string Canonical(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
+bool Selected(const EnableOptions& o, const std::string& mountpoint) {
+  if (o.only.empty()) return true;
+  for (const auto& m : o.only)
+    if (Canonical(m) == mountpoint || m == mountpoint) return true;
+  return false;
+}
+
+bool InDisableFlow(Step s) { return s >= Step::kDisabling && s < Step::kDisabled; }
+
+// The key file as written by the planned step, into locked memory (never a std::string).
+Result<SecureBuffer> ReadKeyFile(Env& env, const std::string& path) {
+  DS_ASSIGN_OR_RETURN(auto f, env.Open(path, OpenOptions{}));
+  if (f->Size() == 0 || f->Size() > 4096) return Corrupt(path + ": not a diskseal key file");
+  SecureBuffer key(f->Size());
+  DS_RETURN_IF_ERROR(f->ReadAt(0, key.span()));
+  return key;
+}
+
+// One run over the selected volumes: owns nothing but references to the caller's objects.
+class Runner {
+ public:
+  Runner(Env& env, const EnableOptions& o, StateDir& state, const MachineLock& lock)
+      : env_(env), o_(o), state_(state), lock_(lock), run_(env, o.run_dir) {}
+
+  // --- enable ----------------------------------------------------------------------------------
+
+  Status Enable(VolumeRecord& r) {
+    if (r.step == Step::kPlanned) {
+      // The passphrase exists on disk before anything irreversible: a crash after the header is
+      // placed must find the key that opens it.
+      if (!env_.Exists(r.key_file)) {
+        DS_ASSIGN_OR_RETURN(SecureBuffer pass, vault::GeneratePassphrase());
+        DS_RETURN_IF_ERROR(env_.WriteFileAtomic(r.key_file, pass.view(), 0400));
+      }
+      DS_RETURN_IF_ERROR(UnmountIfFrom(r.mountpoint, {r.device}));
+      DS_RETURN_IF_ERROR(Advance(r, Step::kUnmounted));
+    }
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+    const std::string tmp = r.header + ".diskseal-new";
+    if (r.step == Step::kUnmounted) {
+      if (env_.Exists(r.header)) {
+        // A crash between the rename and the record: the header is in place already.
+        DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));
+      } else {
+        DS_RETURN_IF_ERROR(FormatAndEscrow(r, pass, tmp));
+        DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
+      }
+    }
+    if (r.step == Step::kEscrowed) {
+      if (env_.Exists(tmp)) {
+        DS_RETURN_IF_ERROR(env_.Rename(tmp, r.header));
+      } else if (!env_.Exists(r.header)) {
+        return Corrupt(r.header + ": neither the header nor its temp file exists after escrow; "
+                       "the state directory was changed by hand");
+      }
+      DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));
+    }
+    if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
+      r.rate = Rate{};
+      r.rate.pid = ::getpid();
+      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypting));
+      DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt"));
+      r.rate = Rate{};
+      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypted));
+    }
+    // From here each step checks the kernel's view, so a finished volume whose userspace view was
+    // lost (reboot) is opened and mounted again by the next run.
+    DS_RETURN_IF_ERROR(EnsureOpen(r, pass));
+    if (r.step < Step::kOpened) DS_RETURN_IF_ERROR(Advance(r, Step::kOpened));
+    DS_RETURN_IF_ERROR(EnsureMounted(r, Plaintext(r)));
+    if (r.step < Step::kMounted) DS_RETURN_IF_ERROR(Advance(r, Step::kMounted));
+    if (r.step < Step::kConfigured) {
+      DS_RETURN_IF_ERROR(Configure(r));
+      DS_RETURN_IF_ERROR(Advance(r, Step::kConfigured));
+    }
+    return Status::Ok();
+  }
+
+  // --- disable ---------------------------------------------------------------------------------
+
+  Status Disable(VolumeRecord& r) {
+    if (r.step == Step::kConfigured) DS_RETURN_IF_ERROR(Advance(r, Step::kDisabling));
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+    if (r.step == Step::kDisabling) {
+      DS_RETURN_IF_ERROR(UnmountIfFrom(r.mountpoint, {Plaintext(r), "/dev/mapper/" + r.name}));
+      DS_RETURN_IF_ERROR(Close(r));
+      DS_RETURN_IF_ERROR(Advance(r, Step::kClosed));
+    }
+    if (r.step == Step::kClosed || r.step == Step::kDecrypting) {
+      if (r.step == Step::kClosed) DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
+      r.rate = Rate{};
+      r.rate.pid = ::getpid();
+      DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypting));
+      DS_RETURN_IF_ERROR(RunEngine(r, pass, "decrypt"));
+      r.rate = Rate{};
+      DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypted));
+    }
+    if (r.step == Step::kDecrypted) {
+      DS_RETURN_IF_ERROR(EnsureMounted(r, r.device));
+      DS_RETURN_IF_ERROR(Advance(r, Step::kPlainMounted));
+    }
+    if (r.step == Step::kPlainMounted) {
+      DS_RETURN_IF_ERROR(Unconfigure(r));
+      // The data is plaintext again: the key and the header protect nothing any more.
+      for (const std::string& f : {r.key_file, r.header})
+        if (env_.Exists(f)) DS_RETURN_IF_ERROR(env_.Remove(f));
+      DS_RETURN_IF_ERROR(Advance(r, Step::kDisabled));
+    }
+    return Status::Ok();
+  }
+
+  // What the plaintext is mounted from once open.
+  std::string Plaintext(const VolumeRecord& r) const {
+    return r.loop.empty() ? "/dev/mapper/" + r.name : r.loop;
+  }
+
+ private:
+  Status Advance(VolumeRecord& r, Step s) {
+    r.step = s;
+    r.last_error.clear();
+    return state_.Save(r);
+  }
+
+  // Unmounts `mountpoint` when one of `sources` is mounted there; refuses a foreign mount.
+  Status UnmountIfFrom(const std::string& mountpoint, const std::vector<std::string>& sources) {
+    DS_ASSIGN_OR_RETURN(std::string src, MountedSource(mountpoint));
+    if (src.empty()) return Status::Ok();
+    for (const auto& s : sources)
+      if (!s.empty() && Canonical(s) == Canonical(src)) return UnmountFs(mountpoint);
+    return Busy(mountpoint + ": " + src + " is mounted there, not " + sources.front() +
+                "; diskseal does not unmount what it did not expect");
+  }
+
+  Status EnsureMounted(const VolumeRecord& r, const std::string& source) {
+    DS_ASSIGN_OR_RETURN(std::string src, MountedSource(r.mountpoint));
+    if (!src.empty()) {
+      if (Canonical(src) == Canonical(source)) return Status::Ok();
+      return Busy(r.mountpoint + ": " + src + " is mounted there; expected " + source);
+    }
+    return MountFs(source, r.mountpoint, r.fstype, r.mount_options, r.fstab ? r.fstab->options : "");
+  }
+
+  Status FormatAndEscrow(VolumeRecord& r, const SecureBuffer& pass, const std::string& tmp) {
+    if (env_.Exists(tmp)) DS_RETURN_IF_ERROR(env_.Remove(tmp));
+    {
+      OpenOptions probe;
+      probe.write = true;
+      probe.exclusive = true;  // fails while anything still mounts or holds the device
+      DS_ASSIGN_OR_RETURN(auto d, env_.Open(r.device, probe));
+      DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
+      if (luks) return Busy(r.device + ": already a LUKS volume; refusing to encrypt it again");
+    }
+    DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(o_.pbkdf));
+    luks2::FormatOptions f;
+    f.pbkdf = o_.pbkdf;
+    f.uuid = r.name;
+    f.offset_sectors = 0;
+    SecureBuffer vk;
+    auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) -> Status {
+      return engine::InitEncrypt(md, key, o_.resilience, digest_iters);
+    };
+    auto v = luks2::Volume::Format(env_, r.device, tmp, f, pass.span(), hook, &vk);
+    if (!v.ok()) {
+      (void)env_.Remove(tmp);
+      return v.status().WithContext(r.device + ": encrypt");
+    }
+    if (!o_.vault) return Status::Ok();
+    // Escrowed, read back, unwrapped and checked against this header while it is still a temp
+    // file: if any of it fails no data block has been touched.
+    vault::EscrowRequest req;
+    req.luks_uuid = r.name;
+    req.secret_name = o_.secret_prefix.empty() ? vault::DefaultSecretName(r.name) : o_.secret_prefix + r.name;
+    req.kek = o_.kek;
+    req.kek_alg = o_.kek_alg;
+    auto verify = [&](const SecureBuffer& p) -> Status {
+      DS_ASSIGN_OR_RETURN(luks2::Volume check, luks2::Volume::Load(env_, r.device, tmp, false));
+      auto u = check.Unlock(p.span());
+      if (!u.ok()) return u.status();
+      if (!u->key.Equals(vk.span())) return Corrupt("the escrowed passphrase opens a different key");
+      return Status::Ok();
+    };
+    auto rec = vault::EscrowAndVerify(*o_.vault, pass, req, verify);
+    if (!rec.ok()) {
+      (void)env_.Remove(tmp);
+      return rec.status().WithContext(r.device + ": key escrow failed; nothing was written to the device");
+    }
+    r.secret_id = rec->secret_id;
+    *o_.log << r.device << ": passphrase escrowed and verified as " << rec->secret_id << "\n";
+    return Status::Ok();
+  }
+
+  Status InitDecrypt(VolumeRecord& r, const SecureBuffer& pass) {
+    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
+    DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+    if (st) return Status::Ok();  // decryption already initialised by a run that then stopped
+    if (luks2::Segments(v.metadata()).front().type == "linear") return Status::Ok();
+    DS_RETURN_IF_ERROR(v.CheckRequirements());
+    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o_.pbkdf));
+    DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(r.resilience));
+    DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, res, iters).WithContext(r.device));
+    return v.Commit();  // one header write: the plain header or the in-progress one
+  }
+
+  // Runs (or resumes) the operation the header records, writing the rate into the record about
+  // once a second for `status` in other processes.
+  Status RunEngine(VolumeRecord& r, const SecureBuffer& pass, const char* op) {
+    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
+    DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+    if (!st) return Status::Ok();  // finished before the record said so
+    DS_ASSIGN_OR_RETURN(auto unlocked, v.UnlockAll(pass.span()));
+    std::map<int, const SecureBuffer*> keys;
+    for (auto& [digest, key] : unlocked) keys[digest] = &key;
+    Progress p(o_.log, o_.progress_mode, std::string(op) + " " + r.mountpoint, st->data_size, st->done);
+    time_t last = 0;
+    Status save_error;
+    p.SetObserver([&](const Progress::Snapshot& s) {
+      const time_t now = std::time(nullptr);
+      const bool freeze = o_.freeze_at_percent >= 0 &&
+                          s.done * 100 >= uint64_t(o_.freeze_at_percent) * s.total;
+      if (now == last && !freeze) return;
+      last = now;
+      r.rate.pid = ::getpid();
+      r.rate.done = s.done;
+      r.rate.total = s.total;
+      r.rate.mib_s = s.mib_s;
+      r.rate.eta_s = s.eta_s;
+      r.rate.updated = int64_t(now);
+      Status saved = state_.Save(r);
+      if (!saved.ok() && save_error.ok()) save_error = saved;
+      if (freeze) ::raise(SIGSTOP);
+    });
+    engine::EngineOptions eo;
+    eo.hotzone_bytes = o_.hotzone_bytes;
+    eo.threads = o_.threads;
+    eo.stop = o_.stop;
+    eo.progress = &p;
+    DS_RETURN_IF_ERROR(engine::RunOperation(v, keys, eo).WithContext(r.device));
+    p.Finish();
+    // The rate is advisory; a failure to record it is reported only after the data is safe.
+    return save_error;
+  }
+
+  Status EnsureOpen(VolumeRecord& r, const SecureBuffer& pass) {
+    const bool kernel = !o_.userspace && dm::Available();
+    if (kernel) {
+      DS_ASSIGN_OR_RETURN(auto m, dm::Find(r.name));
+      if (m && !dm::IsStale(*m)) return Status::Ok();
+      if (m) DS_RETURN_IF_ERROR(dm::Remove(r.name));
+      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, false));
+      DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+      dm::Activation a;
+      a.name = r.name;
+      a.luks_uuid = r.name;
+      a.device = Canonical(r.device);
+      DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, u));
+      DS_RETURN_IF_ERROR(dm::Create(a));
+      if (!r.loop.empty()) {
+        r.loop.clear();
+        return state_.Save(r);
+      }
+      return Status::Ok();
+    }
+    DS_ASSIGN_OR_RETURN(auto rec, run_.Find(r.name));
+    std::string file;
+    if (rec && fuse::RunDir::IsAlive(*rec)) {
+      file = rec->file;
+    } else {
+      if (rec) DS_RETURN_IF_ERROR(run_.CleanupStale(*rec));
+      DS_RETURN_IF_ERROR(fuse::CheckFuseAvailable());
+      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
+      DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+      std::map<int, const SecureBuffer*> keys = {{u.digest, &u.key}};
+      DS_ASSIGN_OR_RETURN(std::unique_ptr<BlockDevice> view, v.OpenData(keys));
+      fuse::StartRequest req;
+      req.name = r.name;
+      req.device = Canonical(r.device);
+      req.header = Canonical(r.header);
+      req.uuid = r.name;
+      uint32_t sector = 512;
+      for (const auto& seg : luks2::Segments(v.metadata()))
+        if (seg.type == "crypt") sector = std::max(sector, seg.sector_size);
+      req.atomic_unit = sector;
+      req.close_in_child = {lock_.fd()};
+      DS_ASSIGN_OR_RETURN(fuse::Mapping m, fuse::StartDaemon(run_, view.get(), req));
+      file = m.file;
+    }
+    DS_ASSIGN_OR_RETURN(std::string loop, AttachLoop(file));
+    if (loop != r.loop) {
+      r.loop = loop;
+      DS_RETURN_IF_ERROR(state_.Save(r));
+    }
+    return Status::Ok();
+  }
+
+  Status Close(VolumeRecord& r) {
+    DS_ASSIGN_OR_RETURN(auto rec, run_.Find(r.name));
+    if (rec) {
+      DS_RETURN_IF_ERROR(fuse::StopDaemon(run_, *rec));
+    } else if (dm::Available()) {
+      DS_ASSIGN_OR_RETURN(auto m, dm::Find(r.name));
+      if (m) DS_RETURN_IF_ERROR(dm::Remove(r.name));
+    }
+    r.loop.clear();
+    return state_.Save(r);
+  }
+
+  Status Configure(const VolumeRecord& r) {
+    const std::string ct = CrypttabLine(r.name, r.name, r.key_file, r.header);
+    DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
+      return SetCrypttabLine(t, r.name, ct);
+    }));
+    const std::string ft = FstabLine(MappingFstabEntry(r.name, r.mountpoint, r.fstype, r.fstab));
+    return ApplyEtcEdit(env_, o_.root, "fstab", [&](std::string_view t) {
+      return SetFstabLine(t, r.mountpoint, ft);
+    });
+  }
+
+  Status Unconfigure(const VolumeRecord& r) {
+    DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
+      return SetCrypttabLine(t, r.name, std::nullopt);
+    }));
+    std::optional<std::string> orig;
+    if (r.fstab) orig = FstabLine(*r.fstab);
+    return ApplyEtcEdit(env_, o_.root, "fstab", [&](std::string_view t) {
+      return SetFstabLine(t, r.mountpoint, orig);
+    });
+  }
+
+  Env& env_;
+  const EnableOptions& o_;
+  StateDir& state_;
+  const MachineLock& lock_;
+  fuse::RunDir run_;
+};
+
+VolumeOutcome Outcome(const VolumeRecord& r, const std::string& plaintext, const std::string& result) {
+  VolumeOutcome v;
+  v.mountpoint = r.mountpoint;
+  v.device = r.device;
+  v.name = r.name;
+  v.header = r.header;
+  v.key_file = r.key_file;
+  v.secret_id = r.secret_id;
+  v.plaintext = plaintext;
+  v.result = result;
+  return v;
+}
+
+Result<MachineLock> Lock(const EnableOptions& o, StateDir& state) {
+  DS_RETURN_IF_ERROR(state.Prepare());
+  return MachineLock::Acquire(state.LockPath(), o.command, o.wait_for_lock,
+                              [&](const std::string& who) {
+                                *o.log << "diskseal: waiting for the machine lock "
+                                       << state.LockPath() << ", held by " << who << "\n";
+                              });
+}
+
+// Runs `step` on each record, recording the error that stops it in the record.
+Status RunEach(StateDir& state, std::vector<VolumeRecord>& work, std::ostream& log,
+               const char* verb, const std::function<Status(VolumeRecord&)>& step) {
+  for (size_t i = 0; i < work.size(); ++i) {
+    VolumeRecord& r = work[i];
+    log << verb << " data volume " << i + 1 << "/" << work.size() << ": " << r.mountpoint << " ("
+        << r.device << ")\n";
+    Status s = step(r);
+    if (!s.ok()) {
+      r.last_error = s.message();
+      r.rate = Rate{};
+      (void)state.Save(r);  // the original error matters more than a failure to record it
+      return s.WithContext(std::string(verb) + " data volume " + std::to_string(i + 1) + "/" +
+                           std::to_string(work.size()) + " (" + r.mountpoint + ")");
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string NotEncryptableReason(const Volume& v) {
+  if (v.role != VolumeRole::kData) return std::string("its role is ") + RoleName(v.role);
+  if (v.mountpoint.empty()) return "not mounted";
+  if (v.fstype != "ext4" && v.fstype != "xfs" && v.fstype != "btrfs")
+    return "filesystem " + v.fstype + " (ext4, xfs and btrfs are supported)";
+  if (v.is_luks || v.encrypted) return "already encrypted";
+  if (v.dev.rfind("/dev/", 0) != 0) return "not on a block device (" + v.dev + ")";
+  if (v.lvm_pv) return "an LVM physical volume";
+  return "";
+}
+
+Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptions& o) {
+  StateDir state(env, o.state_dir);
+  DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
+  DS_ASSIGN_OR_RETURN(Machine m, Discover(o.root));
+  DS_ASSIGN_OR_RETURN(auto records, state.List());
+
+  std::vector<VolumeRecord> work, starting;
+  std::vector<VolumeOutcome> skipped;
+  auto known = [&](const std::string& dev, const std::string& mp) -> const VolumeRecord* {
+    for (const auto& r : records)
+      if (r.step != Step::kDisabled &&
+          (Canonical(r.device) == Canonical(dev) || r.mountpoint == mp || (!r.loop.empty() && r.loop == dev)))
+        return &r;
+    return nullptr;
+  };
+  for (const auto& r : records) {
+    if (!Selected(o, r.mountpoint) || r.step == Step::kDisabled) continue;
+    if (InDisableFlow(r.step))
+      return Busy(r.mountpoint + ": a disable was interrupted here (step " + StepName(r.step) +
+                  "); run `diskseal disable --volume-type Data` to finish it first");
+    work.push_back(r);
+  }
+  for (const Volume* v : m.data()) {
+    if (!Selected(o, v->mountpoint) || known(v->dev, v->mountpoint)) continue;
+    std::string why = NotEncryptableReason(*v);
+    if (!why.empty()) {
+      VolumeOutcome s;
+      s.mountpoint = v->mountpoint;
+      s.device = v->dev;
+      s.result = "skipped: " + why;
+      if (!o.only.empty()) return InvalidArgument(v->mountpoint + " (" + v->dev + "): cannot be encrypted: " + why);
+      *o.log << "diskseal: " << v->mountpoint << " (" << v->dev << "): skipped: " << why << "\n";
+      skipped.push_back(s);
+      continue;
+    }
+    VolumeRecord r;
+    r.name = luks2::NewUuid();
+    r.device = v->dev;
+    r.mountpoint = v->mountpoint;
+    r.fstype = v->fstype;
+    r.mount_options = v->mount_options;
+    r.fstab = v->fstab;
+    r.header = state.HeaderPath(r.name);
+    r.key_file = state.KeyPath(r.name);
+    r.resilience = engine::ResilienceName(o.resilience);
+    starting.push_back(std::move(r));
+  }
+  for (const auto& want : o.only) {
+    auto at = [&](const VolumeRecord& r) { return r.mountpoint == want || r.mountpoint == Canonical(want); };
+    if (std::none_of(work.begin(), work.end(), at) && std::none_of(starting.begin(), starting.end(), at))
+      return NotFound(want + ": no mounted data volume there");
+  }
+  if (!starting.empty() && o.preflight) {
+    std::vector<std::string> mps;
+    for (const auto& r : starting) mps.push_back(r.mountpoint);
+    DS_RETURN_IF_ERROR(o.preflight(m, mps));
+  }
+  for (auto& r : starting) {
+    // A disabled record of the same device is history now.
+    for (const auto& old : records)
+      if (old.step == Step::kDisabled && (old.device == r.device || old.mountpoint == r.mountpoint))
+        DS_RETURN_IF_ERROR(state.Forget(old.name));
+    DS_RETURN_IF_ERROR(state.Save(r));
+    work.push_back(std::move(r));
+  }
+  if (work.empty()) *o.log << "No data volume to encrypt\n";
+  else *o.log << "Encrypting " << work.size() << " data volume" << (work.size() == 1 ? "" : "s") << "\n";
+  Runner run(env, o, state, lock);
+  DS_RETURN_IF_ERROR(RunEach(state, work, *o.log, "Encrypting", [&](VolumeRecord& r) { return run.Enable(r); }));
+  std::vector<VolumeOutcome> out;
+  for (const auto& r : work) out.push_back(Outcome(r, run.Plaintext(r), "Encrypted"));
+  for (auto& s : skipped) out.push_back(std::move(s));
+  return out;
+}
+
+Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o) {
+  StateDir state(env, o.state_dir);
+  DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
+  DS_ASSIGN_OR_RETURN(auto records, state.List());
+  std::vector<VolumeRecord> work;
+  for (const auto& r : records) {
+    if (!Selected(o, r.mountpoint) || r.step == Step::kDisabled) continue;
+    if (r.step < Step::kConfigured)
+      return Busy(r.mountpoint + ": an enable was interrupted here (step " + StepName(r.step) +
+                  "); run `diskseal enable` to finish it, then disable");
+    work.push_back(r);
+  }
+  for (const auto& want : o.only) {
+    bool found = std::any_of(work.begin(), work.end(), [&](const VolumeRecord& r) {
+      return r.mountpoint == want || r.mountpoint == Canonical(want);
+    });
+    if (!found) return NotFound(want + ": no data volume encrypted by diskseal there");
+  }
+  if (work.empty()) *o.log << "No data volume encrypted by diskseal\n";
+  else *o.log << "Decrypting " << work.size() << " data volume" << (work.size() == 1 ? "" : "s") << "\n";
+  Runner run(env, o, state, lock);
+  DS_RETURN_IF_ERROR(RunEach(state, work, *o.log, "Decrypting", [&](VolumeRecord& r) { return run.Disable(r); }));
+  std::vector<VolumeOutcome> out;
+  for (const auto& r : work) out.push_back(Outcome(r, r.device, "Decrypted"));
+  return out;
+}
+
+}  // namespace ds::machine

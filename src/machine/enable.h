@@ -1,0 +1,81 @@
+// `diskseal enable` / `disable` for data volumes: the machine-level workflow ADE's extension
+// runs, built from diskseal's parts (discovery, the in-place engine, escrow, the userspace view
+// or dm-crypt) and made resumable at every instant.
+//
+// Enable, per data volume (a mounted ext4/xfs/btrfs on a block device that is not /, /boot, swap,
+// the resource disk, or already LUKS), each step recorded atomically in the state directory
+// (machine/state.h) before the next begins:
+//   planned -> (key file) unmounted -> escrowed -> header-placed -> encrypting -> encrypted
+//   -> opened -> mounted -> configured
+// Every step is idempotent, so a run after a crash, reboot or kill -9 repeats at most the step
+// that was under way: the engine resumes from its own LUKS2 reencryption metadata, the open and
+// the mount are checked against what the kernel has, the etc edits are keyed by volume.
+// Disable is the reverse (disabling -> closed -> decrypting -> decrypted -> plain-mounted ->
+// disabled).
+//
+// One run at a time per machine: both take MachineLock on <state-dir>/lock.
+// Threading: call from a single-threaded process (the userspace view forks its daemon); the
+// engine uses worker threads internally and joins them before returning.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "engine/reencrypt_state.h"
+#include "luks2/volume.h"
+#include "machine/discovery.h"
+#include "util/progress.h"
+#include "util/status.h"
+#include "vault/client.h"
+
+namespace ds::machine {
+
+// Collaborators are borrowed: everything pointed to outlives the call.
+struct EnableOptions {
+  MachineRoot root;  // discovery reads here; fstab/crypttab are edited at root.Etc(...)
+  std::string state_dir = "/var/lib/diskseal";
+  std::string run_dir = "/run/diskseal";   // userspace views (fuse/run_dir.h)
+  std::vector<std::string> only;           // mount points to act on; empty: every data volume
+  engine::Resilience resilience = engine::Resilience::kChecksum;
+  uint64_t hotzone_bytes = 32u << 20;
+  unsigned threads = 0;
+  luks2::PbkdfOptions pbkdf;               // for the keyslot of the generated passphrase
+  bool userspace = false;                  // open through FUSE even where device-mapper exists
+  vault::VaultClient* vault = nullptr;     // escrow when set
+  std::string kek, kek_alg = "RSA-OAEP";   // wrap the escrowed passphrase with this vault key
+  std::string secret_prefix;               // secret names: <prefix><LUKS uuid>; "" = diskseal-
+  std::string command = "diskseal enable"; // recorded in the lock for other runs to name
+  bool wait_for_lock = true;
+  // Checks the machine before anything is changed (diskseal doctor): a non-ok Status stops the
+  // run and is returned as is. Called under the lock with the discovered machine and the mount
+  // points of the volumes this run is about to start, only when there are any (volumes already
+  // under way passed it when they were started; resuming them must not be blocked by, say, the
+  // files open on an encrypted volume). May be empty.
+  std::function<Status(const Machine&, const std::vector<std::string>& starting)> preflight;
+  Progress::Mode progress_mode = Progress::Mode::kNone;
+  std::ostream* log = nullptr;             // messages and progress (stderr); required
+  const std::atomic<bool>* stop = nullptr; // SIGINT/SIGTERM: stop at the engine's next commit
+  // Test hook: the process stops itself (SIGSTOP) at the first engine commit at or past this
+  // percent, with its state record written, so a test can kill -9 it at a known point without
+  // depending on timing. -1: off.
+  int freeze_at_percent = -1;
+};
+
+// What a run did to one volume.
+struct VolumeOutcome {
+  std::string mountpoint, device, name;
+  std::string header, key_file, secret_id;
+  std::string plaintext;  // what is mounted now: /dev/mapper/NAME, a loop device, or the device
+  std::string result;     // "Encrypted", "Decrypted", or "skipped: <why>"
+};
+
+Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptions& o);
+Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o);
+
+// Why discovery's data volume `v` cannot be encrypted by enable, or "" when it can.
+std::string NotEncryptableReason(const Volume& v);
+
+}  // namespace ds::machine

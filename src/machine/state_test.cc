@@ -1,0 +1,208 @@
+// State records, the machine lock and the fstab/crypttab edits of enable/disable.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include "machine/config.h"
+#include "machine/state.h"
+#include "testlib.h"
+
+namespace ds::machine {
+namespace {
+
+VolumeRecord SampleRecord() {
+  VolumeRecord r;
+  r.name = "0b1c2d3e-0000-4000-8000-000000000001";
+  r.device = "/dev/sdc1";
+  r.mountpoint = "/data one";
+  r.fstype = "xfs";
+  r.mount_options = "rw,noatime";
+  r.fstab = FstabEntry{"UUID=abcd", "/data one", "xfs", "defaults,noatime", 0, 2};
+  r.header = "/var/lib/diskseal/headers/x.luks2";
+  r.key_file = "/var/lib/diskseal/keys/x.key";
+  r.secret_id = "https://v/secrets/diskseal-x/1";
+  r.loop = "/dev/loop3";
+  r.step = Step::kEncrypting;
+  r.rate = Rate{1234, 5 << 20, 10 << 20, 81.5, 12, 1700000000};
+  r.last_error = "boom";
+  return r;
+}
+
+TEST(StateTest, RecordRoundTripsEveryField) {
+  VolumeRecord r = SampleRecord();
+  auto back = RecordFromJson(RecordToJson(r), "x");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(RecordToJson(*back), RecordToJson(r));
+  EXPECT_EQ(back->step, Step::kEncrypting);
+  ASSERT_TRUE(back->fstab);
+  EXPECT_EQ(back->fstab->options, "defaults,noatime");
+  EXPECT_EQ(back->rate.mib_s, 81.5);
+}
+
+TEST(StateTest, EveryStepNameParsesBack) {
+  for (int s = int(Step::kPlanned); s <= int(Step::kDisabled); ++s) {
+    auto p = ParseStep(StepName(Step(s)));
+    ASSERT_TRUE(p.ok()) << StepName(Step(s));
+    EXPECT_EQ(int(*p), s);
+  }
+  EXPECT_EQ(ParseStep("halfway").status().code(), Code::kCorrupt);
+}
+
+TEST(StateTest, BadRecordsAreCorruptNotCrashes) {
+  EXPECT_EQ(RecordFromJson("{", "f").status().code(), Code::kCorrupt);
+  EXPECT_EQ(RecordFromJson("[]", "f").status().code(), Code::kCorrupt);
+  EXPECT_EQ(RecordFromJson(R"({"name":"a"})", "f").status().code(), Code::kCorrupt);
+  std::string j = RecordToJson(SampleRecord());
+  std::string bad = j;
+  bad.replace(bad.find("\"encrypting\""), 12, "\"sideways\"");
+  EXPECT_EQ(RecordFromJson(bad, "f").status().code(), Code::kCorrupt);
+  bad = j;
+  bad.replace(bad.find("0b1c2d3e"), 8, "../../et");
+  EXPECT_EQ(RecordFromJson(bad, "f").status().code(), Code::kCorrupt);
+}
+
+TEST(StateTest, DirSavesListsAndForgets) {
+  test::TempDir t;
+  StateDir dir(*PosixEnv(), t.path());
+  ASSERT_TRUE(dir.Prepare().ok());
+  VolumeRecord a = SampleRecord(), b = SampleRecord();
+  b.name = "0b1c2d3e-0000-4000-8000-000000000002";
+  b.mountpoint = "/aaa";
+  ASSERT_TRUE(dir.Save(a).ok());
+  ASSERT_TRUE(dir.Save(b).ok());
+  test::WriteFile(t / "volumes/leftover.json.tmp-99", "{");  // a crash mid-write is not a record
+  auto list = dir.List();
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  ASSERT_EQ(list->size(), 2u);
+  EXPECT_EQ((*list)[0].mountpoint, "/aaa");  // sorted by mount point
+  ASSERT_TRUE(dir.Forget(b.name).ok());
+  ASSERT_TRUE(dir.Forget(b.name).ok());  // twice is fine (a repeated step)
+  EXPECT_EQ(dir.List()->size(), 1u);
+}
+
+TEST(StateTest, MissingStateDirHasNoRecords) {
+  StateDir dir(*PosixEnv(), "/nonexistent/diskseal-state");
+  auto list = dir.List();
+  ASSERT_TRUE(list.ok());
+  EXPECT_TRUE(list->empty());
+}
+
+TEST(StateTest, LockRefusesASecondHolderNamingTheFirst) {
+  test::TempDir t;
+  const std::string path = t / "lock";
+  // The holder is another process, as in real use (flock is per open file, so a second open in
+  // this process would conflict too; a child makes the PID in the message differ from ours).
+  int ready[2], release[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(release), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto l = MachineLock::Acquire(path, "diskseal enable --volume-type Data", false, nullptr);
+    char c = l.ok() ? 'y' : 'n';
+    (void)!::write(ready[1], &c, 1);
+    (void)!::read(release[0], &c, 1);
+    ::_exit(0);
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ASSERT_EQ(c, 'y');
+  EXPECT_EQ(MachineLock::Holder(path),
+            "pid " + std::to_string(child) + " (diskseal enable --volume-type Data)");
+  auto second = MachineLock::Acquire(path, "diskseal disable", false, nullptr);
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), Code::kBusy);
+  EXPECT_NE(second.status().message().find("pid " + std::to_string(child)), std::string::npos)
+      << second.status().message();
+  // Waiting: told who holds it (and only then is the holder let go, so the wait is certain),
+  // then gets the lock once the holder exits.
+  std::string told;
+  {
+    auto waited = MachineLock::Acquire(path, "diskseal disable", true, [&](const std::string& who) {
+      told = who;
+      (void)!::write(release[1], "x", 1);
+    });
+    ASSERT_TRUE(waited.ok()) << waited.status().ToString();
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    EXPECT_EQ(told, "pid " + std::to_string(child) + " (diskseal enable --volume-type Data)");
+    EXPECT_EQ(MachineLock::Holder(path), "pid " + std::to_string(::getpid()) + " (diskseal disable)");
+  }
+  EXPECT_EQ(MachineLock::Holder(path), "");
+}
+
+TEST(ConfigTest, CrypttabAndFstabLinesHaveAdesShape) {
+  EXPECT_EQ(CrypttabLine("u-1", "u-1", "/var/lib/diskseal/keys/u-1.key", "/var/lib/diskseal/headers/u-1.luks2"),
+            "u-1 UUID=u-1 /var/lib/diskseal/keys/u-1.key luks,nofail,header=/var/lib/diskseal/headers/u-1.luks2");
+  FstabEntry orig{"UUID=abcd", "/data", "ext4", "defaults,noatime", 0, 2};
+  EXPECT_EQ(FstabLine(MappingFstabEntry("u-1", "/data", "ext4", orig)),
+            "/dev/mapper/u-1 /data ext4 defaults,noatime,nofail 0 2");
+  orig.options = "nofail";
+  EXPECT_EQ(FstabLine(MappingFstabEntry("u-1", "/my data", "xfs", orig)),
+            "/dev/mapper/u-1 /my\\040data xfs nofail 0 2");
+  EXPECT_EQ(FstabLine(MappingFstabEntry("u-1", "/d", "xfs", std::nullopt)),
+            "/dev/mapper/u-1 /d xfs defaults,nofail 0 2");
+}
+
+TEST(ConfigTest, EditsTouchOnlyTheirLineAndRepeatToTheSameFile) {
+  const std::string fstab =
+      "# /etc/fstab: static file system information.\n"
+      "UUID=root / ext4 errors=remount-ro 0 1\n"
+      "\n"
+      "UUID=abcd   /my\\040data   ext4   defaults   0   2\n"
+      "/dev/sdd1 /other xfs defaults 0 2\n";
+  const std::string line = "/dev/mapper/u-1 /my\\040data ext4 defaults,nofail 0 2";
+  std::string once = SetFstabLine(fstab, "/my data", line);
+  EXPECT_EQ(once,
+            "# /etc/fstab: static file system information.\n"
+            "UUID=root / ext4 errors=remount-ro 0 1\n"
+            "\n" + line + "\n"
+            "/dev/sdd1 /other xfs defaults 0 2\n");
+  EXPECT_EQ(SetFstabLine(once, "/my data", line), once);
+  // Back to the original line, and removal.
+  EXPECT_EQ(SetFstabLine(once, "/my data", std::string("UUID=abcd   /my\\040data   ext4   defaults   0   2")), fstab);
+  EXPECT_EQ(SetFstabLine(once, "/my data", std::nullopt).find("/my"), std::string::npos);
+  // A volume with no fstab line gets one appended; a file without final newline keeps its lines.
+  EXPECT_EQ(SetFstabLine("UUID=root / ext4 defaults 0 1", "/d", std::string("X /d xfs nofail 0 2")),
+            "UUID=root / ext4 defaults 0 1\nX /d xfs nofail 0 2\n");
+
+  const std::string ct = "# <target name> <source device> <key file> <options>\nswap /dev/sdb2 /dev/urandom swap\n";
+  std::string with = SetCrypttabLine(ct, "u-1", std::string("u-1 UUID=u-1 /k luks,nofail,header=/h"));
+  EXPECT_EQ(with, ct + "u-1 UUID=u-1 /k luks,nofail,header=/h\n");
+  EXPECT_EQ(SetCrypttabLine(with, "u-1", std::string("u-1 UUID=u-1 /k luks,nofail,header=/h")), with);
+  EXPECT_EQ(SetCrypttabLine(with, "u-1", std::nullopt), ct);
+}
+
+TEST(ConfigTest, ApplyKeepsTheFirstBackupAndWritesAtomically) {
+  test::TempDir t;
+  MachineRoot root;
+  root.dir = t.path();
+  root.etc_dir = t / "etc";
+  root.env = PosixEnv();
+  ASSERT_EQ(::mkdir(root.etc_dir.c_str(), 0755), 0);
+  test::WriteFile(t / "etc/fstab", "UUID=root / ext4 defaults 0 1\n");
+  auto add = [](const std::string& l) {
+    return [l](std::string_view text) { return SetFstabLine(text, "/d", l); };
+  };
+  ASSERT_TRUE(ApplyEtcEdit(*PosixEnv(), root, "fstab", add("A /d xfs nofail 0 2")).ok());
+  ASSERT_TRUE(ApplyEtcEdit(*PosixEnv(), root, "fstab", add("B /d xfs nofail 0 2")).ok());
+  EXPECT_EQ(test::ReadFileOrDie(t / "etc/fstab"), "UUID=root / ext4 defaults 0 1\nB /d xfs nofail 0 2\n");
+  EXPECT_EQ(test::ReadFileOrDie(t / "etc/fstab.diskseal.bak"), "UUID=root / ext4 defaults 0 1\n");
+  // No crypttab yet: created, and its backup records that it was empty.
+  ASSERT_TRUE(ApplyEtcEdit(*PosixEnv(), root, "crypttab", [](std::string_view t2) {
+                return SetCrypttabLine(t2, "u", std::string("u UUID=u /k luks,nofail,header=/h"));
+              }).ok());
+  EXPECT_EQ(test::ReadFileOrDie(t / "etc/crypttab"), "u UUID=u /k luks,nofail,header=/h\n");
+  EXPECT_EQ(test::ReadFileOrDie(t / "etc/crypttab.diskseal.bak"), "");
+}
+
+TEST(ConfigTest, EscapesRoundTrip) {
+  const std::string s = "a b\tc\\d\ne";
+  EXPECT_EQ(EscapeField(s), "a\\040b\\011c\\134d\\012e");
+  EXPECT_EQ(UnescapeField(EscapeField(s)), s);
+  EXPECT_EQ(UnescapeField("\\04"), "\\04");  // a truncated escape stays as written
+}
+
+}  // namespace
+}  // namespace ds::machine

@@ -1,0 +1,220 @@
+#include "machine/status.h"
+
+#include <signal.h>
+
+#include <cmath>
+#include <iomanip>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/reencrypt_state.h"
+#include "luks2/volume.h"
+#include "machine/state.h"
+
+namespace ds::machine {
+
+namespace {
+
+double Floor1(double p) { return std::floor(p * 10) / 10; }
+
+// Percent of the operation recorded in the header, or nullopt when it cannot be read (a device
+// of a captured machine tree, or a header copy caught mid-commit: the record's rate is used then).
+std::optional<double> HeaderPercent(Env& env, const MachineRoot& root, const VolumeRecord& r) {
+  // The devices named in a captured tree's records are not this machine's: never open them.
+  if (!root.live() || !env.Exists(r.header)) return std::nullopt;
+  auto v = luks2::Volume::Load(env, r.device, r.header, false);
+  if (!v.ok()) return std::nullopt;
+  auto st = engine::ReadState(v->metadata(), v->data_device().Size());
+  if (!st.ok()) return std::nullopt;
+  if (!*st) return 100.0;  // no operation left: finished
+  const auto& s = **st;
+  return s.data_size ? Floor1(100.0 * double(s.done) / double(s.data_size)) : 100.0;
+}
+
+std::string MountedAt(const Machine& m, const std::string& mountpoint) {
+  std::string src;
+  for (const auto& mt : m.mounts)
+    if (mt.mountpoint == mountpoint) src = mt.source;
+  return src;
+}
+
+std::string Pct(double p) {
+  std::ostringstream o;
+  o << int(p) << "%";
+  return o.str();
+}
+
+}  // namespace
+
+Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::string& state_dir) {
+  MachineStatus out;
+  DS_ASSIGN_OR_RETURN(Machine m, Discover(root));
+  StateDir state(env, state_dir);
+  DS_ASSIGN_OR_RETURN(auto records, state.List());
+  out.running = MachineLock::Holder(state.LockPath());
+  int64_t running_pid = 0;
+  if (out.running.rfind("pid ", 0) == 0) running_pid = std::atoll(out.running.c_str() + 4);
+
+  // OS volume: diskseal's OS flow does not exist yet; report what the machine shows.
+  const Volume* os = m.os();
+  out.os_volume = os && os->encrypted ? "Encrypted" : "NotEncrypted";
+  if (out.os_volume == "NotEncrypted")
+    for (const auto& b : m.blocks)
+      if (b.dm_name == "osencrypt") out.os_volume = "VMRestartPending";  // mapping, / not on it
+
+  bool any_disabled = false;
+  std::vector<const VolumeRecord*> enabling, disabling;
+  for (const auto& r : records) {
+    if (r.step == Step::kDisabled) {
+      any_disabled = true;
+      continue;
+    }
+    VolumeStatus v;
+    v.mountpoint = r.mountpoint;
+    v.device = r.device;
+    v.name = r.name;
+    v.step = StepName(r.step);
+    v.last_error = r.last_error;
+    const bool disable = r.step >= Step::kDisabling;
+    if (r.step == Step::kConfigured) {
+      v.state = MountedAt(m, r.mountpoint).empty() ? "NotMounted" : "Encrypted";
+      v.percent = 100;
+    } else {
+      // Planned only: nothing on the volume has changed yet (the run stopped before unmounting).
+      v.state = r.step == Step::kPlanned ? "NotEncrypted"
+                : disable                ? "DecryptionInProgress"
+                                         : "EncryptionInProgress";
+      (disable ? disabling : enabling).push_back(&r);
+      if ((!disable && r.step < Step::kHeaderPlaced) || (disable && r.step < Step::kDecrypting)) {
+        v.percent = 0;
+      } else if ((!disable && r.step >= Step::kEncrypted) || (disable && r.step >= Step::kDecrypted)) {
+        v.percent = 100;
+      } else if (auto p = HeaderPercent(env, root, r)) {
+        v.percent = *p;
+      } else if (r.rate.total) {
+        v.percent = Floor1(100.0 * double(r.rate.done) / double(r.rate.total));
+      }
+      // Speed and time left only from the process that holds the lock now: a rate left by a
+      // crashed run describes nothing.
+      if (r.rate.pid && r.rate.pid == running_pid && (r.step == Step::kEncrypting || r.step == Step::kDecrypting)) {
+        v.mib_s = r.rate.mib_s;
+        v.eta_s = r.rate.eta_s;
+        v.pid = r.rate.pid;
+      }
+    }
+    out.volumes.push_back(std::move(v));
+  }
+  auto recorded = [&](const Volume& d) {
+    for (const auto& r : records)
+      if (r.step != Step::kDisabled && (r.mountpoint == d.mountpoint || r.device == d.dev || (!r.loop.empty() && r.loop == d.dev)))
+        return true;
+    return false;
+  };
+  for (const auto& d : m.volumes) {
+    const bool data = d.role == VolumeRole::kData;
+    const bool luks_unmounted = d.role == VolumeRole::kOther && d.is_luks;
+    if ((!data && !luks_unmounted) || recorded(d)) continue;
+    VolumeStatus v;
+    v.mountpoint = d.mountpoint;
+    v.device = d.dev;
+    v.state = luks_unmounted ? "NotMounted" : d.encrypted ? "Encrypted" : "NotEncrypted";
+    v.percent = v.state == "NotEncrypted" ? 0 : 100;
+    out.volumes.push_back(std::move(v));
+  }
+
+  auto count = [&](const char* s) {
+    return std::count_if(out.volumes.begin(), out.volumes.end(),
+                         [&](const VolumeStatus& v) { return v.state == s; });
+  };
+  const size_t n = out.volumes.size();
+  if (count("EncryptionInProgress")) out.data_volumes = "EncryptionInProgress";
+  else if (count("DecryptionInProgress")) out.data_volumes = "DecryptionInProgress";
+  else if (n && size_t(count("Encrypted")) == n) out.data_volumes = "Encrypted";
+  else if (count("NotMounted") && size_t(count("NotMounted") + count("Encrypted")) == n) out.data_volumes = "NotMounted";
+  else out.data_volumes = "NotEncrypted";
+
+  // ProgressMessage: the volume being worked on is numbered among those of its operation.
+  auto message = [&](const std::vector<const VolumeRecord*>& list, const char* verb,
+                     const char* noun) -> std::string {
+    const VolumeRecord* cur = list.front();
+    size_t i = 1;
+    size_t total = 0;
+    for (const auto& r : records) {
+      if (r.step == Step::kDisabled) continue;
+      if ((r.step >= Step::kDisabling) != (cur->step >= Step::kDisabling)) continue;
+      ++total;
+      if (&r == cur) i = total;
+    }
+    double pct = 0;
+    for (const auto& v : out.volumes)
+      if (v.name == cur->name) pct = v.percent;
+    const std::string where = "data volume " + std::to_string(i) + "/" + std::to_string(total);
+    if (!cur->last_error.empty() && !running_pid)
+      return std::string("Failed to ") + noun + " " + where + " (" + cur->mountpoint + ") with error: " + cur->last_error;
+    if (!running_pid)
+      return std::string(verb) + " " + where + " interrupted at " + Pct(pct) + ": run `diskseal " +
+             (cur->step >= Step::kDisabling ? "disable --volume-type Data" : "enable") + "` to resume";
+    return std::string(verb) + " " + where + ": " + Pct(pct);
+  };
+  if (!enabling.empty()) out.progress_message = message(enabling, "Encrypting", "encrypt");
+  else if (!disabling.empty()) out.progress_message = message(disabling, "Decrypting", "decrypt");
+  else if (out.data_volumes == "Encrypted") out.progress_message = "Encryption succeeded for data volumes";
+  else if (out.data_volumes == "NotMounted") out.progress_message = "Encrypted data volumes are not mounted";
+  else if (any_disabled && !count("Encrypted")) out.progress_message = "Decryption succeeded";
+  else if (n == 0) out.progress_message = "No data volumes";
+  else out.progress_message = "Data volumes are not encrypted";
+  return out;
+}
+
+std::string StatusToJson(const MachineStatus& s) {
+  nlohmann::ordered_json j = {{"OsVolumeEncrypted", s.os_volume},
+                              {"DataVolumesEncrypted", s.data_volumes},
+                              {"ProgressMessage", s.progress_message},
+                              {"running", s.running.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(s.running)}};
+  auto vols = nlohmann::ordered_json::array();
+  for (const auto& v : s.volumes) {
+    nlohmann::ordered_json e = {{"mountpoint", v.mountpoint}, {"device", v.device},
+                                {"name", v.name.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v.name)},
+                                {"state", v.state},           {"step", v.step.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v.step)},
+                                {"percent", v.percent}};
+    e["mib_s"] = v.mib_s ? nlohmann::ordered_json(std::round(*v.mib_s * 10) / 10) : nlohmann::ordered_json();
+    e["eta_s"] = v.eta_s ? nlohmann::ordered_json(int64_t(*v.eta_s)) : nlohmann::ordered_json();
+    e["pid"] = v.pid ? nlohmann::ordered_json(*v.pid) : nlohmann::ordered_json();
+    e["last_error"] = v.last_error.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(v.last_error);
+    vols.push_back(std::move(e));
+  }
+  j["volumes"] = std::move(vols);
+  return j.dump(2) + "\n";
+}
+
+std::string StatusToText(const MachineStatus& s) {
+  std::ostringstream o;
+  o << "OsVolumeEncrypted          : " << s.os_volume << "\n"
+    << "DataVolumesEncrypted       : " << s.data_volumes << "\n"
+    << "ProgressMessage            : " << s.progress_message << "\n";
+  if (!s.volumes.empty()) {
+    o << "\n" << std::left << std::setw(24) << "MOUNTPOINT" << std::setw(16) << "DEVICE" << std::setw(22)
+      << "STATE" << std::setw(8) << "PERCENT" << std::setw(9) << "MiB/s" << std::setw(9) << "ETA"
+      << "ERROR\n";
+    for (const auto& v : s.volumes) {
+      std::ostringstream pct, rate, eta;
+      pct << std::fixed << std::setprecision(1) << v.percent << "%";
+      if (v.mib_s) rate << std::fixed << std::setprecision(1) << *v.mib_s;
+      else rate << "-";
+      if (v.eta_s) {
+        int e = int(*v.eta_s);
+        eta << e / 3600 << ":" << std::setw(2) << std::setfill('0') << e / 60 % 60 << ":" << std::setw(2) << e % 60;
+      } else {
+        eta << "-";
+      }
+      // Long mount points push the row right rather than run into the next column.
+      o << std::left << std::setfill(' ') << std::setw(23) << v.mountpoint << " " << std::setw(15)
+        << v.device << " " << std::setw(22) << v.state << std::setw(8) << pct.str() << std::setw(9)
+        << rate.str() << std::setw(9) << eta.str() << v.last_error << "\n";
+    }
+  }
+  return o.str();
+}
+
+}  // namespace ds::machine

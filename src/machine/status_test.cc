@@ -1,0 +1,135 @@
+// status on captured machines: ADE's words from the discovered volumes and enable's records, with
+// no process running (after a crash) and with the machine lock held by one.
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "machine/state.h"
+#include "machine/status.h"
+#include "machine/test_tree.h"
+
+namespace ds::machine {
+namespace {
+
+class StatusTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    t.Block("sda", {.devno = "8:0"});
+    t.Device("sda", test::Ext4Image(0x01, "root"));
+    t.Block("sdb", {.devno = "8:16"});
+    t.Device("sdb", test::XfsImage(0x02, "data"));
+    t.Block("sdc", {.devno = "8:32"});
+    t.Device("sdc", test::Ext4Image(0x03, "logs"));
+    t.Mount("8:0", "/", "ext4", "/dev/sda");
+    t.Mount("8:16", "/data", "xfs", "/dev/sdb");
+    t.Mount("8:32", "/logs", "ext4", "/dev/sdc");
+    ASSERT_TRUE(state.Prepare().ok());
+  }
+  VolumeRecord Record(const std::string& name, const std::string& dev, const std::string& mp, Step step) {
+    VolumeRecord r;
+    r.name = name;
+    r.device = dev;
+    r.mountpoint = mp;
+    r.fstype = "xfs";
+    r.header = state.HeaderPath(name);
+    r.key_file = state.KeyPath(name);
+    r.step = step;
+    return r;
+  }
+  MachineStatus Get() {
+    auto s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? std::move(s).value() : MachineStatus{};
+  }
+  static const VolumeStatus& At(const MachineStatus& s, const std::string& mp) {
+    for (const auto& v : s.volumes)
+      if (v.mountpoint == mp) return v;
+    static VolumeStatus none;
+    ADD_FAILURE() << "no volume at " << mp;
+    return none;
+  }
+
+  test::MachineTree t;
+  ds::test::TempDir dir;
+  StateDir state{*PosixEnv(), dir / "state"};
+};
+
+TEST_F(StatusTest, NothingEncrypted) {
+  MachineStatus s = Get();
+  EXPECT_EQ(s.os_volume, "NotEncrypted");
+  EXPECT_EQ(s.data_volumes, "NotEncrypted");
+  EXPECT_EQ(s.progress_message, "Data volumes are not encrypted");
+  EXPECT_EQ(At(s, "/data").state, "NotEncrypted");
+  EXPECT_EQ(At(s, "/logs").state, "NotEncrypted");
+  EXPECT_EQ(s.volumes.size(), 2u);  // / is the OS volume, not a data row
+}
+
+TEST_F(StatusTest, InterruptedEncryptionAfterACrash) {
+  VolumeRecord r = Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kEncrypting);
+  r.rate = Rate{999999, 3u << 20, 8u << 20, 120, 2, 1700000000};  // its writer is gone
+  ASSERT_TRUE(state.Save(r).ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(s.data_volumes, "EncryptionInProgress");
+  const VolumeStatus& v = At(s, "/data");
+  EXPECT_EQ(v.state, "EncryptionInProgress");
+  EXPECT_EQ(v.step, "encrypting");
+  EXPECT_EQ(v.percent, 37.5);  // captured tree: from the record, the header is not this machine's
+  EXPECT_FALSE(v.mib_s.has_value());  // nobody holds the lock: no live rate
+  EXPECT_EQ(s.running, "");
+  EXPECT_EQ(s.progress_message,
+            "Encrypting data volume 1/1 interrupted at 37%: run `diskseal enable` to resume");
+  EXPECT_EQ(At(s, "/logs").state, "NotEncrypted");
+}
+
+TEST_F(StatusTest, RunningEncryptionShowsRateAndAdesMessage) {
+  VolumeRecord a = Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kConfigured);
+  VolumeRecord b = Record("11111111-0000-4000-8000-000000000002", "/dev/sdc", "/logs", Step::kEncrypting);
+  b.rate = Rate{int64_t(::getpid()), 1u << 20, 4u << 20, 99.5, 3, 1700000000};
+  ASSERT_TRUE(state.Save(a).ok());
+  ASSERT_TRUE(state.Save(b).ok());
+  auto lock = MachineLock::Acquire(state.LockPath(), "diskseal enable --volume-type Data", false, nullptr);
+  ASSERT_TRUE(lock.ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(At(s, "/data").state, "Encrypted");  // /data is mounted (from whatever now)
+  const VolumeStatus& v = At(s, "/logs");
+  ASSERT_TRUE(v.mib_s.has_value());
+  EXPECT_EQ(*v.mib_s, 99.5);
+  EXPECT_EQ(*v.eta_s, 3);
+  EXPECT_EQ(s.running, "pid " + std::to_string(::getpid()) + " (diskseal enable --volume-type Data)");
+  EXPECT_EQ(s.progress_message, "Encrypting data volume 2/2: 25%");
+  auto j = nlohmann::json::parse(StatusToJson(s));
+  EXPECT_EQ(j["DataVolumesEncrypted"], "EncryptionInProgress");
+  EXPECT_EQ(j["volumes"][1]["mib_s"], 99.5);
+  EXPECT_NE(StatusToText(s).find("ProgressMessage            : Encrypting data volume 2/2: 25%"),
+            std::string::npos);
+}
+
+TEST_F(StatusTest, AllEncryptedThenOneNotMounted) {
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kConfigured)).ok());
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000002", "/dev/sdc", "/logs", Step::kConfigured)).ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(s.data_volumes, "Encrypted");
+  EXPECT_EQ(s.progress_message, "Encryption succeeded for data volumes");
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000003", "/dev/sdd", "/gone", Step::kConfigured)).ok());
+  s = Get();
+  EXPECT_EQ(At(s, "/gone").state, "NotMounted");
+  EXPECT_EQ(s.data_volumes, "NotMounted");
+}
+
+TEST_F(StatusTest, DecryptionInProgressAndDone) {
+  VolumeRecord r = Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kDecrypting);
+  r.rate = Rate{0, 6u << 20, 8u << 20, 0, 0, 0};
+  ASSERT_TRUE(state.Save(r).ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(s.data_volumes, "DecryptionInProgress");
+  EXPECT_EQ(At(s, "/data").percent, 75.0);
+  r.step = Step::kDisabled;
+  ASSERT_TRUE(state.Save(r).ok());
+  s = Get();
+  EXPECT_EQ(At(s, "/data").state, "NotEncrypted");
+  EXPECT_EQ(s.progress_message, "Decryption succeeded");
+}
+
+}  // namespace
+}  // namespace ds::machine
