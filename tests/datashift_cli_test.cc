@@ -5,20 +5,13 @@
 // Runs are interrupted by polling the image for progress, never after a fixed time.
 #include <gtest/gtest.h>
 
-#include <fcntl.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
-#include <chrono>
 #include <fstream>
 #include <functional>
-#include <thread>
 
 #include "testlib.h"
-
-extern char** environ;
 
 namespace ds::test {
 namespace {
@@ -71,26 +64,7 @@ class DatashiftCliTest : public ::testing::Test {
   // Starts argv and SIGKILLs it as soon as `ready` holds (polled); returns its exit code
   // (128+9 when killed, its own code when it finished first).
   int KillWhen(const std::vector<std::string>& argv, const std::function<bool()>& ready) {
-    std::vector<char*> args;
-    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    pid_t pid;
-    EXPECT_EQ(posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ), 0);
-    posix_spawn_file_actions_destroy(&fa);
-    int status = 0;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-      if (ready()) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::microseconds(200));
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return RunAndSignalWhen(argv, ready, 0, SIGKILL);
   }
   std::string Plain(const Bytes& b, size_t n) { return std::string(b.begin(), b.begin() + n); }
   TempDir dir_;

@@ -116,7 +116,7 @@ RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdi
   return RunProgram(argv, stdin_data);
 }
 
-int RunAndSignal(const std::vector<std::string>& argv, int ms, int sig, const std::string& ready_path) {
+int RunAndSignalWhen(const std::vector<std::string>& argv, const std::function<bool()>& ready, int ms, int sig) {
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);
@@ -130,16 +130,20 @@ int RunAndSignal(const std::vector<std::string>& argv, int ms, int sig, const st
   if (rc != 0) return -1;
   auto code = [](int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); };
   int status = 0;
-  if (!ready_path.empty()) {
-    for (int i = 0; i < 60000 && ::access(ready_path.c_str(), F_OK) != 0; ++i) {
-      if (::waitpid(pid, &status, WNOHANG) == pid) return code(status);
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!ready() && std::chrono::steady_clock::now() < deadline) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) return code(status);
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(ms));
   ::kill(pid, sig);
   ::waitpid(pid, &status, 0);
   return code(status);
+}
+
+int RunAndSignal(const std::vector<std::string>& argv, int ms, int sig, const std::string& ready_path) {
+  return RunAndSignalWhen(
+      argv, [&] { return ready_path.empty() || ::access(ready_path.c_str(), F_OK) == 0; }, ms, sig);
 }
 
 bool HaveProgram(const std::string& name) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -39,11 +40,13 @@ inline RunResult Run(const std::vector<std::string>& argv, const std::string& st
 RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdin_data = "");
 bool HaveProgram(const std::string& name);
 
-// Starts argv (stdout and stderr to /dev/null); once `ready_path` exists (for the in-place
-// commands: the header is in place, so the operation is under way) waits `ms` more, then sends
-// `sig`. Returns the exit code (128+N when killed by signal N). Waiting for a file rather than a
-// fixed time keeps tests independent of how loaded the machine is; the wait is bounded (60 s)
-// and ends early when the process exits first.
+// Starts argv (stdout and stderr to /dev/null); once `ready()` holds (polled every 200 us; for the
+// in-place commands typically: the header is in place, so the operation is under way) waits `ms`
+// more, then sends `sig`. Returns the exit code (128+N when killed by signal N; the process's own
+// code when it exited before being ready). Waiting for a condition rather than a fixed time keeps
+// tests independent of how loaded the machine is; the wait is bounded (60 s).
+int RunAndSignalWhen(const std::vector<std::string>& argv, const std::function<bool()>& ready, int ms, int sig);
+// The same, ready once `ready_path` exists (right away when it is empty).
 int RunAndSignal(const std::vector<std::string>& argv, int ms, int sig, const std::string& ready_path = "");
 
 void WriteFile(const std::string& path, const std::string& data);

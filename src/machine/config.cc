@@ -1,5 +1,7 @@
 #include "machine/config.h"
 
+#include <algorithm>
+
 #include <functional>
 #include <sstream>
 #include <vector>
@@ -76,10 +78,29 @@ std::string UnescapeField(std::string_view s) {
   return out;
 }
 
-std::string CrypttabLine(const std::string& name, const std::string& luks_uuid,
+std::string CrypttabLine(const std::string& name, const std::string& device,
                          const std::string& key_file, const std::string& header) {
-  return name + " UUID=" + luks_uuid + " " + EscapeField(key_file) + " luks,nofail,header=" +
+  return name + " " + EscapeField(device) + " " + EscapeField(key_file) + " luks,nofail,header=" +
          EscapeField(header);
+}
+
+std::string StableDeviceSpec(Env& env, const MachineRoot& root, const std::string& dev) {
+  const std::string base = dev.substr(dev.rfind('/') + 1);
+  // A link's target is relative ("../../sdb1"): its last component names the device.
+  auto find_in = [&](const std::string& dir) -> std::string {
+    auto names = env.ListDir(root.Path(dir));
+    if (!names.ok()) return "";
+    std::vector<std::string> sorted = *names;
+    std::sort(sorted.begin(), sorted.end());  // the same choice on every run
+    for (const auto& n : sorted) {
+      auto target = env.ReadLink(root.Path(dir + "/" + n));
+      if (target.ok() && target->substr(target->rfind('/') + 1) == base) return n;
+    }
+    return "";
+  };
+  if (std::string id = find_in("/dev/disk/by-id"); !id.empty()) return "/dev/disk/by-id/" + id;
+  if (std::string pu = find_in("/dev/disk/by-partuuid"); !pu.empty()) return "PARTUUID=" + pu;
+  return dev;
 }
 
 std::string FstabLine(const FstabEntry& e) {

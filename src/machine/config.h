@@ -23,9 +23,16 @@ std::string EscapeField(std::string_view s);
 std::string UnescapeField(std::string_view s);
 
 // ADE's crypttab shape for a data volume with a detached header:
-//   <name> UUID=<luks uuid> <keyfile> luks,nofail,header=<header>
-std::string CrypttabLine(const std::string& name, const std::string& luks_uuid,
+//   <name> <device> <keyfile> luks,nofail,header=<header>
+// `device` must find the data device at boot by itself: with a detached header the device carries
+// no LUKS signature, so there is no UUID= to find it by (see StableDeviceSpec).
+std::string CrypttabLine(const std::string& name, const std::string& device,
                          const std::string& key_file, const std::string& header);
+// The name that finds `dev` ("/dev/sdb1") after a reboot, when device names may change: a
+// /dev/disk/by-id link to it (the disk's serial: what survives re-cabling, as ADE's
+// /dev/disk/azure/scsi1/lunN links do), else PARTUUID=, else `dev` itself (a loop device has no
+// stable name). Links are read below `root`.
+std::string StableDeviceSpec(Env& env, const MachineRoot& root, const std::string& dev);
 std::string FstabLine(const FstabEntry& e);
 // The fstab entry mounting the opened mapping at the original mount point: the original line's
 // options (or "defaults"), with nofail added so a missing key never stops the boot.

@@ -337,7 +337,7 @@ class Runner {
   }
 
   Status Configure(const VolumeRecord& r) {
-    const std::string ct = CrypttabLine(r.name, r.name, r.key_file, r.header);
+    const std::string ct = CrypttabLine(r.name, StableDeviceSpec(env_, o_.root, r.device), r.key_file, r.header);
     DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
       return SetCrypttabLine(t, r.name, ct);
     }));

@@ -6,6 +6,7 @@
 
 #include "machine/config.h"
 #include "machine/state.h"
+#include "machine/test_tree.h"
 #include "testlib.h"
 
 namespace ds::machine {
@@ -63,7 +64,7 @@ TEST(StateTest, BadRecordsAreCorruptNotCrashes) {
 }
 
 TEST(StateTest, DirSavesListsAndForgets) {
-  test::TempDir t;
+  ds::test::TempDir t;
   StateDir dir(*PosixEnv(), t.path());
   ASSERT_TRUE(dir.Prepare().ok());
   VolumeRecord a = SampleRecord(), b = SampleRecord();
@@ -71,7 +72,7 @@ TEST(StateTest, DirSavesListsAndForgets) {
   b.mountpoint = "/aaa";
   ASSERT_TRUE(dir.Save(a).ok());
   ASSERT_TRUE(dir.Save(b).ok());
-  test::WriteFile(t / "volumes/leftover.json.tmp-99", "{");  // a crash mid-write is not a record
+  ds::test::WriteFile(t / "volumes/leftover.json.tmp-99", "{");  // a crash mid-write is not a record
   auto list = dir.List();
   ASSERT_TRUE(list.ok()) << list.status().ToString();
   ASSERT_EQ(list->size(), 2u);
@@ -89,7 +90,7 @@ TEST(StateTest, MissingStateDirHasNoRecords) {
 }
 
 TEST(StateTest, LockRefusesASecondHolderNamingTheFirst) {
-  test::TempDir t;
+  ds::test::TempDir t;
   const std::string path = t / "lock";
   // The holder is another process, as in real use (flock is per open file, so a second open in
   // this process would conflict too; a child makes the PID in the message differ from ours).
@@ -132,9 +133,23 @@ TEST(StateTest, LockRefusesASecondHolderNamingTheFirst) {
   EXPECT_EQ(MachineLock::Holder(path), "");
 }
 
+// A detached-header device has no LUKS UUID to be found by at boot: crypttab names it by a link
+// that survives renaming (by-id, else PARTUUID), or by its path when it has none (a loop device).
+TEST(ConfigTest, StableDeviceSpecPrefersByIdThenPartuuid) {
+  ds::machine::test::MachineTree t;
+  t.Symlink("dev/disk/by-id/wwn-0x5000", "../../sdb");
+  t.Symlink("dev/disk/by-id/scsi-360022480abc-part1", "../../sdb1");
+  t.Symlink("dev/disk/by-partuuid/4f1c-01", "../../sdb1");
+  t.Symlink("dev/disk/by-partuuid/77aa-02", "../../sdc2");
+  MachineRoot root = t.Root();
+  EXPECT_EQ(StableDeviceSpec(*PosixEnv(), root, "/dev/sdb1"), "/dev/disk/by-id/scsi-360022480abc-part1");
+  EXPECT_EQ(StableDeviceSpec(*PosixEnv(), root, "/dev/sdc2"), "PARTUUID=77aa-02");
+  EXPECT_EQ(StableDeviceSpec(*PosixEnv(), root, "/dev/loop3"), "/dev/loop3");
+}
+
 TEST(ConfigTest, CrypttabAndFstabLinesHaveAdesShape) {
-  EXPECT_EQ(CrypttabLine("u-1", "u-1", "/var/lib/diskseal/keys/u-1.key", "/var/lib/diskseal/headers/u-1.luks2"),
-            "u-1 UUID=u-1 /var/lib/diskseal/keys/u-1.key luks,nofail,header=/var/lib/diskseal/headers/u-1.luks2");
+  EXPECT_EQ(CrypttabLine("u-1", "/dev/disk/by-id/scsi-1", "/var/lib/diskseal/keys/u-1.key", "/var/lib/diskseal/headers/u-1.luks2"),
+            "u-1 /dev/disk/by-id/scsi-1 /var/lib/diskseal/keys/u-1.key luks,nofail,header=/var/lib/diskseal/headers/u-1.luks2");
   FstabEntry orig{"UUID=abcd", "/data", "ext4", "defaults,noatime", 0, 2};
   EXPECT_EQ(FstabLine(MappingFstabEntry("u-1", "/data", "ext4", orig)),
             "/dev/mapper/u-1 /data ext4 defaults,noatime,nofail 0 2");
@@ -175,26 +190,26 @@ TEST(ConfigTest, EditsTouchOnlyTheirLineAndRepeatToTheSameFile) {
 }
 
 TEST(ConfigTest, ApplyKeepsTheFirstBackupAndWritesAtomically) {
-  test::TempDir t;
+  ds::test::TempDir t;
   MachineRoot root;
   root.dir = t.path();
   root.etc_dir = t / "etc";
   root.env = PosixEnv();
   ASSERT_EQ(::mkdir(root.etc_dir.c_str(), 0755), 0);
-  test::WriteFile(t / "etc/fstab", "UUID=root / ext4 defaults 0 1\n");
+  ds::test::WriteFile(t / "etc/fstab", "UUID=root / ext4 defaults 0 1\n");
   auto add = [](const std::string& l) {
     return [l](std::string_view text) { return SetFstabLine(text, "/d", l); };
   };
   ASSERT_TRUE(ApplyEtcEdit(*PosixEnv(), root, "fstab", add("A /d xfs nofail 0 2")).ok());
   ASSERT_TRUE(ApplyEtcEdit(*PosixEnv(), root, "fstab", add("B /d xfs nofail 0 2")).ok());
-  EXPECT_EQ(test::ReadFileOrDie(t / "etc/fstab"), "UUID=root / ext4 defaults 0 1\nB /d xfs nofail 0 2\n");
-  EXPECT_EQ(test::ReadFileOrDie(t / "etc/fstab.diskseal.bak"), "UUID=root / ext4 defaults 0 1\n");
+  EXPECT_EQ(ds::test::ReadFileOrDie(t / "etc/fstab"), "UUID=root / ext4 defaults 0 1\nB /d xfs nofail 0 2\n");
+  EXPECT_EQ(ds::test::ReadFileOrDie(t / "etc/fstab.diskseal.bak"), "UUID=root / ext4 defaults 0 1\n");
   // No crypttab yet: created, and its backup records that it was empty.
   ASSERT_TRUE(ApplyEtcEdit(*PosixEnv(), root, "crypttab", [](std::string_view t2) {
                 return SetCrypttabLine(t2, "u", std::string("u UUID=u /k luks,nofail,header=/h"));
               }).ok());
-  EXPECT_EQ(test::ReadFileOrDie(t / "etc/crypttab"), "u UUID=u /k luks,nofail,header=/h\n");
-  EXPECT_EQ(test::ReadFileOrDie(t / "etc/crypttab.diskseal.bak"), "");
+  EXPECT_EQ(ds::test::ReadFileOrDie(t / "etc/crypttab"), "u UUID=u /k luks,nofail,header=/h\n");
+  EXPECT_EQ(ds::test::ReadFileOrDie(t / "etc/crypttab.diskseal.bak"), "");
 }
 
 TEST(ConfigTest, EscapesRoundTrip) {
