@@ -28,8 +28,8 @@
 namespace ds::engine {
 
 struct EngineOptions {
-  // Bounds memory: datashift has one buffer this large; the other modes two of half this (the
-  // hotzone being written and the next one, read ahead).
+  // Bounds memory: two buffers of half this (the hotzone being written and the next one, read
+  // ahead). Datashift instead uses one buffer of one hotzone (at most the shift).
   uint64_t hotzone_bytes = 32u << 20;
   unsigned threads = 0;               // 0: one per core
   const std::atomic<bool>* stop = nullptr;  // checked at every commit point
