@@ -11,7 +11,7 @@ SIZE=${1:-1024}
 shift || true
 DIRS=("$@")
 [ ${#DIRS[@]} -gt 0 ] || DIRS=(/dev/shm "$PWD/build")
-DS=$PWD/build/diskseal
+DS=${DISKSEAL:-$PWD/build/diskseal}  # DISKSEAL=path: another build, for before/after runs
 [ -x "$DS" ] || scripts/build >/dev/null
 FAST=(--pbkdf pbkdf2 --pbkdf-force-iterations 1000)
 

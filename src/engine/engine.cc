@@ -102,12 +102,14 @@ class Runner {
     if (st_.hotzone_len) DS_RETURN_IF_ERROR(Recover(*st_.hotzone_len));
     const uint64_t hz = HotzoneLimit();
     const uint64_t run_start = st_.done;
+    bool have = false;  // buf_ already holds the next hotzone (read ahead by the previous step)
     while (st_.done < st_.data_size) {
+      // No read is in flight here: every Step joins its read-ahead before it returns.
       if ((o_.stop && o_.stop->load()) || (o_.stop_after && st_.done - run_start >= o_.stop_after))
         return Interrupted(v_.name() + ": stopped at a commit point after " +
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
-      DS_RETURN_IF_ERROR(Step(NextLength(hz)));
+      DS_RETURN_IF_ERROR(Step(NextLength(st_.done, hz), hz, have));
     }
     // A header whose every byte was already new (cryptsetup stores that state just before its
     // final commit) still needs the final layout.
@@ -129,15 +131,18 @@ class Runner {
   // The next hotzone's length. With a data shift the moved copy of [0, shift) is done in one
   // piece (cryptsetup cannot resume a split one) and the linear part in pieces of at most
   // `shift` bytes, ending at `shift` (cryptsetup's reencrypt_offset_backward_moved).
-  uint64_t NextLength(uint64_t hz) const {
-    const uint64_t left = st_.data_size - st_.done;
+  uint64_t NextLength(uint64_t done, uint64_t hz) const {
+    const uint64_t left = st_.data_size - done;
     if (!st_.moved) return std::min(hz, left);
     return left > st_.shift ? std::min(st_.shift, left - st_.shift) : left;
   }
 
   uint64_t HotzoneLimit() const {
     const uint64_t unit = std::max<uint64_t>(st_.sector_size(), st_.area.block);
-    uint64_t hz = std::max<uint64_t>(o_.hotzone_bytes / unit * unit, unit);
+    // Outside datashift two hotzone buffers are live at once (the one being written and the
+    // next one, read ahead): each gets half of the memory bound.
+    const uint64_t bound = st_.area.type == Resilience::kDatashift ? o_.hotzone_bytes : o_.hotzone_bytes / 2;
+    uint64_t hz = std::max<uint64_t>(bound / unit * unit, unit);
     if (st_.area.type == Resilience::kJournal) hz = std::min(hz, st_.area.size / unit * unit);
     if (st_.area.type == Resilience::kChecksum) {
       uint64_t hs = HashSize(st_.area.hash);
@@ -221,7 +226,9 @@ class Runner {
     return Status::Ok();
   }
 
-  Status Step(uint64_t len) {
+  // One hotzone of `len` bytes (hz: the hotzone limit, to size the next one). `have`: buf_
+  // already holds this hotzone's bytes; on return, whether it holds the next one's.
+  Status Step(uint64_t len, uint64_t hz, bool& have) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     if (st_.area.type == Resilience::kDatashift) {
       // No resilience data to write first: the source itself is the resilience.
@@ -233,18 +240,75 @@ class Runner {
       if (o_.progress) o_.progress->Advance(len);
       return Status::Ok();
     }
-    buf_.resize(len);
-    DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
-    DS_RETURN_IF_ERROR(WriteResilience(buf_));
-    DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
-    DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
-    DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos), buf_));
-    DS_RETURN_IF_ERROR(data_.Sync());
-    DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
-    st_.done = done + len;
+    if (!have) {
+      buf_.resize(len);
+      DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
+    }
+    have = false;
+    // Read-ahead: the next hotzone is read into next_ on a reader thread while this one goes
+    // through resilience, commit, transform, write, sync and commit. Safe because of this
+    // invariant: the bytes the next hotzone reads ([OldAt(npos), +nlen) on the data device) are
+    // disjoint from every byte this step writes there ([NewAt(pos), +len); the resilience area
+    // and the header lie outside the data segments), and no one else writes them before the
+    // next step's own commit -- so the bytes read ahead are exactly the on-disk bytes the next
+    // step's resilience data must describe. Checked here for each pair; read in turn when not.
+    // Reads change nothing on disk: the order of writes and syncs, every commit point, is as
+    // without it.
+    ReadAhead ra;
+    const uint64_t ndone = done + len;
+    if (ndone < st_.data_size) {
+      const uint64_t nlen = NextLength(ndone, hz), from = st_.OldAt(st_.StepOffset(ndone, nlen));
+      const uint64_t to = st_.NewAt(pos);
+      if (from + nlen <= to || to + len <= from) {
+        next_.resize(nlen);
+        ra.Start(data_, from, next_);
+      }
+    }
+    const Status s = [&]() -> Status {
+      DS_RETURN_IF_ERROR(WriteResilience(buf_));
+      DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
+      DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
+      DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos), buf_));
+      DS_RETURN_IF_ERROR(data_.Sync());
+      return Commit(done + len, std::nullopt);  // the hotzone is done
+    }();
+    const bool read_ahead = ra.started();
+    // Joined before anything returns: the reader writes into next_. A failed read-ahead is not
+    // an error of this step: the next step reads again and reports it there.
+    const bool ahead_ok = ra.Wait();
+    DS_RETURN_IF_ERROR(s);
+    st_.done = ndone;
     if (o_.progress) o_.progress->Advance(len);
+    if (read_ahead && ahead_ok) {
+      std::swap(buf_, next_);
+      have = true;
+    }
     return Status::Ok();
   }
+
+  // At most one read in flight on its own thread. Threading: Start and Wait are called by the
+  // Runner's thread only; between them the reader alone touches `buf`, which must outlive Wait.
+  class ReadAhead {
+   public:
+    ReadAhead() = default;
+    ReadAhead(const ReadAhead&) = delete;
+    ReadAhead& operator=(const ReadAhead&) = delete;
+    ~ReadAhead() { (void)Wait(); }
+    void Start(BlockDevice& dev, uint64_t off, std::span<uint8_t> buf) {
+      t_ = std::thread([this, &dev, off, buf] { ok_ = dev.ReadAt(off, buf).ok(); });
+    }
+    bool started() const { return t_.joinable(); }
+    // Joins the reader; true if a read was started and succeeded.
+    bool Wait() {
+      if (!t_.joinable()) return false;
+      t_.join();
+      return ok_;
+    }
+
+   private:
+    std::thread t_;
+    bool ok_ = false;
+  };
 
   Status Recover(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
@@ -296,6 +360,7 @@ class Runner {
   BlockDevice& data_;
   BlockDevice& md_dev_;
   Bytes buf_;
+  Bytes next_;  // the read-ahead buffer (not with datashift)
   bool finished_ = false;
 };
 

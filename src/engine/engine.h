@@ -28,7 +28,9 @@
 namespace ds::engine {
 
 struct EngineOptions {
-  uint64_t hotzone_bytes = 32u << 20;  // bounds memory: the one buffer is this large
+  // Bounds memory: two buffers of half this (the hotzone being written and the next one, read
+  // ahead). Datashift instead uses one buffer of one hotzone (at most the shift).
+  uint64_t hotzone_bytes = 32u << 20;
   unsigned threads = 0;               // 0: one per core
   const std::atomic<bool>* stop = nullptr;  // checked at every commit point
   // Stop at the first commit point once this run has transformed at least this many bytes
