@@ -292,6 +292,30 @@ TEST_F(DatashiftCliTest, DecryptKillNineThenTheSameCommandFinishes) {
   EXPECT_EQ(Head(img, data), Plain(plain, data));
 }
 
+// A run cut during the front copy leaves only NEWFILE.diskseal-new (complete, synced) and a torn
+// front; the same command redoes the copy from its untouched source, renames, finishes. The state
+// is made with cryptsetup's --init-only (its header after the copy) and a front torn by hand.
+TEST_F(DatashiftCliTest, DecryptFinishesAnInterruptedHeaderExport) {
+  const std::string img = dir_ / "t.img", hdr = dir_ / "t.hdr";
+  const size_t size = 32u << 20, data = size - (8u << 20);
+  Bytes plain = MakeRandomImage(img, size, 41);
+  ASSERT_EQ(RunProgram(Encrypt(img, "8M")).exit_code, 0);
+  RunResult init = RunProgram({"cryptsetup", "reencrypt", "--decrypt", "--init-only", "--force-offline-reencrypt", "-q",
+                               "--header", hdr + ".diskseal-new", "--key-file", dir_ / "key", img});
+  ASSERT_EQ(init.exit_code, 0) << init.err;
+  {
+    std::fstream f(img, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4096);
+    std::string zeros(1u << 20, '\0');
+    f.write(zeros.data(), std::streamsize(zeros.size()));
+  }
+  RunResult r = RunProgram(Decrypt(img, hdr));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("finishing the header export"), std::string::npos) << r.err;
+  EXPECT_FALSE(FileExists(hdr + ".diskseal-new"));
+  EXPECT_EQ(Head(img, data), Plain(plain, data));
+}
+
 TEST_F(DatashiftCliTest, RefusesWhenAFilesystemClaimsTheTail) {
   struct Case {
     std::string mkfs;
