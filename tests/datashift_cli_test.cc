@@ -2,7 +2,11 @@
 // the CLI on real files, checked by the real cryptsetup: it opens and decrypts what diskseal
 // encrypted to the original bytes, each tool finishes the other's interrupted run, a filesystem
 // that claims the freed tail is refused (ext4, xfs) or shrunk first (--resize-fs, ext4).
-// Runs are interrupted by polling the image for progress, never after a fixed time.
+// Decryption of such a volume (`decrypt --header NEWFILE`: header exported, data moved back) gives
+// back the original bytes, for diskseal's and cryptsetup's volumes, and each tool finishes the
+// other's interrupted decryption.
+// Runs are interrupted by polling the image or the header file for progress, never after a fixed
+// time.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -37,6 +41,17 @@ bool ShiftRunUnderWay(const std::string& img) {
   return n >= 2;
 }
 
+bool FileExists(const std::string& path) { return access(path.c_str(), F_OK) == 0; }
+
+// An exported header (decryption with data shift) whose segments show work done or under way: a
+// linear segment besides the backup-final one.
+bool DecryptUnderWay(const std::string& hdr) {
+  std::string h = Head(hdr, 16384);
+  size_t n = 0;
+  for (size_t at = h.find("\"linear\""); at != std::string::npos; at = h.find("\"linear\"", at + 1)) ++n;
+  return h.find("online-reencrypt-v3") != std::string::npos && n >= 2;
+}
+
 class DatashiftCliTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -67,6 +82,17 @@ class DatashiftCliTest : public ::testing::Test {
     return RunAndSignalWhen(argv, ready, 0, SIGKILL);
   }
   std::string Plain(const Bytes& b, size_t n) { return std::string(b.begin(), b.begin() + n); }
+  std::vector<std::string> Decrypt(const std::string& img, const std::string& hdr) {
+    return {DISKSEAL_BIN, "decrypt", img, "--header", hdr, "-d", dir_ / "key"};
+  }
+  std::vector<std::string> CryptsetupEncrypt(const std::string& img, const std::string& reduce) {
+    std::vector<std::string> cs = {"cryptsetup", "reencrypt", "--encrypt", "--type", "luks2", "-q",
+                                   "--force-offline-reencrypt", "--reduce-device-size", reduce,
+                                   "--key-file", dir_ / "key"};
+    cs.insert(cs.end(), kFast.begin(), kFast.end());
+    cs.push_back(img);
+    return cs;
+  }
   TempDir dir_;
 };
 
@@ -141,6 +167,127 @@ TEST_F(DatashiftCliTest, KillNineThenTheSameCommandFinishes) {
   RunResult fin = RunProgram(Encrypt(img, "1M"));
   EXPECT_TRUE(fin.exit_code == 0 || fin.exit_code == 5) << fin.err;
   EXPECT_EQ(CryptsetupDecrypt(img).substr(0, data), Plain(plain, data));
+}
+
+TEST_F(DatashiftCliTest, DecryptWithTheHeaderAtTheStartGivesBackTheOriginalBytes) {
+  for (bool by_cryptsetup : {false, true}) {
+    SCOPED_TRACE(by_cryptsetup ? "encrypted by cryptsetup" : "encrypted by diskseal");
+    const std::string img = dir_ / "d.img", hdr = dir_ / "d.hdr";
+    std::remove(hdr.c_str());
+    const size_t size = 32u << 20, data = size - (8u << 20);
+    Bytes plain = MakeRandomImage(img, size, 36);
+    RunResult e = RunProgram(by_cryptsetup ? CryptsetupEncrypt(img, "8M") : Encrypt(img, "8M"));
+    ASSERT_EQ(e.exit_code, 0) << e.err;
+    RunResult r = RunProgram(Decrypt(img, hdr));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(Head(img, data), Plain(plain, data));
+    EXPECT_FALSE(FileExists(hdr + ".diskseal-new"));
+    RunResult dump = RunProgram({"cryptsetup", "luksDump", "--header", hdr, img});
+    ASSERT_EQ(dump.exit_code, 0) << dump.err;
+    EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
+    RunResult again = RunProgram(Decrypt(img, hdr));
+    EXPECT_EQ(again.exit_code, 5) << again.err;  // already plaintext
+    EXPECT_EQ(Head(img, data), Plain(plain, data));
+  }
+}
+
+TEST_F(DatashiftCliTest, DecryptRefusesBadInputAndLeavesTheDeviceUntouched) {
+  const std::string img = dir_ / "b.img", hdr = dir_ / "b.hdr";
+  MakeRandomImage(img, 32u << 20, 37);
+  ASSERT_EQ(RunProgram(Encrypt(img, "8M")).exit_code, 0);
+  const std::string before = Sha256File(img);
+  RunResult no_hdr = Diskseal({"decrypt", img, "-d", dir_ / "key"});
+  EXPECT_EQ(no_hdr.exit_code, 1) << no_hdr.err;
+  EXPECT_NE(no_hdr.err.find("--header"), std::string::npos) << no_hdr.err;
+  WriteFile(dir_ / "bad", "not the key");
+  RunResult bad = Diskseal({"decrypt", img, "--header", hdr, "-d", dir_ / "bad"});
+  EXPECT_EQ(bad.exit_code, 2) << bad.err;
+  EXPECT_FALSE(FileExists(hdr));
+  EXPECT_FALSE(FileExists(hdr + ".diskseal-new"));
+  WriteFile(hdr, "something precious");
+  RunResult exists = RunProgram(Decrypt(img, hdr));
+  EXPECT_EQ(exists.exit_code, 5) << exists.err;
+  EXPECT_NE(exists.err.find("refusing to overwrite"), std::string::npos) << exists.err;
+  EXPECT_EQ(ReadFileOrDie(hdr), "something precious");
+  EXPECT_EQ(Sha256File(img), before);
+}
+
+TEST_F(DatashiftCliTest, CryptsetupFinishesTheDecryptionDisksealStarted) {
+  const std::string img = dir_ / "ds.img", hdr = dir_ / "ds.hdr";
+  const size_t size = 64u << 20, data = size - (1u << 20);
+  Bytes plain = MakeRandomImage(img, size, 38);
+  ASSERT_EQ(RunProgram(Encrypt(img, "1M")).exit_code, 0);
+  int rc = KillWhen(Decrypt(img, hdr), [&] { return DecryptUnderWay(hdr); });
+  if (rc == 0) GTEST_SKIP() << "diskseal finished before it could be interrupted";
+  RunResult dump = RunProgram({"cryptsetup", "luksDump", "--header", hdr, img});
+  ASSERT_EQ(dump.exit_code, 0) << dump.err;
+  EXPECT_NE(dump.out.find("online-reencrypt-v3"), std::string::npos) << dump.out;
+  RunProgram({"cryptsetup", "repair", "-q", "--header", hdr, "--key-file", dir_ / "key", img});
+  RunResult fin = RunProgram({"cryptsetup", "reencrypt", "--resume-only", "--force-offline-reencrypt", "-q",
+                              "--header", hdr, "--key-file", dir_ / "key", img});
+  ASSERT_EQ(fin.exit_code, 0) << fin.err;
+  EXPECT_EQ(Head(img, data), Plain(plain, data));
+}
+
+TEST_F(DatashiftCliTest, DisksealFinishesTheDecryptionCryptsetupStarted) {
+  for (bool same_command : {true, false}) {
+    SCOPED_TRACE(same_command ? "decrypt again" : "resume");
+    const std::string img = dir_ / "cd.img", hdr = dir_ / "cd.hdr";
+    std::remove(hdr.c_str());
+    const size_t size = 64u << 20, data = size - (1u << 20);
+    Bytes plain = MakeRandomImage(img, size, 39);
+    ASSERT_EQ(RunProgram(CryptsetupEncrypt(img, "1M")).exit_code, 0);
+    int rc = KillWhen({"cryptsetup", "reencrypt", "--decrypt", "--force-offline-reencrypt", "-q", "--header", hdr,
+                       "--key-file", dir_ / "key", img},
+                      [&] { return DecryptUnderWay(hdr); });
+    if (rc == 0) GTEST_SKIP() << "cryptsetup finished before it could be interrupted";
+    RunResult r = same_command ? RunProgram(Decrypt(img, hdr))
+                               : Diskseal({"resume", img, "--header", hdr, "-d", dir_ / "key"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(Head(img, data), Plain(plain, data));
+  }
+}
+
+TEST_F(DatashiftCliTest, DecryptKillNineThenTheSameCommandFinishes) {
+  const std::string img = dir_ / "dk.img", hdr = dir_ / "dk.hdr";
+  const size_t size = 64u << 20, data = size - (1u << 20);
+  Bytes plain = MakeRandomImage(img, size, 40);
+  ASSERT_EQ(RunProgram(Encrypt(img, "1M")).exit_code, 0);
+  // first kill: while the exported header is still a temp file (the front copy under way), then
+  // as soon as the header file exists, then as soon as more work is recorded
+  int rc = KillWhen(Decrypt(img, hdr), [&] { return FileExists(hdr + ".diskseal-new"); });
+  if (rc != 0) rc = KillWhen(Decrypt(img, hdr), [&] { return FileExists(hdr); });
+  for (int i = 0; i < 3 && rc != 0; ++i) {
+    const std::string before = Head(hdr, 16384);
+    rc = KillWhen(Decrypt(img, hdr), [&] { return Head(hdr, 16384) != before; });
+  }
+  RunResult fin = RunProgram(Decrypt(img, hdr));
+  EXPECT_TRUE(fin.exit_code == 0 || fin.exit_code == 5) << fin.err;
+  EXPECT_EQ(Head(img, data), Plain(plain, data));
+}
+
+// A run cut during the front copy leaves only NEWFILE.diskseal-new (complete, synced) and a torn
+// front; the same command redoes the copy from its untouched source, renames, finishes. The state
+// is made with cryptsetup's --init-only (its header after the copy) and a front torn by hand.
+TEST_F(DatashiftCliTest, DecryptFinishesAnInterruptedHeaderExport) {
+  const std::string img = dir_ / "t.img", hdr = dir_ / "t.hdr";
+  const size_t size = 32u << 20, data = size - (8u << 20);
+  Bytes plain = MakeRandomImage(img, size, 41);
+  ASSERT_EQ(RunProgram(Encrypt(img, "8M")).exit_code, 0);
+  RunResult init = RunProgram({"cryptsetup", "reencrypt", "--decrypt", "--init-only", "--force-offline-reencrypt", "-q",
+                               "--header", hdr + ".diskseal-new", "--key-file", dir_ / "key", img});
+  ASSERT_EQ(init.exit_code, 0) << init.err;
+  {
+    std::fstream f(img, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4096);
+    std::string zeros(1u << 20, '\0');
+    f.write(zeros.data(), std::streamsize(zeros.size()));
+  }
+  RunResult r = RunProgram(Decrypt(img, hdr));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("finishing the header export"), std::string::npos) << r.err;
+  EXPECT_FALSE(FileExists(hdr + ".diskseal-new"));
+  EXPECT_EQ(Head(img, data), Plain(plain, data));
 }
 
 TEST_F(DatashiftCliTest, RefusesWhenAFilesystemClaimsTheTail) {

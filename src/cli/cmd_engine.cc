@@ -286,6 +286,97 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
   return ResumeOperation(g, da, keys, e, &vk, 0);
 }
 
+// decrypt DEVICE --header NEWFILE for a volume whose header is at the start of DEVICE (data at
+// offset S), in cryptsetup 2.6.1's layout: the header is exported to NEWFILE with the operation
+// already recorded, the ciphertext of the data's first S bytes is copied to the front, and the data
+// is moved back to offset 0 as it is decrypted (engine/reencrypt_state.h). Order, so that no
+// instant has a header that lies or a lost source:
+//   1. NEWFILE.diskseal-new: a copy of the header + keyslots with the operation recorded, synced;
+//   2. the copy to the front (which destroys the header on the device), synced;
+//   3. rename to NEWFILE (durable). A run that finds step 1's file but no NEWFILE redoes 2 and 3.
+Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, const EngineArgs& e,
+                    const luks2::PbkdfOptions& pbkdf, VaultOptions& vault_opts) {
+  const std::string& dev = da.device;
+  const std::string& hdr = da.header;
+  const std::string tmp = hdr + ".diskseal-new";
+  OpenOptions rw;
+  rw.write = true;
+  rw.exclusive = true;
+  if (g.env->Exists(tmp)) {
+    std::optional<uint64_t> shift;
+    std::string uuid;
+    {
+      auto t = luks2::Volume::Load(*g.env, dev, tmp, false);
+      if (t.ok()) {
+        auto st = engine::ReadState(t->metadata(), t->data_device().Size());
+        if (st.ok() && *st && (*st)->decrypt_shift() && (*st)->done == 0 && !(*st)->hotzone_len) {
+          shift = (*st)->shift;
+          uuid = t->metadata().uuid;
+        }
+      }
+    }
+    if (shift) {
+      // Step 1 is durable; the front may be anything from untouched to fully copied.
+      DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, rw));
+      auto front = luks2::ReadHeader(*d);
+      if (front.ok() && front->md.uuid != uuid)
+        return Busy(tmp + " was made for the volume " + uuid + ", not for " + dev + " (" + front->md.uuid +
+                    "); remove it if it is stale");
+      *g.err << dev << ": finishing the header export of an interrupted run\n";
+      DS_RETURN_IF_ERROR(engine::CopyMovedSegmentToFront(*d, *shift).WithContext(dev));
+      d.reset();
+      DS_RETURN_IF_ERROR(g.env->Rename(tmp, hdr));
+      return ResumeOperation(g, da, keys, e, nullptr, -1, nullptr, &vault_opts);
+    }
+    // Never completed, so the device was never written: start afresh.
+    DS_RETURN_IF_ERROR(g.env->Remove(tmp));
+  }
+  auto loaded = luks2::Volume::Load(*g.env, dev, "", false);
+  if (!loaded.ok())
+    return loaded.status().WithContext(dev + ": " + hdr + " does not exist and no LUKS2 header is at the start of the device");
+  luks2::Volume v = std::move(*loaded);
+  const uint64_t size = v.data_device().Size();
+  DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), size));
+  if (st)
+    return Busy(dev + ": an in-place " + engine::ModeName(st->mode) + " is in progress on it; finish it first "
+                "(`diskseal resume " + dev + "`)");
+  const auto segs = luks2::Segments(v.metadata());
+  if (segs.size() != 1 || segs.front().type != "crypt")
+    return Busy(dev + ": does not hold one encrypted data segment (already plaintext?)");
+  const uint64_t shift = segs.front().offset;
+  if (shift == 0 || size <= 2 * shift)
+    return InvalidArgument(dev + ": the data offset " + std::to_string(shift) + " leaves no room to move the data back");
+  DS_RETURN_IF_ERROR(v.CheckRequirements());
+  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata().uuid, dev));
+  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+  DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(pbkdf));
+  // 1. the header file, complete and with the operation recorded, before the device is touched.
+  {
+    Bytes front(shift);
+    DS_RETURN_IF_ERROR(v.data_device().ReadAt(0, front));
+    DS_ASSIGN_OR_RETURN(auto f, g.env->Create(tmp, shift));
+    DS_RETURN_IF_ERROR(f->WriteAt(0, front));
+    DS_RETURN_IF_ERROR(f->Sync());
+  }
+  {
+    Status made = [&]() -> Status {
+      DS_ASSIGN_OR_RETURN(luks2::Volume t, luks2::Volume::Load(*g.env, dev, tmp, true));
+      DS_RETURN_IF_ERROR(engine::InitDecryptShift(t.mutable_metadata(), u.key, size, iters).WithContext(dev));
+      return t.Commit();  // synced: step 1 is durable
+    }();
+    if (!made.ok()) {
+      (void)g.env->Remove(tmp);
+      return made;
+    }
+  }
+  {
+    DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, rw));
+    DS_RETURN_IF_ERROR(engine::CopyMovedSegmentToFront(*d, shift).WithContext(dev));
+  }
+  DS_RETURN_IF_ERROR(g.env->Rename(tmp, hdr));
+  return ResumeOperation(g, da, keys, e, &u.key, u.digest);
+}
+
 }  // namespace
 
 Runner SetupEncrypt(CLI::App& app, Globals& g) {
@@ -330,7 +421,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     }
     if (o->shift.reduce)
       return InvalidArgument("--reduce-device-size puts the header at the start of the device; it does not go with --header");
-    if (res == engine::Resilience::kDatashift)
+    if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
       return Unsupported(dev + ": resilience datashift (data shift) needs --reduce-device-size, not --header");
     // Running the original command again resumes an interrupted run.
     if (g.env->Exists(o->dev.header)) {
@@ -415,10 +506,24 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     CatchStopSignals();
     const std::string& dev = o->dev.device;
     if (o->dev.header.empty())
-      return Unsupported(dev + ": decrypting a volume whose header is at the start of the device is not "
-                               "implemented yet (cryptsetup 2.6.1 does it as `reencrypt --decrypt --header NEWFILE`: "
-                               "header exported, data moved back, datashift-checksum); only detached headers (--header FILE)");
+      return InvalidArgument(dev + ": decrypt needs --header FILE: the detached header, or, when the header is at "
+                                   "the start of the device, a new file to export it to (the data then moves back to "
+                                   "offset 0, as with cryptsetup's `reencrypt --decrypt --header NEWFILE`)");
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
+      return InvalidArgument(dev + ": --resilience datashift* is chosen by diskseal itself for a header at the start");
+    if (!g.env->Exists(o->dev.header)) {
+      if (o->resilience != "checksum")
+        return InvalidArgument(dev + ": with the header at the start the resilience is datashift-checksum");
+      return DecryptShift(g, o->dev, o->keys, o->e, o->pbkdf, o->vault);
+    }
+    {
+      DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, OpenOptions{}));
+      DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
+      if (luks)
+        return Busy(o->dev.header + ": exists; refusing to overwrite it (" + dev + " has its header at the start: "
+                    "decrypting it exports the header to a new file)");
+    }
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
     if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);

@@ -18,7 +18,7 @@ static const Command kCommands[] = {
     {"status", "encryption status of the machine in ADE's words (--json)", SetupStatus},
     {"format", "create a new LUKS2 volume (header and keyslot) on a device", SetupFormat},
     {"encrypt", "encrypt a device in place, data kept, crash-safe (detached header)", SetupEncrypt},
-    {"decrypt", "decrypt a device in place back to plaintext, crash-safe (detached header)", SetupDecrypt},
+    {"decrypt", "decrypt a device in place back to plaintext, crash-safe (detached header, or header at the start exported to --header NEWFILE)", SetupDecrypt},
     {"reencrypt", "replace the volume key (and optionally cipher, sector size) in place, crash-safe", SetupReencrypt},
     {"resume", "finish an interrupted in-place operation", SetupResume},
     {"dump", "show a volume's LUKS2 header (--json: stable schema)", SetupDump},

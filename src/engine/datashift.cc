@@ -103,6 +103,18 @@ Result<ShiftStart> RecoverShiftHeader(BlockDevice& dev, uint64_t shift) {
   return ShiftStart::kRestored;
 }
 
+Status CopyMovedSegmentToFront(BlockDevice& dev, uint64_t shift) {
+  if (shift == 0 || dev.Size() < 2 * shift)
+    return InvalidArgument(dev.name() + ": the data shift does not fit the device");
+  Bytes buf(size_t(std::min<uint64_t>(shift, 1u << 20)));
+  for (uint64_t at = 0; at < shift; at += buf.size()) {
+    std::span<uint8_t> piece(buf.data(), size_t(std::min<uint64_t>(buf.size(), shift - at)));
+    DS_RETURN_IF_ERROR(dev.ReadAt(shift + at, piece));
+    DS_RETURN_IF_ERROR(dev.WriteAt(at, piece));
+  }
+  return dev.Sync();
+}
+
 Result<std::optional<FilesystemExtent>> ProbeFilesystem(BlockDevice& dev) {
   auto le16 = [](const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8; };
   auto le32 = [](const uint8_t* p) {

@@ -36,6 +36,13 @@ enum class ShiftStart {
 // placement when there was one.
 Result<ShiftStart> RecoverShiftHeader(BlockDevice& dev, uint64_t shift);
 
+// Decryption with data shift (engine/reencrypt_state.h): copies the ciphertext of the data's first
+// `shift` bytes from device [shift, 2*shift) to [0, shift), where the exported header's moved
+// segment says it is, and syncs. Preconditions: the header that says so is durable but not yet
+// where anyone looks for it (a new run redoes this copy), and no hotzone has run (the source is
+// still intact). Repeatable: the source is never written.
+Status CopyMovedSegmentToFront(BlockDevice& dev, uint64_t shift);
+
 // A filesystem found at the start of a device, with the bytes it claims.
 struct FilesystemExtent {
   std::string type;  // "ext2/3/4" family as "ext4" etc., "xfs", "btrfs"

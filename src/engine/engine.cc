@@ -134,7 +134,7 @@ class Runner {
   uint64_t NextLength(uint64_t done, uint64_t hz) const {
     const uint64_t left = st_.data_size - done;
     if (!st_.moved) return std::min(hz, left);
-    return left > st_.shift ? std::min(st_.shift, left - st_.shift) : left;
+    return st_.ShiftStepLength(st_.done);
   }
 
   uint64_t HotzoneLimit() const {
@@ -144,7 +144,7 @@ class Runner {
     const uint64_t bound = st_.area.type == Resilience::kDatashift ? o_.hotzone_bytes : o_.hotzone_bytes / 2;
     uint64_t hz = std::max<uint64_t>(bound / unit * unit, unit);
     if (st_.area.type == Resilience::kJournal) hz = std::min(hz, st_.area.size / unit * unit);
-    if (st_.area.type == Resilience::kChecksum) {
+    if (st_.area.type == Resilience::kChecksum || st_.area.type == Resilience::kDatashiftChecksum) {
       uint64_t hs = HashSize(st_.area.hash);
       hz = std::min(hz, st_.area.size / hs * st_.area.block / unit * unit);
     }
@@ -158,7 +158,7 @@ class Runner {
       SetFinished(md, st_);
       // The moved copy held plaintext: its wipe is recorded in the same commit as the final
       // layout (cryptsetup sees a finished volume) and done by FinishPendingWipe, repeatably.
-      if (st_.moved) AddWipeToken(md, st_.moved->offset, st_.shift);
+      if (st_.moved && st_.mode == Mode::kEncrypt) AddWipeToken(md, st_.moved->offset, st_.shift);
     } else {
       SetProgress(md, st_, done, hot);
     }
@@ -230,7 +230,9 @@ class Runner {
   // already holds this hotzone's bytes; on return, whether it holds the next one's.
   Status Step(uint64_t len, uint64_t hz, bool& have) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
-    if (st_.area.type == Resilience::kDatashift) {
+    // Decryption with data shift: every hotzone but the moved segment (decrypted in place, with
+    // checksums below) is written below its source, as with datashift.
+    if (st_.area.type == Resilience::kDatashift || (st_.decrypt_shift() && pos >= st_.shift)) {
       // No resilience data to write first: the source itself is the resilience.
       DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
       DS_RETURN_IF_ERROR(MoveHotzone(pos, len));
@@ -314,7 +316,10 @@ class Runner {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     buf_.resize(len);
     const uint64_t at = st_.NewAt(pos);
-    switch (st_.area.type) {
+    auto type = st_.area.type;
+    if (st_.decrypt_shift()) type = pos >= st_.shift ? Resilience::kDatashift : Resilience::kChecksum;
+    switch (type) {
+      case Resilience::kDatashiftChecksum:  // mapped above
       case Resilience::kDatashift:
         // The hotzone's source is intact (writes never reach unread source): do it again.
         DS_RETURN_IF_ERROR(MoveHotzone(pos, len));
@@ -387,7 +392,7 @@ Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffe
            const EngineOptions& opts) {
   DS_ASSIGN_OR_RETURN(auto st, ReadState(volume.metadata(), volume.data_device().Size()));
   if (!st) return FinishPendingWipe(volume);
-  if (st->area.type == Resilience::kChecksum &&
+  if ((st->area.type == Resilience::kChecksum || st->area.type == Resilience::kDatashiftChecksum) &&
       (st->area.block % st->sector_size() || HashSize(st->area.hash) == 0))
     return Unsupported(volume.name() + ": checksum blocks must be whole sectors of a known hash");
   auto key = [&](int digest) -> const SecureBuffer* {

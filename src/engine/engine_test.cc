@@ -508,6 +508,177 @@ TEST(Engine, DatashiftPowerCutDuringRecoveryResumesToTheOriginalBytes) {
   EXPECT_GT(points, 500);
 }
 
+// Decryption of a volume whose header was at the start (cryptsetup 2.6.1's `reencrypt --decrypt
+// --header NEWFILE`): the header has been exported to its own device with the operation recorded
+// (the CLI does that in a temp file it renames), the device's [0, S) will receive the copy of the
+// ciphertext at [S, 2S), then the data moves back to offset 0.
+constexpr uint64_t kDecShiftDevice = 5 * kShift + (64u << 10);  // rest: three full hotzones and a short one
+
+struct DecShiftFixture {
+  Bytes plain, header, device;
+  SecureBuffer key;
+};
+
+DecShiftFixture MakeDecryptShift(uint32_t sector) {
+  test::TempDir dir;
+  DecShiftFixture f;
+  f.plain = test::RandomData(kDecShiftDevice - kShift, 400 + sector);
+  test::WriteFile(dir / "data", std::string(kDecShiftDevice, '\0'));
+  luks2::FormatOptions o = test::FastFormat();
+  o.sector_size = sector;
+  o.offset_sectors = kShift / 512;
+  o.keyslots_size = kShift - 2 * o.metadata_size;
+  {
+    auto v = luks2::Volume::Format(*PosixEnv(), dir / "data", dir / "hdr", o, AsBytes("pw"), nullptr, &f.key);
+    EXPECT_TRUE(v.ok()) << v.status().message();
+  }
+  auto v = luks2::Volume::Load(*PosixEnv(), dir / "data", dir / "hdr", true);
+  EXPECT_TRUE(v.ok());
+  auto data = v->OpenData({{0, &f.key}});
+  EXPECT_TRUE(data.ok() && (*data)->WriteAt(0, f.plain).ok() && (*data)->Sync().ok());
+  Status s = InitDecryptShift(v->mutable_metadata(), f.key, kDecShiftDevice, 1000);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(v->Commit().ok());
+  std::string h = test::ReadFileOrDie(dir / "hdr"), d = test::ReadFileOrDie(dir / "data");
+  f.header.assign(h.begin(), h.end());
+  f.device.assign(d.begin(), d.end());
+  std::fill(f.device.begin(), f.device.begin() + kShift, 0x5a);  // where the header was
+  return f;
+}
+
+// One run of the command: the front copy unless the header is already "renamed into place"
+// (`placed`, set only once the copy is durable, as the rename follows the sync), then the engine.
+Status RunDecShift(BlockDevice& hdr, BlockDevice& dev, bool& placed, const SecureBuffer& key) {
+  if (!placed) {
+    DS_RETURN_IF_ERROR(CopyMovedSegmentToFront(dev, kShift));
+    placed = true;
+  }
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, Open(&hdr, &dev));
+  EngineOptions eo;
+  eo.threads = 2;
+  return RunOperation(v, {{0, &key}}, eo);
+}
+
+Bytes FinishDecShiftAndRead(const Bytes& header, const Bytes& device, bool placed, const SecureBuffer& key) {
+  MemDevice h("hdr", header), d("data", device);
+  Status s = RunDecShift(h, d, placed, key);
+  EXPECT_TRUE(s.ok()) << s.message();
+  auto v = Open(&h, &d);
+  EXPECT_TRUE(v.ok()) << v.status().message();
+  if (!v.ok()) return {};
+  auto st = ReadState(v->metadata(), d.Size());
+  EXPECT_TRUE(st.ok() && !st->has_value()) << "operation not finished";
+  auto segs = luks2::Segments(v->metadata());
+  EXPECT_TRUE(segs.size() == 1 && segs[0].type == "linear" && segs[0].offset == 0);
+  EXPECT_TRUE(v->metadata().requirements().empty());
+  Bytes out(kDecShiftDevice - kShift);
+  EXPECT_TRUE(d.ReadAt(0, out).ok());
+  return out;
+}
+
+TEST(Engine, DatashiftDecryptsBackToOffsetZeroInCryptsetupsLayout) {
+  DecShiftFixture f = MakeDecryptShift(4096);
+  MemDevice h("hdr", f.header), d("data", f.device);
+  {
+    auto v = Open(&h, &d);
+    ASSERT_TRUE(v.ok());
+    auto st = ReadState(v->metadata(), d.Size());
+    ASSERT_TRUE(st.ok() && st->has_value()) << st.status().message();
+    EXPECT_TRUE((*st)->decrypt_shift());
+    EXPECT_EQ((*st)->shift, kShift);
+    EXPECT_EQ((*st)->data_size, kDecShiftDevice - kShift);
+    EXPECT_EQ((*st)->done, 0u);
+    EXPECT_EQ(v->metadata().requirements(), std::vector<std::string>{"online-reencrypt-v3"});
+    EXPECT_TRUE(CheckVerificationDigest(v->metadata(), **st, &f.key, nullptr).ok());
+    // a hotzone of the rest under way, then the moved segment under way: cryptsetup's segments
+    luks2::Metadata md = v->metadata();
+    SetProgress(md, **st, kShift, kShift);
+    auto segs = luks2::Segments(md);
+    ASSERT_GE(segs.size(), 4u);
+    EXPECT_EQ(segs[0].type, "crypt");
+    EXPECT_EQ(segs[0].offset, 0u);
+    EXPECT_EQ(segs[1].type, "linear");
+    EXPECT_EQ(segs[1].offset, kShift);
+    EXPECT_TRUE(segs[2].has_flag("in-reencryption"));
+    EXPECT_EQ(segs[2].offset, 2 * kShift);
+    EXPECT_EQ(segs[3].offset, 4 * kShift);
+    EXPECT_EQ(segs[3].iv_tweak, 3 * kShift / 512);
+    auto again = ReadState(md, d.Size());
+    ASSERT_TRUE(again.ok()) << again.status().message();
+    EXPECT_EQ((*again)->done, kShift);
+    EXPECT_EQ((*again)->hotzone_len, kShift);
+    EXPECT_EQ((*again)->StepOffset(kShift, kShift), 2 * kShift);
+    const uint64_t rest = kDecShiftDevice - 2 * kShift;
+    SetProgress(md, **st, rest, kShift);
+    auto last = ReadState(md, d.Size());
+    ASSERT_TRUE(last.ok()) << last.status().message();
+    EXPECT_EQ((*last)->done, rest);
+    EXPECT_EQ((*last)->hotzone_len, kShift);
+    EXPECT_EQ((*last)->StepOffset(rest, kShift), 0u);
+    EXPECT_TRUE(luks2::Validate(md).ok());
+  }
+  EXPECT_EQ(FinishDecShiftAndRead(f.header, f.device, false, f.key), f.plain);
+}
+
+TEST(Engine, DatashiftDecryptEioMidWayStopsCleanlyAndResumes) {
+  DecShiftFixture f = MakeDecryptShift(4096);
+  for (uint64_t at : {uint64_t(100), 2 * kShift + 100, kShift / 2}) {
+    SCOPED_TRACE("EIO at " + std::to_string(at));
+    MemDevice h("hdr", f.header);
+    FaultDevice d("data", f.device);
+    bool placed = at != 100;  // at 100: during the front copy
+    if (placed) {
+      ASSERT_TRUE(CopyMovedSegmentToFront(d, kShift).ok());
+    }
+    d.FailWriteAt(at, at + 1);
+    Status s = RunDecShift(h, d, placed, f.key);
+    EXPECT_EQ(s.code(), Code::kIOError) << s.message();
+    d.ClearFaults();
+    EXPECT_EQ(FinishDecShiftAndRead(h.Snapshot(), d.Current(), placed, f.key), f.plain);
+  }
+}
+
+// A power cut at every write and sync of the front copy and the whole operation, in every cut
+// mode (with 4 KiB sectors the in-place moved hotzone assumes 4 KiB writes are atomic, as
+// checksum mode does); after each, running the command again gives back the original bytes.
+TEST(Engine, DatashiftDecryptPowerCutAtEveryInstantResumesToTheOriginalBytes) {
+  using C = FaultDevice::CutMode;
+  struct Case {
+    uint32_t sector;
+    std::vector<C> cuts;
+  };
+  for (const Case& c : {Case{512, {C::kDropUnsynced, C::kKeepSome, C::kTearOne}},
+                        Case{4096, {C::kDropUnsynced, C::kKeepSome}}}) {
+    DecShiftFixture f = MakeDecryptShift(c.sector);
+    uint64_t total;
+    {
+      auto clock = std::make_shared<FaultClock>();
+      FaultDevice h("hdr", f.header, clock), d("data", f.device, clock);
+      bool placed = false;
+      ASSERT_TRUE(RunDecShift(h, d, placed, f.key).ok());
+      total = h.ops();
+    }
+    ASSERT_GT(total, 40u);
+    int points = 0;
+    for (uint64_t k = 1; k <= total; ++k) {
+      for (auto cut : c.cuts) {
+        SCOPED_TRACE("decrypt-shift/" + std::to_string(c.sector) + " crash at op " + std::to_string(k) + " cut " +
+                     std::to_string(int(cut)));
+        auto clock = std::make_shared<FaultClock>();
+        FaultDevice h("hdr", f.header, clock), d("data", f.device, clock);
+        h.CrashAfterOps(k);
+        bool placed = false;
+        (void)RunDecShift(h, d, placed, f.key);
+        Bytes hdr_after = h.PowerCut(cut, k * 7 + 1);
+        Bytes data_after = d.PowerCut(cut, k * 13 + 5);
+        ASSERT_EQ(FinishDecShiftAndRead(hdr_after, data_after, placed, f.key), f.plain);
+        ++points;
+      }
+    }
+    EXPECT_GT(points, 80);
+  }
+}
+
 // The tail check reads what each filesystem's superblock claims (cryptsetup checks nothing).
 TEST(Engine, ProbeFilesystemReadsTheSizeEachSuperblockClaims) {
   auto le = [](Bytes& b, size_t at, uint64_t v, int n) {

@@ -15,11 +15,22 @@ using luks2::Json;
 
 namespace {
 constexpr const char* kRequirement = "online-reencrypt-v2";
+// cryptsetup 2.6.1 records decryption with data shift (a moved segment at the front) as v3.
+constexpr const char* kRequirementV3 = "online-reencrypt-v3";
 
+bool HasRequirement(const luks2::Metadata& md, const char* r) {
+  auto reqs = md.requirements();
+  return std::find(reqs.begin(), reqs.end(), r) != reqs.end();
+}
+
+// By index, not iterators: GCC 12's -Wnull-dereference misfires on inlined json iterators here.
 bool HasFlag(const Json& seg, const char* flag) {
-  auto it = seg.find("flags");
-  if (it == seg.end() || !it->is_array()) return false;
-  return std::find(it->begin(), it->end(), flag) != it->end();
+  if (!seg.is_object() || !seg.contains("flags")) return false;
+  const Json& flags = seg.at("flags");
+  if (!flags.is_array()) return false;
+  for (size_t i = 0; i < flags.size(); ++i)
+    if (flags[i] == flag) return true;
+  return false;
 }
 
 std::optional<std::string> SegmentIdWithFlag(const Json& segs, const char* flag) {
@@ -76,16 +87,144 @@ bool IsNewSide(const luks2::Metadata& md, const luks2::SegmentInfo& s, const Sta
   return d && d->id == st.digest_new;
 }
 
+// The regular segments of a decryption with data shift read, in data order (cryptsetup 2.6.1):
+//   [moved crypt at 0, or its hotzone (linear, in-reencryption), or new linear from 0]
+//   [new linear from shift] [hotzone, linear, in-reencryption] [old crypt at shift + p]
+// Logical byte p >= shift lives at p when new and at shift + p when old; [0, shift) at 0 always.
+Result<std::optional<State>> ReadDecryptShiftState(const luks2::Metadata& md, State st,
+                                                   const std::vector<luks2::SegmentInfo>& all,
+                                                   uint64_t device_size) {
+  if (st.old_seg.type != "crypt" || st.new_seg.type != "linear" || st.moved->type != "crypt" ||
+      st.shift == 0 || st.moved->offset != 0 || st.moved->size != st.shift || st.old_seg.offset != st.shift ||
+      st.new_seg.offset != 0 || st.old_seg.iv_tweak != 0 || st.moved->iv_tweak != 0 ||
+      st.moved->cipher != st.old_seg.cipher || st.moved->sector_size != st.old_seg.sector_size)
+    return Corrupt("a data-shift decryption needs a crypt old segment at shift_size, a linear new one at 0 "
+                   "and a crypt moved segment of shift_size bytes at 0");
+  if (auto d = luks2::DigestOfSegment(md, st.old_seg.id)) st.digest_old = d->id;
+  if (device_size <= 2 * st.shift) return Corrupt("the device is too small for the data-shift layout");
+  st.data_size = (device_size - st.shift) / st.sector_size() * st.sector_size();
+  if (st.old_seg.size) st.data_size = *st.old_seg.size;
+  if (st.data_size <= st.shift || st.shift + st.data_size > device_size || st.shift % st.sector_size())
+    return Corrupt("the data size does not fit the shift and the sector size");
+  auto is_old = [&](const luks2::SegmentInfo& s, uint64_t pos) {
+    if (s.type != "crypt" || s.cipher != st.old_seg.cipher || s.sector_size != st.old_seg.sector_size ||
+        s.iv_tweak != pos / 512 || s.offset != (pos < st.shift ? pos : st.shift + pos))
+      return false;
+    auto d = luks2::DigestOfSegment(md, s.id);
+    return d && d->id == st.digest_old;
+  };
+  enum Part { kOld, kHot, kNew };
+  Part front = kOld;
+  uint64_t pos = 0, new_end = st.shift, hot_len = 0;
+  bool hot = false, old_seen = false;
+  for (const auto& s : all) {
+    if (s.id == st.old_seg.id || s.id == st.new_seg.id || s.id == st.moved->id) continue;
+    const std::string id = std::to_string(s.id);
+    const uint64_t len = s.size ? *s.size : (pos < st.data_size ? st.data_size - pos : 0);
+    const bool flagged = s.has_flag("in-reencryption");
+    const bool lin = s.type == "linear" && s.offset == pos;
+    if (pos == 0) {
+      if (is_old(s, 0) && !flagged && len == st.shift) front = kOld;
+      else if (lin && flagged && len == st.shift) front = kHot, hot = true, hot_len = len;
+      else if (lin && !flagged && len >= st.shift) front = kNew, new_end = len;
+      else return Corrupt("segment " + id + " is not where a decryption with data shift allows at the front");
+    } else if (lin && !flagged && (!hot || front == kHot) && !old_seen && pos == new_end) {
+      new_end = pos + len;
+    } else if (lin && flagged && !hot && !old_seen && front == kOld) {
+      hot = true;
+      hot_len = len;
+    } else if (is_old(s, pos) && !flagged && front == kOld) {
+      old_seen = true;
+    } else {
+      return Corrupt("segment " + id + " is not where a decryption with data shift allows");
+    }
+    pos += len;
+  }
+  if (pos != st.data_size)
+    return Corrupt("the segments cover " + std::to_string(pos) + " bytes, not the " +
+                   std::to_string(st.data_size) + " the operation is about");
+  if (front != kOld && new_end != st.data_size)
+    return Corrupt("the moved segment is under way before the rest is done");
+  if (hot && hot_len > st.shift)  // a longer one would have written over its own source
+    return Corrupt("a hotzone of " + std::to_string(hot_len) + " bytes is longer than the shift");
+  if (hot) st.hotzone_len = hot_len;
+  const uint64_t rest = st.data_size - st.shift;
+  st.done = front == kOld ? new_end - st.shift : front == kHot ? rest : st.data_size;
+  return std::optional<State>(st);
+}
+
+// Writes the regular segments of a decryption with data shift for progress `done` (see
+// ReadDecryptShiftState), then the backups as cryptsetup orders them: previous, final, moved.
+void SetDecryptShiftProgress(luks2::Metadata& md, const State& st, uint64_t done, uint64_t hot) {
+  Json& segs = md.json["segments"];
+  const Json moved_b = segs[*SegmentIdWithFlag(segs, "backup-moved-segment")];
+  const Json old_b = segs[*SegmentIdWithFlag(segs, "backup-previous")];
+  const Json new_b = segs[*SegmentIdWithFlag(segs, "backup-final")];
+  Json out = Json::object();
+  std::vector<std::string> old_ids;
+  int id = 0;
+  auto add = [&](Json s, bool is_old) {
+    if (is_old) old_ids.push_back(std::to_string(id));
+    out[std::to_string(id++)] = std::move(s);
+  };
+  auto linear = [](uint64_t off, uint64_t len) {
+    return Json{{"type", "linear"}, {"offset", luks2::U64Str(off)},
+                {"size", len ? Json(luks2::U64Str(len)) : Json("dynamic")}};
+  };
+  const uint64_t rest = st.data_size - st.shift;
+  if (done >= st.data_size) {
+    add(linear(0, 0), false);
+  } else if (done == rest) {  // only the moved segment is left, or under way
+    if (hot) {
+      Json h = linear(0, st.shift);
+      h["flags"] = {"in-reencryption"};
+      add(h, false);
+    } else {
+      Json m = moved_b;
+      m.erase("flags");
+      add(m, true);
+    }
+    add(linear(st.shift, 0), false);
+  } else {
+    Json m = moved_b;
+    m.erase("flags");
+    add(m, true);
+    if (done) add(linear(st.shift, done), false);
+    if (hot) {
+      Json h = linear(st.shift + done, hot);
+      h["flags"] = {"in-reencryption"};
+      add(h, false);
+    }
+    if (done + hot < rest) {
+      Json o = old_b;
+      const uint64_t p = st.shift + done + hot;
+      o.erase("flags");
+      o["offset"] = luks2::U64Str(st.shift + p);
+      o["iv_tweak"] = luks2::U64Str(p / 512);
+      add(o, true);
+    }
+  }
+  add(old_b, true);
+  add(new_b, false);
+  add(moved_b, true);
+  segs = out;
+  for (auto& [k, d] : md.json["digests"].items())
+    d["segments"] = int(*ParseU64(k)) == st.digest_old ? Json(old_ids) : Json::array();
+}
+
 // The regular segments of an encryption with data shift read, in data order:
 //   [moved copy of [0, shift)] [old linear] [hotzone, in-reencryption] [new crypt]
 // (cryptsetup's reencrypt_make_hot_segments_encrypt_shift / _enc_create_segments_shift_after).
 Result<std::optional<State>> ReadShiftState(const luks2::Metadata& md, State st, const Json& area,
                                             const std::vector<luks2::SegmentInfo>& all,
                                             uint64_t device_size) {
+  st.shift = luks2::JsonU64(area["shift_size"]).value_or(0);
+  if (st.mode == Mode::kDecrypt && !st.backward && st.area.type == Resilience::kDatashiftChecksum && st.moved)
+    return ReadDecryptShiftState(md, std::move(st), all, device_size);
   if (st.mode != Mode::kEncrypt || !st.backward || st.area.type != Resilience::kDatashift || !st.moved)
     return Unsupported("only encryption with a data shift (backward, resilience datashift, a moved "
-                       "first segment) is implemented among the data-shift layouts");
-  st.shift = luks2::JsonU64(area["shift_size"]).value_or(0);
+                       "first segment) and decryption (forward, datashift-checksum) are implemented "
+                       "among the data-shift layouts");
   if (st.old_seg.type != "linear" || !st.old_seg.size || st.new_seg.type != "crypt")
     return Corrupt("a data-shift encryption needs a sized linear old segment and a crypt new one");
   if (st.moved->type != "linear" || st.moved->size != st.shift || st.shift == 0)
@@ -184,6 +323,7 @@ const char* ResilienceName(Resilience r) {
     case Resilience::kChecksum: return "checksum";
     case Resilience::kJournal: return "journal";
     case Resilience::kDatashift: return "datashift";
+    case Resilience::kDatashiftChecksum: return "datashift-checksum";
   }
   return "?";
 }
@@ -193,6 +333,7 @@ Result<Resilience> ParseResilience(const std::string& s) {
   if (s == "journal") return Resilience::kJournal;
   if (s == "none") return Resilience::kNone;
   if (s == "datashift") return Resilience::kDatashift;
+  if (s == "datashift-checksum") return Resilience::kDatashiftChecksum;
   if (s.rfind("datashift", 0) == 0)
     return Unsupported("resilience '" + s + "' (decryption with a data shift) is not implemented yet");
   return InvalidArgument("--resilience must be checksum, journal or none");
@@ -210,9 +351,8 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
   const Json& ks = md.json["keyslots"][*ks_id];
   State st;
   st.keyslot = int(*ParseU64(*ks_id));
-  auto reqs = md.requirements();
-  if (std::find(reqs.begin(), reqs.end(), kRequirement) == reqs.end())
-    return Unsupported("the in-place operation in this header is not in the online-reencrypt-v2 format");
+  if (!HasRequirement(md, kRequirement) && !HasRequirement(md, kRequirementV3))
+    return Unsupported("the in-place operation in this header is not in the online-reencrypt-v2/v3 format");
   const std::string mode = luks2::StrOr(ks, "mode");
   st.mode = mode == "encrypt" ? Mode::kEncrypt : mode == "decrypt" ? Mode::kDecrypt : Mode::kReencrypt;
   st.backward = luks2::StrOr(ks, "direction") == "backward";
@@ -220,7 +360,7 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
   DS_ASSIGN_OR_RETURN(st.area.type, ParseResilience(luks2::StrOr(area, "type")));
   st.area.offset = *luks2::JsonU64(area["offset"]);
   st.area.size = *luks2::JsonU64(area["size"]);
-  if (st.area.type == Resilience::kChecksum) {
+  if (st.area.type == Resilience::kChecksum || st.area.type == Resilience::kDatashiftChecksum) {
     st.area.hash = luks2::StrOr(area, "hash");
     st.area.block = *luks2::JsonU32(area["sector_size"]);
   }
@@ -235,7 +375,7 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
     if (std::to_string(s.id) == *fin) st.new_seg = s;
     if (moved && std::to_string(s.id) == *moved) st.moved = s;
   }
-  if (moved || st.area.type == Resilience::kDatashift) return ReadShiftState(md, std::move(st), area, all, data_device_size);
+  if (moved || st.area.type == Resilience::kDatashift || st.area.type == Resilience::kDatashiftChecksum) return ReadShiftState(md, std::move(st), area, all, data_device_size);
   if (st.old_seg.offset != st.new_seg.offset)
     return Unsupported("in-place operations that move data are not implemented yet");
   if (auto d = luks2::DigestOfSegment(md, st.old_seg.id); d && st.old_seg.type == "crypt") st.digest_old = d->id;
@@ -292,6 +432,7 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
 
 void SetProgress(luks2::Metadata& md, const State& st, uint64_t done,
                  std::optional<uint64_t> hotzone_len) {
+  if (st.moved && st.decrypt_shift()) return SetDecryptShiftProgress(md, st, done, hotzone_len.value_or(0));
   if (st.moved) return SetShiftProgress(md, st, done, hotzone_len.value_or(0));
   Json& segs = md.json["segments"];
   // Segment ids move with every rewrite; the backups are found by their flags.
@@ -375,7 +516,7 @@ void SetFinished(luks2::Metadata& md, const State& st) {
   if (cfg.contains("requirements") && cfg["requirements"].contains("mandatory")) {
     Json kept = Json::array();
     for (auto& r : cfg["requirements"]["mandatory"])
-      if (r != kRequirement) kept.push_back(r);
+      if (r != kRequirement && r != kRequirementV3) kept.push_back(r);
     if (kept.empty()) cfg["requirements"].erase("mandatory");
     else cfg["requirements"]["mandatory"] = kept;
     if (cfg["requirements"].empty()) cfg.erase("requirements");
@@ -487,7 +628,8 @@ Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffe
 
 Bytes VerificationData(const luks2::Metadata& md, const SecureBuffer* old_key,
                        const SecureBuffer* new_key) {
-  Bytes out = {'v', '2'};
+  // The version byte follows the requirement: cryptsetup 2.6.1 writes v3 for data-shift decryption.
+  Bytes out = {'v', uint8_t(HasRequirement(md, kRequirementV3) ? '3' : '2')};
   if (old_key) out.insert(out.end(), old_key->data(), old_key->data() + old_key->size());
   if (new_key) out.insert(out.end(), new_key->data(), new_key->data() + new_key->size());
   auto ks_id = ReencryptKeyslotId(md);
@@ -615,6 +757,62 @@ Status InitEncryptShift(luks2::Metadata& md, const SecureBuffer& new_key, uint64
   md.json["digests"]["0"]["segments"] = {fin_id};
   md.json["config"]["requirements"]["mandatory"] = {kRequirement};
   Bytes vd = VerificationData(md, nullptr, &new_key);
+  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
+  OPENSSL_cleanse(vd.data(), vd.size());
+  int did = 0;
+  while (md.json["digests"].contains(std::to_string(did))) ++did;
+  digest["keyslots"] = {std::to_string(id)};
+  md.json["digests"][std::to_string(did)] = digest;
+  return Status::Ok();
+}
+
+}  // namespace ds::engine
+
+namespace ds::engine {
+
+Status InitDecryptShift(luks2::Metadata& md, const SecureBuffer& old_key, uint64_t device_size,
+                        uint32_t digest_iterations) {
+  Json& segs = md.json["segments"];
+  if (segs.size() != 1 || !segs.contains("0") || segs["0"]["type"] != "crypt")
+    return Unsupported("only a volume with one crypt segment can be decrypted in place");
+  const uint64_t shift = luks2::JsonU64(segs["0"]["offset"]).value_or(0);
+  const uint32_t sector = luks2::JsonU32(segs["0"]["sector_size"]).value_or(0);
+  if (shift == 0 || sector == 0 || shift % sector || luks2::JsonU64(segs["0"]["iv_tweak"]) != 0 ||
+      luks2::StrOr(segs["0"], "size") != "dynamic")
+    return Unsupported("only a data segment at a non-zero offset, to the end, with IV tweak 0 can be moved back");
+  if (device_size <= 2 * shift) return InvalidArgument("the device is too small to move the data back");
+  auto d0 = luks2::DigestOfSegment(md, 0);
+  if (!d0) return Corrupt("the data segment has no digest");
+  uint64_t area_off = 2 * md.hdr_size;
+  for (const auto& k : luks2::Keyslots(md))
+    area_off = std::max(area_off, (k.area_offset + k.area_size + 4095) / 4096 * 4096);
+  // The checksums of the one in-place hotzone (the moved segment, `shift` bytes).
+  const uint64_t need = (shift / sector * 32 + 4095) / 4096 * 4096;
+  if (area_off + need > md.areas_end())
+    return Status(Code::kNoMemory, "no room left in the keyslots area for the checksums of the moved segment");
+  int id = 0;
+  while (md.json["keyslots"].contains(std::to_string(id))) ++id;
+  Json area = {{"type", "datashift-checksum"}, {"offset", luks2::U64Str(area_off)},
+               {"size", luks2::U64Str(md.areas_end() - area_off)}, {"hash", "sha256"},
+               {"sector_size", sector}, {"shift_size", luks2::U64Str(shift)}};
+  md.json["keyslots"][std::to_string(id)] = {{"type", "reencrypt"}, {"key_size", 1},
+                                             {"mode", "decrypt"}, {"direction", "forward"},
+                                             {"priority", 0}, {"area", area}};
+  const Json old = segs["0"];
+  Json moved = old;
+  moved["offset"] = "0";
+  moved["size"] = luks2::U64Str(shift);
+  Json rest = old;
+  rest["offset"] = luks2::U64Str(2 * shift);
+  rest["iv_tweak"] = luks2::U64Str(shift / 512);
+  Json moved_b = moved, prev = old;
+  moved_b["flags"] = {"backup-moved-segment"};
+  prev["flags"] = {"backup-previous"};
+  Json fin = {{"type", "linear"}, {"offset", "0"}, {"size", "dynamic"}, {"flags", {"backup-final"}}};
+  segs = {{"0", moved}, {"1", rest}, {"2", moved_b}, {"3", prev}, {"4", fin}};
+  md.json["digests"][std::to_string(d0->id)]["segments"] = {"0", "1", "2", "3"};
+  md.json["config"]["requirements"]["mandatory"] = {kRequirementV3};
+  Bytes vd = VerificationData(md, &old_key, nullptr);
   DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
   OPENSSL_cleanse(vd.data(), vd.size());
   int did = 0;

@@ -15,8 +15,17 @@
 // logical offset p from the old place (p, or the moved copy for p < S) and written at S + p.
 // A write never reaches a byte whose data is not yet durably recorded as encrypted, so an
 // interrupted hotzone is simply done again from its source (resilience "datashift").
+//
+// Decryption of such a volume (cryptsetup 2.6.1's `reencrypt --decrypt --header NEWFILE`): the
+// header goes to a file, and the ciphertext of logical [0, S), which sat at device [S, 2S), is
+// copied to device [0, S) (the "moved segment", crypt at offset 0) before that header exists
+// under its name. The operation then runs forward but in this order: logical [S, end) in hotzones
+// of at most S bytes, each read at S + p and written at p (below its source: resilience as for
+// datashift), and last the moved segment [0, S) in one hotzone decrypted in place (checksums).
+// Resilience "datashift-checksum", requirement "online-reencrypt-v3".
 #pragma once
 
+#include <algorithm>
 #include <optional>
 
 #include "io/block_device.h"
@@ -27,7 +36,9 @@
 namespace ds::engine {
 
 enum class Mode { kEncrypt, kDecrypt, kReencrypt };
-enum class Resilience { kNone, kChecksum, kJournal, kDatashift };
+// kDatashiftChecksum: decryption with the header at the start (cryptsetup 2.6.1's layout, below):
+// moves are redone from their intact source, the one in-place hotzone uses checksums.
+enum class Resilience { kNone, kChecksum, kJournal, kDatashift, kDatashiftChecksum };
 
 const char* ModeName(Mode m);
 const char* ResilienceName(Resilience r);
@@ -62,12 +73,24 @@ struct State {
   uint32_t sector_size() const;          // the larger of the two sides' sector sizes
   // Where the next `len` bytes to transform start, given `done`.
   uint64_t StepOffset(uint64_t done_bytes, uint64_t len) const {
+    if (decrypt_shift()) return done_bytes < data_size - shift ? shift + done_bytes : 0;
     return backward ? data_size - done_bytes - len : done_bytes;
+  }
+  // Decryption with the header at the start: `done` counts [shift, data_size) first, then the
+  // moved segment [0, shift).
+  bool decrypt_shift() const { return area.type == Resilience::kDatashiftChecksum; }
+  // With a data shift: the next hotzone's length, given `done_bytes`. The part outside the moved
+  // copy goes in pieces of at most `shift` bytes, the moved copy in one piece (cryptsetup cannot
+  // resume a split one); it comes last both ways (reencrypt_offset_backward_moved, and
+  // decryption's forward order above).
+  uint64_t ShiftStepLength(uint64_t done_bytes) const {
+    const uint64_t left = data_size - done_bytes;
+    return left > shift ? std::min(shift, left - shift) : left;
   }
 };
 
 // nullopt when no operation is in progress. kCorrupt when the metadata is not a layout we can
-// continue (naming why), kUnsupported for layouts not implemented (decryption with a data shift).
+// continue (naming why), kUnsupported for layouts not implemented (e.g. a data-shift reencryption).
 Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_device_size);
 
 // Rewrites the regular segments for progress `done`, with a hotzone of `hotzone_len` flagged
@@ -91,6 +114,13 @@ Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience 
 // Preconditions: shift <= data_size, data_size + 2 * shift <= device_size.
 Status InitEncryptShift(luks2::Metadata& md, const SecureBuffer& new_key, uint64_t shift,
                         uint64_t data_size, uint64_t device_size, uint32_t digest_iterations);
+// Makes the metadata of a volume whose header is at the start (one crypt segment at offset
+// `shift`, as `encrypt --reduce-device-size 2*shift` leaves it), copied into a header file, into
+// "decryption with data shift in progress, nothing done" in cryptsetup 2.6.1's layout. The caller
+// must copy device [shift, 2*shift) to [0, shift) after this header is durable and before it is
+// put where anything looks for it. Precondition: device_size > 2 * shift.
+Status InitDecryptShift(luks2::Metadata& md, const SecureBuffer& old_key, uint64_t device_size,
+                        uint32_t digest_iterations);
 // Makes an unlocked, plain LUKS2 volume with a detached header (one crypt segment at offset 0)
 // into "decryption in progress, nothing done yet", backward as cryptsetup does it.
 Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience resilience,
