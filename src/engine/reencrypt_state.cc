@@ -335,7 +335,8 @@ Result<Resilience> ParseResilience(const std::string& s) {
   if (s == "datashift") return Resilience::kDatashift;
   if (s == "datashift-checksum") return Resilience::kDatashiftChecksum;
   if (s.rfind("datashift", 0) == 0)
-    return Unsupported("resilience '" + s + "' (decryption with a data shift) is not implemented yet");
+    return Unsupported("resilience '" + s + "' is not supported: with a data shift diskseal uses cryptsetup's "
+                       "datashift (encrypt) and datashift-checksum (decrypt)");
   return InvalidArgument("--resilience must be checksum, journal or none");
 }
 
