@@ -306,6 +306,22 @@ void SetShiftProgress(luks2::Metadata& md, const State& st, uint64_t done, uint6
   for (auto& [k, d] : md.json["digests"].items())
     d["segments"] = int(*ParseU64(k)) == st.digest_new ? Json(new_ids) : Json::array();
 }
+// The last step of every Init*: the verification digest over the metadata as it now stands and
+// the keys, linked to the reencrypt keyslot `keyslot_id` only (cryptsetup's layout). The
+// verification bytes hold key material and are wiped once hashed.
+Status AddVerificationDigest(luks2::Metadata& md, int keyslot_id, const SecureBuffer* old_key,
+                             const SecureBuffer* new_key, uint32_t digest_iterations) {
+  Bytes vd = VerificationData(md, old_key, new_key);
+  auto digest = luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations);
+  OPENSSL_cleanse(vd.data(), vd.size());
+  if (!digest.ok()) return digest.status();
+  int did = 0;
+  while (md.json["digests"].contains(std::to_string(did))) ++did;
+  (*digest)["keyslots"] = {std::to_string(keyslot_id)};
+  md.json["digests"][std::to_string(did)] = std::move(*digest);
+  return Status::Ok();
+}
+
 }  // namespace
 
 const char* ModeName(Mode m) {
@@ -557,14 +573,7 @@ Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience 
   segs = {{"0", plain}, {"1", prev}, {"2", fin}};
   md.json["digests"][std::to_string(d0->id)]["segments"] = {"0", "1"};
   md.json["config"]["requirements"]["mandatory"] = {kRequirement};
-  Bytes vd = VerificationData(md, &old_key, nullptr);
-  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
-  OPENSSL_cleanse(vd.data(), vd.size());
-  int did = 0;
-  while (md.json["digests"].contains(std::to_string(did))) ++did;
-  digest["keyslots"] = {std::to_string(id)};
-  md.json["digests"][std::to_string(did)] = digest;
-  return Status::Ok();
+  return AddVerificationDigest(md, id, &old_key, nullptr, digest_iterations);
 }
 
 Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffer& old_key,
@@ -617,14 +626,7 @@ Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffe
                                              {"mode", "reencrypt"}, {"direction", "forward"},
                                              {"priority", 0}, {"area", area}};
   md.json["config"]["requirements"]["mandatory"] = {kRequirement};
-  Bytes vd = VerificationData(md, &old_key, &new_key);
-  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
-  OPENSSL_cleanse(vd.data(), vd.size());
-  int did = 0;
-  while (md.json["digests"].contains(std::to_string(did))) ++did;
-  digest["keyslots"] = {std::to_string(id)};
-  md.json["digests"][std::to_string(did)] = digest;
-  return Status::Ok();
+  return AddVerificationDigest(md, id, &old_key, &new_key, digest_iterations);
 }
 
 Bytes VerificationData(const luks2::Metadata& md, const SecureBuffer* old_key,
@@ -701,14 +703,7 @@ Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience 
   md.json["digests"]["0"]["segments"] = {"2"};
   Json& cfg = md.json["config"];
   cfg["requirements"]["mandatory"] = {kRequirement};
-  Bytes vd = VerificationData(md, nullptr, &new_key);
-  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
-  OPENSSL_cleanse(vd.data(), vd.size());
-  int did = 0;
-  while (md.json["digests"].contains(std::to_string(did))) ++did;
-  digest["keyslots"] = {std::to_string(id)};
-  md.json["digests"][std::to_string(did)] = digest;
-  return Status::Ok();
+  return AddVerificationDigest(md, id, nullptr, &new_key, digest_iterations);
 }
 
 }  // namespace ds::engine
@@ -757,14 +752,7 @@ Status InitEncryptShift(luks2::Metadata& md, const SecureBuffer& new_key, uint64
   segs = out;
   md.json["digests"]["0"]["segments"] = {fin_id};
   md.json["config"]["requirements"]["mandatory"] = {kRequirement};
-  Bytes vd = VerificationData(md, nullptr, &new_key);
-  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
-  OPENSSL_cleanse(vd.data(), vd.size());
-  int did = 0;
-  while (md.json["digests"].contains(std::to_string(did))) ++did;
-  digest["keyslots"] = {std::to_string(id)};
-  md.json["digests"][std::to_string(did)] = digest;
-  return Status::Ok();
+  return AddVerificationDigest(md, id, nullptr, &new_key, digest_iterations);
 }
 
 }  // namespace ds::engine
@@ -813,14 +801,7 @@ Status InitDecryptShift(luks2::Metadata& md, const SecureBuffer& old_key, uint64
   segs = {{"0", moved}, {"1", rest}, {"2", moved_b}, {"3", prev}, {"4", fin}};
   md.json["digests"][std::to_string(d0->id)]["segments"] = {"0", "1", "2", "3"};
   md.json["config"]["requirements"]["mandatory"] = {kRequirementV3};
-  Bytes vd = VerificationData(md, &old_key, nullptr);
-  DS_ASSIGN_OR_RETURN(Json digest, luks2::CreatePbkdf2Digest(vd, "sha256", digest_iterations));
-  OPENSSL_cleanse(vd.data(), vd.size());
-  int did = 0;
-  while (md.json["digests"].contains(std::to_string(did))) ++did;
-  digest["keyslots"] = {std::to_string(id)};
-  md.json["digests"][std::to_string(did)] = digest;
-  return Status::Ok();
+  return AddVerificationDigest(md, id, &old_key, nullptr, digest_iterations);
 }
 
 }  // namespace ds::engine
