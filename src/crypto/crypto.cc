@@ -5,6 +5,8 @@
 #include <openssl/rand.h>
 
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
 
 namespace ds {
@@ -15,12 +17,59 @@ struct CipherCtxFree { void operator()(EVP_CIPHER_CTX* c) const { EVP_CIPHER_CTX
 using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
 using CipherCtx = std::unique_ptr<EVP_CIPHER_CTX, CipherCtxFree>;
 
+// Digests are fetched explicitly once and kept for the life of the process: with the legacy
+// EVP_get_digestbyname, every EVP_DigestInit_ex does an implicit provider fetch under a lock,
+// which dominated the AF diffusion (thousands of inits per keyslot) and per-block checksums.
+// LUKS2 spells RIPEMD "ripemd160" and whirlpool "whirlpool"; OpenSSL knows both names (whirlpool
+// only with its legacy provider loaded). Unknown names are cached as null.
 const EVP_MD* FindMd(std::string_view hash) {
+  static std::mutex mu;
+  static auto* cache = new std::map<std::string, EVP_MD*, std::less<>>();  // never freed
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache->find(hash);
+  if (it != cache->end()) return it->second;
   std::string name(hash);
-  // LUKS2 spells RIPEMD "ripemd160" and whirlpool "whirlpool"; OpenSSL knows both names.
-  return EVP_get_digestbyname(name.c_str());
+  EVP_MD* md = EVP_MD_fetch(nullptr, name.c_str(), nullptr);
+  cache->emplace(std::move(name), md);
+  return md;
 }
 }  // namespace
+
+struct Hasher::Impl {
+  MdCtx ctx;
+  size_t size = 0;
+};
+Hasher::Hasher() = default;
+Hasher::Hasher(Hasher&&) noexcept = default;
+Hasher& Hasher::operator=(Hasher&&) noexcept = default;
+Hasher::~Hasher() = default;
+
+Result<Hasher> Hasher::Create(std::string_view hash) {
+  const EVP_MD* md = FindMd(hash);
+  if (!md) return Unsupported("unknown hash '" + std::string(hash) + "'");
+  Hasher h;
+  h.impl_ = std::make_unique<Impl>();
+  h.impl_->ctx.reset(EVP_MD_CTX_new());
+  h.impl_->size = size_t(EVP_MD_get_size(md));
+  if (!h.impl_->ctx || EVP_DigestInit_ex(h.impl_->ctx.get(), md, nullptr) != 1) return Internal("digest init");
+  return h;
+}
+
+Status Hasher::Update(std::span<const uint8_t> data) {
+  if (!impl_) return Internal("Hasher used after Final");
+  if (EVP_DigestUpdate(impl_->ctx.get(), data.data(), data.size()) != 1) return Internal("digest update");
+  return Status::Ok();
+}
+
+Result<Bytes> Hasher::Final() {
+  if (!impl_) return Internal("Hasher used after Final");
+  Bytes out(impl_->size);
+  unsigned len = 0;
+  const int ok = EVP_DigestFinal_ex(impl_->ctx.get(), out.data(), &len);
+  impl_.reset();
+  if (ok != 1) return Internal("digest final");
+  return out;
+}
 
 Status RandomBytes(std::span<uint8_t> out) {
   if (out.empty()) return Status::Ok();
@@ -224,18 +273,26 @@ Result<std::unique_ptr<SectorCipher>> SectorCipher::Create(std::string_view spec
 
 namespace {
 Status Diffuse(std::span<uint8_t> buf, std::string_view hash) {
-  size_t ds = HashSize(hash);
-  if (ds == 0) return Unsupported("unknown AF hash '" + std::string(hash) + "'");
+  const EVP_MD* md = FindMd(hash);
+  if (!md) return Unsupported("unknown AF hash '" + std::string(hash) + "'");
+  const size_t ds = size_t(EVP_MD_get_size(md));
+  MdCtx ctx(EVP_MD_CTX_new());
+  if (!ctx) return Status(Code::kNoMemory, "digest context");
+  uint8_t h[EVP_MAX_MD_SIZE];
   size_t blocks = buf.size() / ds, pad = buf.size() % ds;
   for (size_t i = 0; i < blocks + (pad ? 1 : 0); ++i) {
     size_t len = i < blocks ? ds : pad;
     uint8_t iv[4];
     PutBe32(iv, uint32_t(i));
-    DS_ASSIGN_OR_RETURN(Bytes h, HashParts(hash, {std::span<const uint8_t>(iv, 4),
-                                                  std::span<const uint8_t>(buf.data() + i * ds, len)}));
-    std::memcpy(buf.data() + i * ds, h.data(), len);
-    OPENSSL_cleanse(h.data(), h.size());
+    unsigned out = 0;
+    if (EVP_DigestInit_ex(ctx.get(), md, nullptr) != 1 || EVP_DigestUpdate(ctx.get(), iv, 4) != 1 ||
+        EVP_DigestUpdate(ctx.get(), buf.data() + i * ds, len) != 1 || EVP_DigestFinal_ex(ctx.get(), h, &out) != 1) {
+      OPENSSL_cleanse(h, sizeof h);
+      return Internal("AF digest");
+    }
+    std::memcpy(buf.data() + i * ds, h, len);
   }
+  OPENSSL_cleanse(h, sizeof h);
   return Status::Ok();
 }
 void XorInto(uint8_t* dst, const uint8_t* a, const uint8_t* b, size_t n) {
@@ -249,8 +306,8 @@ Status AfSplit(std::span<const uint8_t> key, uint32_t stripes, std::string_view 
   if (stripes == 0 || out.size() < size_t(stripes) * n) return InvalidArgument("AF buffer size");
   SecureBuffer acc(n);
   std::memset(acc.data(), 0, n);
+  DS_RETURN_IF_ERROR(RandomBytes(out.first(size_t(stripes - 1) * n)));
   for (uint32_t i = 0; i + 1 < stripes; ++i) {
-    DS_RETURN_IF_ERROR(RandomBytes(out.subspan(size_t(i) * n, n)));
     XorInto(acc.data(), acc.data(), out.data() + size_t(i) * n, n);
     DS_RETURN_IF_ERROR(Diffuse(acc.span(), hash));
   }

@@ -24,6 +24,23 @@ Result<Bytes> Hash(std::string_view hash, std::span<const uint8_t> data);
 // Incremental hashing over several pieces (header checksum: binary header + JSON area).
 Result<Bytes> HashParts(std::string_view hash, std::initializer_list<std::span<const uint8_t>> parts);
 
+// A hash computed over a stream given piece by piece (a device read in pieces, so that no
+// buffer of the whole exists). Not thread-safe; one per stream. Final ends it: further calls fail.
+class Hasher {
+ public:
+  static Result<Hasher> Create(std::string_view hash);
+  Hasher(Hasher&&) noexcept;
+  Hasher& operator=(Hasher&&) noexcept;
+  ~Hasher();
+  Status Update(std::span<const uint8_t> data);
+  Result<Bytes> Final();
+
+ private:
+  Hasher();
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // Hashes each `block`-byte piece of `data` into consecutive digests in `out` (data.size() a
 // multiple of block; out.size() = pieces * HashSize). One digest context for all pieces.
 Status HashBlocks(std::string_view hash, std::span<const uint8_t> data, size_t block,

@@ -2,6 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
+#include "testlib.h"
+
 namespace ds {
 namespace {
 
@@ -61,6 +65,45 @@ TEST(SectorCipher, RejectsUnknownSpecAndBadKeySize) {
   EXPECT_EQ(SectorCipher::Create("serpent-xts-plain64", key).status().code(), Code::kUnsupported);
   Bytes k48(48);
   EXPECT_EQ(SectorCipher::Create("aes-xts-plain64", k48).status().code(), Code::kInvalidArgument);
+}
+
+TEST(Hasher, StreamedEqualsOneShotAndEndsAtFinal) {
+  Bytes data = test::RandomData(3 << 20, 7);
+  for (const char* hash : {"sha1", "sha256", "sha512"}) {
+    auto h = Hasher::Create(hash);
+    ASSERT_TRUE(h.ok());
+    for (size_t at = 0; at < data.size(); at += 100000)
+      ASSERT_TRUE(h->Update(std::span<const uint8_t>(data).subspan(at, std::min<size_t>(100000, data.size() - at))).ok());
+    auto streamed = h->Final();
+    ASSERT_TRUE(streamed.ok());
+    auto whole = Hash(hash, data);
+    ASSERT_TRUE(whole.ok());
+    EXPECT_EQ(*streamed, *whole) << hash;
+    EXPECT_FALSE(h->Update(data).ok());
+    EXPECT_FALSE(h->Final().ok());
+  }
+  EXPECT_EQ(Hasher::Create("no-such-hash").status().code(), Code::kUnsupported);
+}
+
+// The AF diffusion hashes be32(i) || chunk per digest-sized chunk (LUKS1 af.c): pinned with a
+// digest computed independently from Hash, so the faster Diffuse stays the same function.
+TEST(AfSplitter, MergeOfKnownStripesMatchesTheDefinition) {
+  // Two stripes of 40 bytes, sha256 (32-byte digests: a full chunk and an 8-byte tail).
+  Bytes s0 = test::RandomData(40, 1), s1 = test::RandomData(40, 2);
+  Bytes split = s0;
+  split.insert(split.end(), s1.begin(), s1.end());
+  Bytes expect(40);
+  for (size_t i = 0; i < 2; ++i) {
+    const size_t len = i == 0 ? 32 : 8;
+    Bytes in = {0, 0, 0, uint8_t(i)};
+    in.insert(in.end(), s0.begin() + i * 32, s0.begin() + i * 32 + len);
+    auto h = Hash("sha256", in);
+    ASSERT_TRUE(h.ok());
+    for (size_t j = 0; j < len; ++j) expect[i * 32 + j] = (*h)[j] ^ s1[i * 32 + j];
+  }
+  Bytes key(40);
+  ASSERT_TRUE(AfMerge(split, 2, "sha256", key).ok());
+  EXPECT_EQ(key, expect);
 }
 
 TEST(AfSplitter, RoundTripAndDiffusion) {
