@@ -27,6 +27,10 @@ class BlockDevice {
   // Durability barrier: every write completed before the call survives a power cut after it
   // returns ok. Commit points of the format and the engine call this, nothing else does.
   virtual Status Sync() = 0;
+  // A hint, with no durability meaning: start writing [offset, offset+len) back to the medium now
+  // rather than when the kernel gets round to it, so that the next Sync waits for less. Only
+  // Sync makes anything durable; devices without a page cache ignore it.
+  virtual void StartWriteback(uint64_t /*offset*/, uint64_t /*len*/) {}
   virtual uint64_t Size() const = 0;
   // The path or a label, for messages ("disk.img: ...").
   virtual const std::string& name() const = 0;
@@ -47,7 +51,9 @@ class Env {
   virtual ~Env() = default;
   virtual Result<std::unique_ptr<BlockDevice>> Open(const std::string& path,
                                                     const OpenOptions& opts) = 0;
-  // Creates (or truncates) a regular file of `size` bytes and opens it read-write.
+  // Creates (or truncates) a regular file of `size` bytes, all zeros with the space reserved
+  // (a full filesystem fails here, not at a later write), and opens it read-write. On failure
+  // the file is removed.
   virtual Result<std::unique_ptr<BlockDevice>> Create(const std::string& path, uint64_t size,
                                                       unsigned mode = 0600) = 0;
   // Whole small files (key files, state files, certificates). max_size guards against reading a

@@ -25,6 +25,29 @@ TEST(PosixEnv, ReadWriteSyncAndBounds) {
   EXPECT_EQ((*dev)->WriteAt(8000, data).code(), Code::kIOError);
 }
 
+// Create reserves the space: a file that does not fit fails at once, and leaves nothing behind
+// (a detached header on a full filesystem is refused before anything else is written).
+TEST(PosixEnv, CreateReservesSpaceOrFailsWithoutLeavingAFile) {
+  test::TempDir dir;
+  {
+    auto dev = PosixEnv()->Create(dir / "zeros", 3 << 20);
+    ASSERT_TRUE(dev.ok()) << dev.status().message();
+    Bytes back(3 << 20, 1);
+    ASSERT_TRUE((*dev)->ReadAt(0, back).ok());
+    EXPECT_EQ(back, Bytes(3 << 20, 0));
+    (*dev)->StartWriteback(0, 4096);  // a hint: harmless on a clean file
+  }
+  if (geteuid() != 0) GTEST_SKIP() << "mounting a small tmpfs needs root";
+  const std::string mnt = dir / "small";
+  ASSERT_EQ(test::Run({"mkdir", mnt}).exit_code, 0);
+  ASSERT_EQ(test::Run({"mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mnt}).exit_code, 0);
+  auto dev = PosixEnv()->Create(mnt + "/hdr", 4 << 20);
+  EXPECT_FALSE(dev.ok());
+  EXPECT_NE(dev.status().message().find("reserve"), std::string::npos) << dev.status().message();
+  EXPECT_FALSE(PosixEnv()->Exists(mnt + "/hdr"));
+  EXPECT_EQ(test::Run({"umount", mnt}).exit_code, 0);
+}
+
 TEST(PosixEnv, ReadOnlyOpenRefusesWrites) {
   test::TempDir dir;
   test::WriteFile(dir / "f", std::string(1024, 'x'));

@@ -63,6 +63,11 @@ class PosixDevice final : public BlockDevice {
     return Status::Ok();
   }
 
+  void StartWriteback(uint64_t offset, uint64_t len) override {
+    // Best effort: an error here is reported by the Sync that follows.
+    if (writable_) (void)::sync_file_range(fd_, off_t(offset), off_t(len), SYNC_FILE_RANGE_WRITE);
+  }
+
   uint64_t Size() const override { return size_; }
   const std::string& name() const override { return name_; }
   bool writable() const override { return writable_; }
@@ -128,10 +133,14 @@ class PosixEnvImpl final : public Env {
                                               unsigned mode) override {
     int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0) return PosixError(path, errno);
-    if (::ftruncate(fd, off_t(size)) != 0) {
-      int e = errno;
+    // Reserved, not written: reads as zeros, and a full filesystem says so now (ENOSPC) rather
+    // than in the middle of a later write. Filesystems without fallocate get a sparse file.
+    int e = size ? ::posix_fallocate(fd, 0, off_t(size)) : 0;
+    if (e == EOPNOTSUPP || e == EINVAL) e = ::ftruncate(fd, off_t(size)) == 0 ? 0 : errno;
+    if (e != 0) {
       ::close(fd);
-      return PosixError(path + ": set size", e);
+      (void)::unlink(path.c_str());
+      return PosixError(path + ": reserve " + std::to_string(size) + " bytes", e);
     }
     ::close(fd);
     return OpenFd(path, O_RDWR, true);

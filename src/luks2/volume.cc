@@ -145,6 +145,7 @@ Result<Volume> Volume::Format(Env& env, const std::string& device, const std::st
   OpenOptions rw;
   rw.write = true;
   rw.exclusive = true;
+  bool fresh_file = false;  // a header file created here holds only zeros
   if (detached) {
     OpenOptions ro;
     DS_ASSIGN_OR_RETURN(v.data_dev_, env.Open(device, ro));
@@ -152,6 +153,7 @@ Result<Volume> Volume::Format(Env& env, const std::string& device, const std::st
       DS_ASSIGN_OR_RETURN(v.md_dev_, env.Open(header_path, rw));
     } else {
       DS_ASSIGN_OR_RETURN(v.md_dev_, env.Create(header_path, md2 + keyslots_size));
+      fresh_file = true;
     }
   } else {
     DS_ASSIGN_OR_RETURN(v.md_dev_, env.Open(device, rw));
@@ -205,8 +207,8 @@ Result<Volume> Volume::Format(Env& env, const std::string& device, const std::st
 
   // ---- write: wipe the header areas, keyslot material, then the header (which syncs) ----
   // Wiping first means a crash before the header is written leaves no stale LUKS header behind
-  // that could be mistaken for this one.
-  {
+  // that could be mistaken for this one. A file just created is zeros already.
+  if (!fresh_file) {
     Bytes zero(1 << 20, 0);
     const uint64_t end = md2 + keyslots_size;
     for (uint64_t off = 0; off < end; off += zero.size()) {
