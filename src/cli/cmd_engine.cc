@@ -261,7 +261,7 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
                            ("diskseal-" + HexEncode(std::span<const uint8_t>(tag).first(8)) + "-header.new")).string();
   if (g.env->Exists(tmp)) DS_RETURN_IF_ERROR(g.env->Remove(tmp));
   SecureBuffer vk;
-  Bytes image(shift, 0);
+  Bytes image;  // the header image without its trailing zeros
   {
     auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) {
       return engine::InitEncryptShift(md, key, shift, data_size, size, digest_iters);
@@ -273,8 +273,16 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
     }
     Status ok = client ? EscrowNewHeader(g, vault_opts, *client, pass, vk, dev, tmp, v->metadata().uuid) : Status::Ok();
     if (ok.ok()) {
+      // Only the binary headers, the JSON and the keyslot areas were written; the rest of the
+      // file is the zeros Create gave it, and PlaceShiftHeader takes them as implied.
+      uint64_t extent = 2 * v->metadata().hdr_size;
+      for (const auto& ks : luks2::Keyslots(v->metadata())) extent = std::max(extent, ks.area_offset + ks.area_size);
       auto h = g.env->Open(tmp, OpenOptions{});
-      ok = h.ok() ? (*h)->ReadAt(0, std::span<uint8_t>(image).first(size_t((*h)->Size()))) : h.status();
+      ok = h.status();
+      if (ok.ok()) {
+        image.resize(size_t(std::min(extent, (*h)->Size())));
+        ok = (*h)->ReadAt(0, image);
+      }
     }
     (void)g.env->Remove(tmp);
     DS_RETURN_IF_ERROR(ok);
@@ -283,6 +291,7 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
     DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, rw));
     DS_RETURN_IF_ERROR(engine::PlaceShiftHeader(*d, image, shift).WithContext(dev + ": placing the header"));
   }
+  Bytes().swap(image);  // the run's memory bound is the engine's, not this image's
   return ResumeOperation(g, da, keys, e, &vk, 0);
 }
 
@@ -352,10 +361,8 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(pbkdf));
   // 1. the header file, complete and with the operation recorded, before the device is touched.
   {
-    Bytes front(shift);
-    DS_RETURN_IF_ERROR(v.data_device().ReadAt(0, front));
     DS_ASSIGN_OR_RETURN(auto f, g.env->Create(tmp, shift));
-    DS_RETURN_IF_ERROR(f->WriteAt(0, front));
+    DS_RETURN_IF_ERROR(engine::CopyRange(v.data_device(), 0, *f, 0, shift));
     DS_RETURN_IF_ERROR(f->Sync());
   }
   {

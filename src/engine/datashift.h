@@ -22,10 +22,15 @@
 
 namespace ds::engine {
 
-// Performs steps 1-3. Preconditions: `image` is shift bytes (a LUKS2 header made for data offset
-// `shift` whose moved segment is at dev.Size() - shift), dev.Size() >= 3 * shift, and the first
-// shift bytes of `dev` are still the original data (no LUKS header there).
+// Performs steps 1-3. Preconditions: `image` is the first bytes of a shift-byte header image (a
+// LUKS2 header made for data offset `shift` whose moved segment is at dev.Size() - shift; the
+// bytes after `image` are zeros), dev.Size() >= 3 * shift, and the first shift bytes of `dev`
+// are still the original data (no LUKS header there). Memory: a few MiB, whatever the shift.
 Status PlaceShiftHeader(BlockDevice& dev, std::span<const uint8_t> image, uint64_t shift);
+
+// Copies [from_off, +len) of `from` to [to_off, +len) of `to` through a small buffer; no sync.
+// The ranges must not overlap when from and to are the same device.
+Status CopyRange(BlockDevice& from, uint64_t from_off, BlockDevice& to, uint64_t to_off, uint64_t len);
 
 enum class ShiftStart {
   kHeader,    // a LUKS2 header is readable at the start (placed, or cryptsetup's): resume it

@@ -105,10 +105,12 @@ class Runner {
     bool have = false;  // buf_ already holds the next hotzone (read ahead by the previous step)
     while (st_.done < st_.data_size) {
       // No read is in flight here: every Step joins its read-ahead before it returns.
-      if ((o_.stop && o_.stop->load()) || (o_.stop_after && st_.done - run_start >= o_.stop_after))
+      if ((o_.stop && o_.stop->load()) || (o_.stop_after && st_.done - run_start >= o_.stop_after)) {
+        if (done_uncommitted_) DS_RETURN_IF_ERROR(Commit(st_.done, std::nullopt));
         return Interrupted(v_.name() + ": stopped at a commit point after " +
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
+      }
       DS_RETURN_IF_ERROR(Step(NextLength(st_.done, hz), hz, have));
     }
     // A header whose every byte was already new (cryptsetup stores that state just before its
@@ -195,28 +197,18 @@ class Runner {
     return md_dev_.Sync();
   }
 
-  // Datashift: old logical bytes [pos, pos+len) -> new place, read, transformed and written piece
-  // by piece on every thread (the pieces stay in cache between the three). Reads and writes may
-  // interleave freely: the hotzone's writes land at least `shift` bytes above its reads.
-  Status MoveHotzone(uint64_t pos, uint64_t len) {
-    buf_.resize(len);
+  // Calls fn(t, at, n) for the pieces [at, at+n) of [0, len), every thread t taking one
+  // contiguous share of whole sectors, pieces of at most `piece` bytes (a multiple of the
+  // sector size). Returns the first error.
+  template <typename Fn>
+  Status ForEachPiece(uint64_t len, uint64_t piece, Fn fn) {
     const uint64_t unit = st_.sector_size();
     const size_t n = std::max<size_t>(1, std::min<size_t>(tf_.threads(), len / unit));
     const uint64_t per = (len / unit + n - 1) / n * unit;
     std::vector<Status> res(n);
     auto work = [&](size_t t) {
       const uint64_t b0 = t * per, b1 = std::min(len, b0 + per);
-      constexpr uint64_t kPiece = 256u << 10;
-      for (uint64_t at = b0; at < b1; at += kPiece) {
-        std::span<uint8_t> piece(buf_.data() + at, size_t(std::min(kPiece, b1 - at)));
-        Status s = data_.ReadAt(st_.OldAt(pos + at), piece);
-        if (s.ok()) s = tf_.ApplyOn(t, piece, pos + at);
-        if (s.ok()) s = data_.WriteAt(st_.NewAt(pos + at), piece);
-        if (!s.ok()) {
-          res[t] = s;
-          return;
-        }
-      }
+      for (uint64_t at = b0; at < b1 && res[t].ok(); at += piece) res[t] = fn(t, at, std::min(piece, b1 - at));
     };
     std::vector<std::thread> workers;
     for (size_t t = 1; t < n; ++t) workers.emplace_back(work, t);
@@ -226,18 +218,53 @@ class Runner {
     return Status::Ok();
   }
 
+  // A multiple of every sector size, small enough to stay in a core's L2 cache between the
+  // read, the cipher and the write.
+  static constexpr uint64_t kPiece = 256u << 10;
+
+  // Datashift: old logical bytes [pos, pos+len) -> new place, read, transformed and written piece
+  // by piece on every thread, each through its own small buffer: the piece stays in the core's
+  // cache from the read through the cipher to the write. Reads and writes may interleave
+  // freely: the hotzone's writes land at least `shift` bytes above its reads. Each written
+  // piece is handed to writeback at once, so the sync that ends the hotzone waits for less.
+  // (Buffered on purpose: O_DIRECT writes of 4 MiB batches measured 1.5x slower on this virtio
+  // disk, README "In-place engine".)
+  Status MoveHotzone(uint64_t pos, uint64_t len) {
+    if (pieces_.size() < tf_.threads()) pieces_.resize(tf_.threads(), Bytes(kPiece));
+    return ForEachPiece(len, kPiece, [&](size_t t, uint64_t at, uint64_t n) -> Status {
+      std::span<uint8_t> piece(pieces_[t].data(), size_t(n));
+      const uint64_t to = st_.NewAt(pos + at);
+      DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos + at), piece));
+      DS_RETURN_IF_ERROR(tf_.ApplyOn(t, piece, pos + at));
+      DS_RETURN_IF_ERROR(data_.WriteAt(to, piece));
+      data_.StartWriteback(to, n);
+      return Status::Ok();
+    });
+  }
+
+  // Whether the step at `done` moves its hotzone without resilience data (see Step).
+  bool IsShiftStep(uint64_t done, uint64_t len) const {
+    return st_.area.type == Resilience::kDatashift || (st_.decrypt_shift() && st_.StepOffset(done, len) >= st_.shift);
+  }
+
   // One hotzone of `len` bytes (hz: the hotzone limit, to size the next one). `have`: buf_
   // already holds this hotzone's bytes; on return, whether it holds the next one's.
   Status Step(uint64_t len, uint64_t hz, bool& have) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     // Decryption with data shift: every hotzone but the moved segment (decrypted in place, with
     // checksums below) is written below its source, as with datashift.
-    if (st_.area.type == Resilience::kDatashift || (st_.decrypt_shift() && pos >= st_.shift)) {
-      // No resilience data to write first: the source itself is the resilience.
+    if (IsShiftStep(done, len)) {
+      // No resilience data to write first: the source itself is the resilience. The commit
+      // point that flags this hotzone also records the previous one as done (its data is
+      // synced): that header is byte for byte the one a separate "done" commit followed by
+      // this one would leave, and a crash before it redoes the previous hotzone from its
+      // source, which nothing has written yet (this hotzone's writes start after the commit).
       DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
+      done_uncommitted_ = false;
       DS_RETURN_IF_ERROR(MoveHotzone(pos, len));
       DS_RETURN_IF_ERROR(data_.Sync());
-      DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
+      // "Done" is committed by the next step's first commit, at a stop, or with the final layout.
+      done_uncommitted_ = true;
       st_.done = done + len;
       if (o_.progress) o_.progress->Advance(len);
       return Status::Ok();
@@ -267,8 +294,12 @@ class Runner {
       }
     }
     const Status s = [&]() -> Status {
+      // A previous hotzone left flagged (done_uncommitted_) was a datashift one, whose
+      // recovery does not read the resilience area: overwriting it here is safe, and the
+      // commit below records that hotzone done.
       DS_RETURN_IF_ERROR(WriteResilience(buf_));
       DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
+      done_uncommitted_ = false;
       DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
       DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos), buf_));
       DS_RETURN_IF_ERROR(data_.Sync());
@@ -314,10 +345,10 @@ class Runner {
 
   Status Recover(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
-    buf_.resize(len);
     const uint64_t at = st_.NewAt(pos);
     auto type = st_.area.type;
     if (st_.decrypt_shift()) type = pos >= st_.shift ? Resilience::kDatashift : Resilience::kChecksum;
+    if (type == Resilience::kJournal || type == Resilience::kChecksum) buf_.resize(len);
     switch (type) {
       case Resilience::kDatashiftChecksum:  // mapped above
       case Resilience::kDatashift:
@@ -366,7 +397,11 @@ class Runner {
   BlockDevice& md_dev_;
   Bytes buf_;
   Bytes next_;  // the read-ahead buffer (not with datashift)
+  std::vector<Bytes> pieces_;  // MoveHotzone's per-thread buffers
   bool finished_ = false;
+  // The last hotzone's data is synced but the header still flags it in progress (datashift
+  // steps only; see Step). Any commit that follows records it.
+  bool done_uncommitted_ = false;
 };
 
 }  // namespace

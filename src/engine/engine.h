@@ -15,7 +15,10 @@
 // again from the journal; none -- refused (the mode exists only when asked for by name).
 // Data shift (header at the start, engine/reencrypt_state.h): step 2 is empty -- the hotzone is
 // read at its old place and written `shift` bytes further, never over unread data -- and
-// recovery does the hotzone again from its source. The moved copy's wipe is recorded with the
+// recovery does the hotzone again from its source. Step 5 is left to the next hotzone's step 3
+// (one commit says "previous done, this one in progress", the header a separate "done" commit
+// would have been followed by), to a stop, or to the final commit: one header write per
+// hotzone instead of two. The moved copy's wipe is recorded with the
 // final layout and done afterwards (FinishPendingWipe). Placing the header is engine/datashift.h.
 #pragma once
 
@@ -29,7 +32,7 @@ namespace ds::engine {
 
 struct EngineOptions {
   // Bounds memory: two buffers of half this (the hotzone being written and the next one, read
-  // ahead). Datashift instead uses one buffer of one hotzone (at most the shift).
+  // ahead). Datashift needs none of hotzone size: a few MiB per thread, whatever the shift.
   uint64_t hotzone_bytes = 32u << 20;
   unsigned threads = 0;               // 0: one per core
   const std::atomic<bool>* stop = nullptr;  // checked at every commit point

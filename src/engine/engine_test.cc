@@ -776,5 +776,38 @@ TEST(Engine, DatashiftStagingRecordIsOnlyTrustedWhenEverythingMatches) {
   EXPECT_EQ(FinishShiftAndRead(m.Snapshot(), f), f.plain);
 }
 
+// Records written before 2026-12 ("diskseal-dshift1") hashed the whole image, zeros included: an
+// interrupted placement of that version is still finished.
+TEST(Engine, DatashiftVersion1StagingRecordIsStillRecovered) {
+  ShiftFixture f = MakeShift(4096);
+  FaultDevice d("dev", f.device);
+  d.CrashAfterOps(5);  // step 1 durable, the front not yet written
+  EXPECT_FALSE(PlaceShiftHeader(d, f.image, kShift).ok());
+  Bytes after = d.PowerCut(FaultDevice::CutMode::kDropUnsynced, 1);
+  uint8_t* rec = after.data() + (kShiftDevice - 2 * kShift);
+  ASSERT_EQ(std::string(reinterpret_cast<const char*>(rec), 16), "diskseal-dshift2");
+  const uint64_t used = GetBe64(rec + 32);
+  Bytes whole(after.begin() + (kShiftDevice - 2 * kShift) + 4096,
+              after.begin() + (kShiftDevice - 2 * kShift) + 4096 + used);
+  whole.resize(kShift, 0);
+  auto whole_sum = Hash("sha256", whole);
+  ASSERT_TRUE(whole_sum.ok());
+  std::memcpy(rec, "diskseal-dshift1", 16);
+  std::memcpy(rec + 72, whole_sum->data(), 32);
+  auto self = Hash("sha256", std::span<const uint8_t>(rec, 104));
+  ASSERT_TRUE(self.ok());
+  std::memcpy(rec + 104, self->data(), 32);
+  // The two versions' image sums differ, so only the version-1 rule accepts this record.
+  auto prefix_sum = Hash("sha256", std::span<const uint8_t>(whole).first(used));
+  ASSERT_TRUE(prefix_sum.ok());
+  ASSERT_LT(used, kShift);
+  EXPECT_NE(*prefix_sum, *whole_sum);
+  MemDevice m("dev", after);
+  auto s = RecoverShiftHeader(m, kShift);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  EXPECT_EQ(*s, ShiftStart::kRestored);
+  EXPECT_EQ(FinishShiftAndRead(m.Snapshot(), f), f.plain);
+}
+
 }  // namespace
 }  // namespace ds::engine
