@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "crypto/crypto.h"
+#include "io/io_buffer.h"
 #include "luks2/header_io.h"
 
 namespace ds::engine {
@@ -57,9 +58,13 @@ Status CheckGeometry(const BlockDevice& dev, uint64_t shift) {
 // (fresh memory costs a page fault per 4 KiB, which measured more than the copies themselves).
 constexpr uint64_t kPiece = 1u << 20;
 
-const Bytes& Zeros() {
-  static const Bytes zeros(kPiece, 0);
-  return zeros;
+std::span<const uint8_t> Zeros() {
+  static const IoBuffer* zeros = [] {
+    auto* z = new IoBuffer(kPiece);  // never freed: shared by every caller for the process's life
+    std::fill_n(z->data(), kPiece, uint8_t{0});
+    return z;
+  }();
+  return *zeros;
 }
 
 // Writes bytes [from, to) of the image at the same device offsets: `prefix`, then zeros.
@@ -71,7 +76,7 @@ Status WriteImageRange(BlockDevice& dev, std::span<const uint8_t> prefix, uint64
       at += n;
     } else {
       const uint64_t n = std::min<uint64_t>(kPiece, to - at);
-      DS_RETURN_IF_ERROR(dev.WriteAt(at, std::span<const uint8_t>(Zeros()).first(size_t(n))));
+      DS_RETURN_IF_ERROR(dev.WriteAt(at, Zeros().first(size_t(n))));
       at += n;
     }
   }
@@ -94,7 +99,7 @@ Status WriteFront(BlockDevice& dev, std::span<const uint8_t> prefix, uint64_t sh
 // the sha256 of what was copied. Hashing a piece overlaps the reading and writing of the next.
 Result<Bytes> CopyAndHash(BlockDevice& dev, uint64_t from, uint64_t to, uint64_t len) {
   DS_ASSIGN_OR_RETURN(Hasher h, Hasher::Create("sha256"));
-  Bytes buf[2] = {Bytes(size_t(std::min(kPiece, len))), Bytes(size_t(std::min(kPiece, len)))};
+  IoBuffer buf[2] = {IoBuffer(size_t(std::min(kPiece, len))), IoBuffer(size_t(std::min(kPiece, len)))};
   std::thread hashing;
   Status hashed = Status::Ok();
   auto join = [&] {
@@ -117,7 +122,7 @@ Result<Bytes> CopyAndHash(BlockDevice& dev, uint64_t from, uint64_t to, uint64_t
 
 Result<Bytes> HashDeviceRange(BlockDevice& dev, uint64_t off, uint64_t len) {
   DS_ASSIGN_OR_RETURN(Hasher h, Hasher::Create("sha256"));
-  Bytes buf(size_t(std::min(kPiece, len)));
+  IoBuffer buf(size_t(std::min(kPiece, len)));
   for (uint64_t at = 0; at < len; at += kPiece) {
     std::span<uint8_t> piece(buf.data(), size_t(std::min(kPiece, len - at)));
     DS_RETURN_IF_ERROR(dev.ReadAt(off + at, piece));
@@ -175,7 +180,7 @@ Result<ShiftStart> RecoverShiftHeader(BlockDevice& dev, uint64_t shift) {
   DS_ASSIGN_OR_RETURN(Hasher ih, Hasher::Create("sha256"));
   DS_RETURN_IF_ERROR(ih.Update(image));
   for (uint64_t at = used; v1 && at < shift; at += kPiece)  // version 1 hashed the zeros too
-    DS_RETURN_IF_ERROR(ih.Update(std::span<const uint8_t>(Zeros()).first(size_t(std::min(kPiece, shift - at)))));
+    DS_RETURN_IF_ERROR(ih.Update(Zeros().first(size_t(std::min(kPiece, shift - at)))));
   DS_ASSIGN_OR_RETURN(Bytes image_sum, ih.Final());
   // Step 1 was not wholly durable: then the front was never written and is the original.
   if (std::memcmp(moved_sum.data(), rec.data() + 40, 32) != 0 ||
@@ -186,7 +191,7 @@ Result<ShiftStart> RecoverShiftHeader(BlockDevice& dev, uint64_t shift) {
 }
 
 Status CopyRange(BlockDevice& from, uint64_t from_off, BlockDevice& to, uint64_t to_off, uint64_t len) {
-  Bytes buf(size_t(std::min(kPiece, len)));
+  IoBuffer buf(size_t(std::min(kPiece, len)));
   for (uint64_t at = 0; at < len; at += kPiece) {
     std::span<uint8_t> piece(buf.data(), size_t(std::min(kPiece, len - at)));
     DS_RETURN_IF_ERROR(from.ReadAt(from_off + at, piece));
