@@ -302,8 +302,16 @@ class Runner {
       DS_RETURN_IF_ERROR(WriteResilience(buf_));
       DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
       done_uncommitted_ = false;
-      DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
-      DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos), buf_));
+      // Transformed and written piece by piece on every thread: each piece goes from the cipher
+      // to the device while in cache, and the writes start as early as they can.
+      const Status written = ForEachPiece(len, kPiece, [&](size_t t, uint64_t at, uint64_t n) -> Status {
+        std::span<uint8_t> piece(buf_.data() + at, size_t(n));
+        DS_RETURN_IF_ERROR(tf_.ApplyOn(t, piece, pos + at));
+        DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos + at), piece));
+        data_.StartWriteback(st_.NewAt(pos + at), n);
+        return Status::Ok();
+      });
+      DS_RETURN_IF_ERROR(written);
       DS_RETURN_IF_ERROR(data_.Sync());
       return Commit(done + len, std::nullopt);  // the hotzone is done
     }();
