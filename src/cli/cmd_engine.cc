@@ -571,9 +571,8 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
   return [o, &g]() -> Status {
     CatchStopSignals();
     const std::string& dev = o->dev.device;
-    if (o->dev.header.empty())
-      return Unsupported(dev + ": reencrypting a volume whose header is at the start of the device is not "
-                               "implemented yet; only detached headers (--header FILE)");
+    // Detached or at the start alike: the data stays where it is (old and new segment at the same
+    // offset), the resilience data goes into the header's keyslots area, as cryptsetup does it.
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
@@ -587,8 +586,10 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     const size_t key_bytes = o->key_size_bits ? o->key_size_bits / 8 : u.key.size();
     const uint32_t sector = o->sector_size ? o->sector_size : seg.sector_size;
     DS_RETURN_IF_ERROR(CheckCipherSpec(cipher, key_bytes).WithContext("--cipher/--key-size"));
-    if (sector < 512 || sector > 4096 || (sector & (sector - 1)) || v.data_device().Size() % sector)
-      return InvalidArgument(dev + ": --sector-size " + std::to_string(sector) + " does not fit the device");
+    const uint64_t data_bytes = v.data_device().Size() > seg.offset ? v.data_device().Size() - seg.offset : 0;
+    if (sector < 512 || sector > 4096 || (sector & (sector - 1)) || seg.offset % sector || data_bytes % sector)
+      return InvalidArgument(dev + ": --sector-size " + std::to_string(sector) + " does not fit the data (" +
+                             std::to_string(data_bytes) + " bytes at offset " + std::to_string(seg.offset) + ")");
     SecureBuffer nk(key_bytes);
     do {
       DS_RETURN_IF_ERROR(RandomBytes(nk.span()));

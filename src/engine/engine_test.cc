@@ -329,6 +329,107 @@ TEST(Engine, PowerCutAtEveryInstantResumesToTheOriginalBytes) {
 }
 
 
+// ---- reencryption of a volume whose header is at the start (no data shift) ----
+
+constexpr uint64_t kAttachedOffset = 1u << 20;  // header copies + two keyslots + the reencrypt area
+
+// One device: a LUKS2 header at 0, kDataSize bytes of ciphertext at kAttachedOffset, right after
+// `reencrypt` initialised it (old key digest 0, new key digest 1, 512 -> 4096-byte sectors).
+struct AttachedFixture {
+  Bytes plain, device;
+  SecureBuffer key, new_key;
+};
+AttachedFixture MakeAttachedReencrypt(Resilience res) {
+  AttachedFixture f;
+  test::TempDir dir;
+  f.plain = test::RandomData(kDataSize, 700 + uint64_t(res));
+  test::WriteFile(dir / "dev", std::string(kAttachedOffset + kDataSize, '\0'));
+  luks2::FormatOptions o = test::FastFormat();
+  o.sector_size = 512;
+  o.offset_sectors = kAttachedOffset / 512;
+  {
+    auto v = luks2::Volume::Format(*PosixEnv(), dir / "dev", "", o, AsBytes("pw"), nullptr, &f.key);
+    EXPECT_TRUE(v.ok()) << v.status().message();
+  }
+  auto v = luks2::Volume::Load(*PosixEnv(), dir / "dev", "", true);
+  EXPECT_TRUE(v.ok());
+  auto data = v->OpenData({{0, &f.key}});
+  EXPECT_TRUE(data.ok() && (*data)->Size() == kDataSize);
+  EXPECT_TRUE((*data)->WriteAt(0, f.plain).ok() && (*data)->Sync().ok());
+  f.new_key = SecureBuffer(64);
+  EXPECT_TRUE(RandomBytes(f.new_key.span()).ok());
+  auto kdf = luks2::ChooseKdf(test::FastPbkdf());
+  EXPECT_TRUE(kdf.ok());
+  Status s = InitReencrypt(v->mutable_metadata(), v->metadata_device(), f.key, f.new_key, AsBytes("pw"), *kdf,
+                           "aes-xts-plain64", 4096, res, 1000);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(v->Commit().ok());
+  std::string d = test::ReadFileOrDie(dir / "dev");
+  f.device.assign(d.begin(), d.end());
+  return f;
+}
+
+Status RunAttached(BlockDevice& dev, const AttachedFixture& f) {
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::FromDevices("dev", std::make_unique<DeviceRef>(&dev), nullptr));
+  EngineOptions eo;
+  eo.hotzone_bytes = kHotzone;
+  eo.threads = 2;
+  return RunOperation(v, {{0, &f.key}, {1, &f.new_key}}, eo);
+}
+
+// The header and the data share one device: the reencryption area sits in the header's keyslots
+// area, in front of the data it protects. A power cut at every write and sync resumes to the
+// original plaintext under the new key, and the old key's keyslot is gone.
+TEST(Engine, AttachedReencryptPowerCutAtEveryInstantResumesToTheOriginalBytes) {
+  using C = FaultDevice::CutMode;
+  const std::vector<std::pair<Resilience, std::vector<C>>> cases = {
+      {Resilience::kChecksum, {C::kDropUnsynced, C::kKeepSome}},
+      {Resilience::kJournal, {C::kDropUnsynced, C::kTearOne}},
+  };
+  for (const auto& [res, cuts] : cases) {
+    AttachedFixture f = MakeAttachedReencrypt(res);
+    uint64_t total;
+    {
+      FaultDevice d("dev", f.device);
+      ASSERT_TRUE(RunAttached(d, f).ok());
+      total = d.ops();
+    }
+    ASSERT_GT(total, 60u);
+    int points = 0;
+    for (uint64_t k = 1; k <= total; k += CrashStride()) {
+      for (auto cut : cuts) {
+        SCOPED_TRACE(std::string("attached reencrypt/") + ResilienceName(res) + " crash at op " + std::to_string(k) +
+                     " cut " + std::to_string(int(cut)));
+        FaultDevice d("dev", f.device);
+        d.CrashAfterOps(k);
+        (void)RunAttached(d, f);
+        MemDevice m("dev", d.PowerCut(cut, k * 11 + 3));
+        Status s = RunAttached(m, f);
+        ASSERT_TRUE(s.ok()) << s.message();
+        auto v = luks2::Volume::FromDevices("dev", std::make_unique<DeviceRef>(&m), nullptr);
+        ASSERT_TRUE(v.ok());
+        auto st = ReadState(v->metadata(), m.Size());
+        ASSERT_TRUE(st.ok() && !st->has_value()) << "operation not finished";
+        auto segs = luks2::Segments(v->metadata());
+        ASSERT_EQ(segs.size(), 1u);
+        EXPECT_EQ(segs[0].offset, kAttachedOffset);
+        EXPECT_EQ(segs[0].sector_size, 4096u);
+        EXPECT_EQ(luks2::Keyslots(v->metadata()).size(), 1u);  // the old key's keyslot is gone
+        auto u = v->Unlock(AsBytes("pw"));
+        ASSERT_TRUE(u.ok()) << u.status().message();
+        EXPECT_TRUE(std::equal(u->key.data(), u->key.data() + u->key.size(), f.new_key.data()));
+        auto plain = v->OpenData({{1, &f.new_key}});
+        ASSERT_TRUE(plain.ok()) << plain.status().message();
+        Bytes out(kDataSize);
+        ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
+        ASSERT_EQ(out, f.plain);
+        ++points;
+      }
+    }
+    EXPECT_GT(points, 100 / int(CrashStride()));
+  }
+}
+
 // ---- encryption with the header at the start (data shift) ----
 
 constexpr uint64_t kShift = 320u << 10;                    // the header image: header + one keyslot

@@ -401,11 +401,18 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
   st.data_size = (data_device_size - st.new_seg.offset) / st.sector_size() * st.sector_size();
   if (st.new_seg.size) st.data_size = *st.new_seg.size;
 
+  // A segment may belong to two digests: cryptsetup assigns a reencryption's hotzone to both the
+  // old and the new key's digest while it is in flight.
+  const std::vector<luks2::DigestInfo> digests = luks2::Digests(md);
+  auto has_digest = [&](int segment, int digest) {
+    for (const auto& d : digests)
+      if (d.id == digest && std::find(d.segments.begin(), d.segments.end(), segment) != d.segments.end()) return true;
+    return false;
+  };
   auto is_side = [&](const luks2::SegmentInfo& s, const luks2::SegmentInfo& side, int digest) {
     if (s.type != side.type) return false;
     if (s.type == "linear") return true;
-    auto d = luks2::DigestOfSegment(md, s.id);
-    return d && d->id == digest && s.cipher == side.cipher && s.sector_size == side.sector_size;
+    return has_digest(s.id, digest) && s.cipher == side.cipher && s.sector_size == side.sector_size;
   };
   // Forward the layout reads new* hot? old*; backward old* hot? new*. `first`/`second` are the
   // sides in on-disk order.
