@@ -230,7 +230,7 @@ class Runner {
   // freely: the hotzone's writes land at least `shift` bytes above its reads. Each written
   // piece is handed to writeback at once, so the sync that ends the hotzone waits for less.
   // (Buffered on purpose: O_DIRECT writes of 4 MiB batches measured 1.5x slower on this virtio
-  // disk, README "In-place engine".)
+  // disk, README "The in-place engine".)
   Status MoveHotzone(uint64_t pos, uint64_t len) {
     while (pieces_.size() < tf_.threads()) pieces_.emplace_back(size_t(kPiece));
     return ForEachPiece(len, kPiece, [&](size_t t, uint64_t at, uint64_t n) -> Status {
