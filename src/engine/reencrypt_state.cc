@@ -394,7 +394,9 @@ Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_
   }
   if (moved || st.area.type == Resilience::kDatashift || st.area.type == Resilience::kDatashiftChecksum) return ReadShiftState(md, std::move(st), area, all, data_device_size);
   if (st.old_seg.offset != st.new_seg.offset)
-    return Unsupported("in-place operations that move data are not implemented yet");
+    return Unsupported("a reencryption that also moves the data (cryptsetup reencrypt --reduce-device-size "
+                       "on an encrypted volume) is not supported by diskseal; finish it with cryptsetup "
+                       "reencrypt --resume-only");
   if (auto d = luks2::DigestOfSegment(md, st.old_seg.id); d && st.old_seg.type == "crypt") st.digest_old = d->id;
   if (auto d = luks2::DigestOfSegment(md, st.new_seg.id); d && st.new_seg.type == "crypt") st.digest_new = d->id;
   if (data_device_size < st.new_seg.offset) return Corrupt("the data device is smaller than the data offset");

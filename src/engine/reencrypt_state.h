@@ -90,7 +90,8 @@ struct State {
 };
 
 // nullopt when no operation is in progress. kCorrupt when the metadata is not a layout we can
-// continue (naming why), kUnsupported for layouts not implemented (e.g. a data-shift reencryption).
+// continue (naming why); kUnsupported, naming the tool that can finish it, for cryptsetup's
+// reencryption that also moves the data (the one layout diskseal does not carry on).
 Result<std::optional<State>> ReadState(const luks2::Metadata& md, uint64_t data_device_size);
 
 // Rewrites the regular segments for progress `done`, with a hotzone of `hotzone_len` flagged
