@@ -127,13 +127,15 @@ class EnableTest : public ::testing::Test {
     }
     return a;
   }
-  std::vector<std::string> EnableArgs(const std::vector<std::string>& mps) {
+  // Without `escrow` the run says --no-escrow (the caller adds --vault ... otherwise).
+  std::vector<std::string> EnableArgs(const std::vector<std::string>& mps, bool escrow = false) {
     // Doctor runs first. This host is shared with other builds and test runs (their diskseal
     // encrypt or apt processes are not in the way of these loop devices), so that one check is
     // ignored; every other check applies.
     std::vector<std::string> a = {"enable", "--volume-type", "Data", "--json", "--pbkdf", "pbkdf2",
                                   "--pbkdf-force-iterations", "1000", "--hotzone-size", "1M",
                                   "--ignore", "concurrent-tools"};
+    if (!escrow) a.push_back("--no-escrow");
     for (auto& s : Common(mps)) a.push_back(s);
     return a;
   }
@@ -217,7 +219,7 @@ TEST_F(EnableTest, EnableExt4AndXfsEndToEndThenDisable) {
   VaultProcess vp(dir_ / "vault");
   vp.Start();
   const std::string tok = vp.Token("host", "secrets:get,secrets:set");
-  auto args = EnableArgs({e4, xf});
+  auto args = EnableArgs({e4, xf}, true);
   args[2] = "All";  // data volumes done, the OS volume reported as not supported
   for (const auto& s : {std::string("--vault"), vp.url(), std::string("--vault-token-file"), tok,
                         std::string("--vault-ca"), vp.ca()})
@@ -241,6 +243,12 @@ TEST_F(EnableTest, EnableExt4AndXfsEndToEndThenDisable) {
     auto b = nlohmann::json::parse(bundle.out);
     EXPECT_EQ(b["contentType"], "BEK");
     EXPECT_EQ(b["tags"]["LuksUuid"], v["name"]);
+    EXPECT_FALSE(b["tags"]["MachineName"].get<std::string>().empty());
+    // and what rebuilds its header: the final one, escrowed once the engine finished
+    auto hdr = Diskseal({"vault", "secret", "get", "--json", "diskseal-" + v["name"].get<std::string>() + "-header",
+                         "--vault", vp.url(), "--vault-token-file", tok, "--vault-ca", vp.ca()});
+    ASSERT_EQ(hdr.exit_code, 0) << hdr.err;
+    EXPECT_EQ(nlohmann::json::parse(hdr.out)["tags"]["DisksealHeaderState"], "final");
   }
   // Mounted again from the plaintext view, same place, same options, same files.
   for (const auto& mp : {e4, xf}) {
@@ -443,6 +451,19 @@ TEST_F(EnableTest, EnableRefusesABusyMountNamingTheHolder) {
   RunResult ok = Diskseal(EnableArgs({mp}));
   ASSERT_EQ(ok.exit_code, 0) << ok.err;
   EXPECT_EQ(Sums(mp), sums);
+}
+
+// Without a vault nothing is escrowed: enable asks for that by name (--no-escrow), one line,
+// exit 1, before it looks at any volume.
+TEST_F(EnableTest, EnableWithoutAVaultAsksForNoEscrowByName) {
+  RunResult r = Diskseal({"enable", "--volume-type", "Data", "--state-dir", state_, "--etc-dir", etc_, "--run-dir", run_});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("--no-escrow"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(::access((state_ + "/lock").c_str(), F_OK), 0);  // the state directory was not even prepared
+  RunResult both = Diskseal({"enable", "--volume-type", "Data", "--state-dir", state_, "--no-escrow", "--vault",
+                             "https://127.0.0.1:1", "--vault-token-file", "/nonexistent"});
+  EXPECT_EQ(both.exit_code, 1) << both.err;
 }
 
 TEST_F(EnableTest, EnableOsVolumeTypeIsNotSupportedYet) {

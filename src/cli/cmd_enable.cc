@@ -32,7 +32,7 @@ struct MachineArgs {
   std::string etc_dir;
   std::string run_dir = "/run/diskseal";
   std::vector<std::string> only;
-  bool progress_json = false, no_wait = false, userspace = false;
+  bool progress_json = false, no_wait = false, userspace = false, no_escrow = false;
   std::string resilience = "checksum";
   uint64_t hotzone = 32u << 20;
   luks2::PbkdfOptions pbkdf;
@@ -57,6 +57,8 @@ void AddMachineArgs(CLI::App& app, Globals& g, MachineArgs& a, bool enable) {
     AddVaultConnectionOptions(app, a.vault);
     app.add_option("--kek", a.vault.kek, "vault key that wraps each escrowed passphrase");
     app.add_option("--kek-alg", a.vault.kek_alg, "wrap algorithm: RSA-OAEP (default), RSA-OAEP-256, A256KW");
+    app.add_flag("--no-escrow", a.no_escrow,
+                 "encrypt without a vault: keys and headers stay only on this machine's disk (lost with it)");
     app.add_option("--ignore", a.ignore, "do not block on this doctor check (repeat or comma-separate)")
         ->delimiter(',');
     app.add_option("--resilience", a.resilience, "checksum (default) or journal");
@@ -165,6 +167,11 @@ Runner SetupEnable(CLI::App& app, Globals& g) {
   AddMachineArgs(app, g, *a, true);
   return [a, &g]() -> Status {
     if (a->volume_type == "OS") return Unsupported(std::string("--volume-type OS: ") + kOsNotSupported);
+    // Escrow is the default, as in ADE: doing without it is asked for by name.
+    if (!a->vault.enabled() && !a->no_escrow)
+      return InvalidArgument("enable: no --vault given, so no key or header would be escrowed and the volumes could not be "
+                             "recovered if this machine's disk is lost; pass --vault URL ... or, to accept that, --no-escrow");
+    if (a->vault.enabled() && a->no_escrow) return InvalidArgument("enable: --vault and --no-escrow contradict each other");
     std::unique_ptr<vault::VaultClient> client;
     DS_ASSIGN_OR_RETURN(machine::EnableOptions o, MakeOptions(g, *a, "enable", client));
     DS_ASSIGN_OR_RETURN(auto vols, machine::EnableDataVolumes(*g.env, o));

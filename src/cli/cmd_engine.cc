@@ -20,6 +20,7 @@
 #include "cli/vault_options.h"
 #include "luks2/header_io.h"
 #include "vault/escrow.h"
+#include "vault/volume_escrow.h"
 
 #include <algorithm>
 
@@ -56,6 +57,9 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
                 "stop at the first commit point after this many bytes (exit 9, resumable): work in windows");
 }
 
+Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo,
+                          const std::map<int, const SecureBuffer*>& keys);
+
 // Loads the volume with its operation, unlocks, and runs it to the end.
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
                        const SecureBuffer* known_key, int known_digest,
@@ -69,6 +73,12 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
     DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
+    if (!d.header.empty() && vault::FinalHeaderEscrowPending(v.metadata()) && vo && vo->enabled()) {
+      // The encryption finished but its final header never reached the vault: do that now.
+      DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device));
+      DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+      return FinishHeaderEscrow(g, d, vo, {{u.digest, &u.key}});
+    }
     *g.out << d.device << ": no in-place operation to resume.\n";
     return Status::Ok();
   }
@@ -79,7 +89,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   } else {
     SecureBuffer read;
     if (!known_pass) {
-      DS_ASSIGN_OR_RETURN(read, ObtainPassphrase(*g.env, keys, vo, v.metadata().uuid, d.device));
+      DS_ASSIGN_OR_RETURN(read, ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device));
     }
     DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll((known_pass ? *known_pass : read).span()));
     for (auto& [digest, key] : unlocked) keymap[digest] = &key;
@@ -98,7 +108,8 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   if (!s.ok()) return s;
   p.Finish();
   *g.out << d.device << ": " << engine::ModeName(st->mode) << " finished (" << left << " bytes this run).\n";
-  return Status::Ok();
+  if (d.header.empty()) return Status::Ok();
+  return FinishHeaderEscrow(g, d, vo, keymap);
 }
 
 
@@ -139,27 +150,42 @@ std::string MountPointOf(Env& env, const std::string& device) {
   return "";
 }
 
-// Stores the new passphrase in the vault and checks it against the header in `tmp` before the
-// header is put anywhere: if any of it fails, no data block has been touched.
+// Stores the new passphrase (and, for a detached header, what rebuilds the header) in the vault,
+// checks it against the header in `tmp` and pins the versions in a token there, before the header
+// is put anywhere: if any of it fails, no data block has been touched (vault/volume_escrow.h).
 Status EscrowNewHeader(Globals& g, const VaultOptions& vo, vault::VaultClient& client, const SecureBuffer& pass,
                        const SecureBuffer& vk, const std::string& dev, const std::string& tmp,
-                       const std::string& uuid) {
+                       const std::string& uuid, bool detached) {
   vault::EscrowRequest req;
   req.luks_uuid = uuid;
   req.secret_name = vo.SecretNameFor(uuid);
   req.kek = vo.kek;
   req.kek_alg = vo.kek_alg;
-  auto verify = [&](const SecureBuffer& p) -> Status {
-    DS_ASSIGN_OR_RETURN(luks2::Volume check, luks2::Volume::Load(*g.env, dev, tmp, false));
-    auto u = check.Unlock(p.span());
-    if (!u.ok()) return u.status();
-    if (!u->key.Equals(vk.span())) return Corrupt("the escrowed passphrase opens a different key");
-    return Status::Ok();
-  };
-  auto rec = vault::EscrowAndVerify(client, pass, req, verify);
+  auto rec = vault::EscrowNewVolume(*g.env, client, dev, tmp, detached, pass, vk, req);
   if (!rec.ok()) return rec.status().WithContext(dev + ": key escrow failed; nothing was written to the device");
-  *g.err << dev << ": passphrase escrowed and verified as " << rec->secret_id << "\n";
+  *g.err << dev << ": passphrase " << (detached ? "and header " : "") << "escrowed and verified as "
+         << rec->secret_id << "\n";
   return Status::Ok();
+}
+
+// After an encryption finished: escrows the final header when the vault holds only the one made
+// before the first data block. Without --vault it says which command does it.
+Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo,
+                          const std::map<int, const SecureBuffer*>& keys) {
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
+  if (!vault::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
+  if (!vo || !vo->enabled()) {
+    *g.err << d.device << ": the vault holds only the header escrowed before the encryption finished; run `diskseal resume "
+           << d.device << " --header " << d.header << " --vault URL ...` to escrow the final one\n";
+    return Status::Ok();
+  }
+  auto digest = luks2::DigestOfSegment(v.metadata(), 0);
+  auto key = digest ? keys.find(digest->id) : keys.end();
+  if (key == keys.end()) return Internal(d.device + ": no volume key for the final segment");
+  DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, *vo));
+  return vault::EscrowFinalHeaderIfPending(*client, v, *key->second, *g.err)
+      .WithContext(d.device + ": the data is encrypted, but the final header was not escrowed; run `diskseal resume " +
+                   d.device + " --header " + d.header + " --vault ...` to escrow it");
 }
 
 struct ShiftArgs {
@@ -271,7 +297,7 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
       (void)g.env->Remove(tmp);
       return v.status().WithContext(dev + ": encrypt");
     }
-    Status ok = client ? EscrowNewHeader(g, vault_opts, *client, pass, vk, dev, tmp, v->metadata().uuid) : Status::Ok();
+    Status ok = client ? EscrowNewHeader(g, vault_opts, *client, pass, vk, dev, tmp, v->metadata().uuid, false) : Status::Ok();
     if (ok.ok()) {
       // Only the binary headers, the JSON and the keyslot areas were written; the rest of the
       // file is the zeros Create gave it, and PlaceShiftHeader takes them as implied.
@@ -356,7 +382,7 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   if (shift == 0 || size <= 2 * shift)
     return InvalidArgument(dev + ": the data offset " + std::to_string(shift) + " leaves no room to move the data back");
   DS_RETURN_IF_ERROR(v.CheckRequirements());
-  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata().uuid, dev));
+  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata(), dev));
   DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
   DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(pbkdf));
   // 1. the header file, complete and with the operation recorded, before the device is touched.
@@ -482,7 +508,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
         return v.status().WithContext(dev + ": encrypt");
       }
       if (client) {
-        Status esc = EscrowNewHeader(g, o->vault, *client, pass, vk, dev, tmp, v->metadata().uuid);
+        Status esc = EscrowNewHeader(g, o->vault, *client, pass, vk, dev, tmp, v->metadata().uuid, true);
         if (!esc.ok()) {
           (void)g.env->Remove(tmp);
           return esc;
@@ -490,7 +516,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       }
     }
     DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
-    return ResumeOperation(g, o->dev, o->keys, o->e, &vk, digest);
+    return ResumeOperation(g, o->dev, o->keys, o->e, &vk, digest, nullptr, &o->vault);
   };
 }
 
@@ -537,7 +563,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     if (luks2::Segments(v.metadata()).front().type == "linear")
       return Busy(dev + ": already decrypted (the header describes plaintext)");
     DS_RETURN_IF_ERROR(v.CheckRequirements());
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata().uuid, dev));
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev));
     DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
     DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
     luks2::Metadata before = v.metadata();
@@ -614,6 +640,40 @@ Runner SetupResume(CLI::App& app, Globals& g) {
   return [o, &g]() -> Status {
     CatchStopSignals();
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
+  };
+}
+
+}  // namespace ds::cli
+
+namespace ds::cli {
+
+// recover DEVICE --header NEWFILE --vault ... (--uuid U | --vault-secret-name N): the detached
+// header rebuilt from the vault alone (vault/volume_escrow.h), after which `open` works.
+Runner SetupRecover(CLI::App& app, Globals& g) {
+  struct Opts {
+    DeviceArgs dev;
+    VaultOptions vault;
+    std::string uuid;
+    luks2::PbkdfOptions pbkdf;
+  };
+  auto o = std::make_shared<Opts>();
+  AddDeviceArgs(app, o->dev);
+  AddVaultOptions(app, o->vault);
+  AddPbkdfOptions(app, o->pbkdf);
+  app.add_option("--uuid", o->uuid, "the volume's LUKS UUID (names its secrets: diskseal-<UUID>, diskseal-<UUID>-header)");
+  return [o, &g]() -> Status {
+    const std::string& dev = o->dev.device;
+    if (o->dev.header.empty()) return InvalidArgument(dev + ": recover needs --header NEWFILE: where to write the rebuilt header");
+    if (!o->vault.enabled()) return InvalidArgument(dev + ": recover needs --vault (the header is rebuilt from the vault)");
+    if (o->uuid.empty() == o->vault.secret_name.empty())
+      return InvalidArgument(dev + ": recover needs exactly one of --uuid UUID or --vault-secret-name NAME");
+    if (!o->uuid.empty() && !luks2::IsValidUuid(o->uuid)) return InvalidArgument("--uuid " + o->uuid + " is not a UUID");
+    DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, o->vault));
+    const std::string secret = vault::HeaderSecretName(o->vault.SecretNameFor(o->uuid));
+    DS_RETURN_IF_ERROR(vault::RecoverHeader(*g.env, *client, dev, secret, o->dev.header, o->pbkdf, *g.err));
+    *g.out << dev << ": header rebuilt into " << o->dev.header << "; open it with `diskseal open " << dev << " NAME --header "
+           << o->dev.header << " --vault " << o->vault.url << " ...`\n";
+    return Status::Ok();
   };
 }
 

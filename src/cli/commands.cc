@@ -21,6 +21,7 @@ static const Command kCommands[] = {
     {"decrypt", "decrypt a device in place back to plaintext, crash-safe (detached header, or header at the start exported to --header NEWFILE)", SetupDecrypt},
     {"reencrypt", "replace the volume key (and optionally cipher, sector size) in place, crash-safe", SetupReencrypt},
     {"resume", "finish an interrupted in-place operation", SetupResume},
+    {"recover", "rebuild a lost detached header from the vault alone (header and key escrowed by encrypt/enable)", SetupRecover},
     {"dump", "show a volume's LUKS2 header (--json: stable schema)", SetupDump},
     {"test-key", "check a passphrase against a volume's keyslots", SetupTestKey},
     {"keyslot", "add, remove, change or list keyslots", SetupKeyslot},

@@ -22,6 +22,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g);
 Runner SetupDecrypt(CLI::App& app, Globals& g);
 Runner SetupReencrypt(CLI::App& app, Globals& g);
 Runner SetupResume(CLI::App& app, Globals& g);
+Runner SetupRecover(CLI::App& app, Globals& g);
 // Key vault (cmd_vault.cc)
 Runner SetupVault(CLI::App& app, Globals& g);
 // Opening volumes (cmd_open.cc)

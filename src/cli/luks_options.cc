@@ -39,7 +39,7 @@ Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySou
                                    std::optional<int> slot, bool writable, const VaultOptions* vault) {
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, writable));
   DS_RETURN_IF_ERROR(v.CheckRequirements());
-  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vault, v.metadata().uuid, d.device));
+  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vault, v.metadata(), d.device));
   DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span(), slot));
   return OpenedVolume{std::move(v), std::move(u)};
 }

@@ -1,6 +1,7 @@
 #include "cli/vault_options.h"
 
 #include "vault/escrow.h"
+#include "vault/volume_escrow.h"
 
 namespace ds::cli {
 
@@ -38,10 +39,12 @@ Result<std::unique_ptr<vault::VaultClient>> MakeVaultClient(Env& env, const Vaul
 }
 
 Result<SecureBuffer> ObtainPassphrase(Env& env, const KeySource& keys, const VaultOptions* vo,
-                                      const std::string& luks_uuid, const std::string& device) {
+                                      const luks2::Metadata& md, const std::string& device) {
   if (vo && vo->enabled() && keys.key_file.empty()) {
     DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(env, *vo));
-    auto p = vault::FetchEscrowedPassphrase(*client, vo->SecretNameFor(luks_uuid));
+    DS_ASSIGN_OR_RETURN(auto pin, vault::ReadEscrowPin(md));
+    auto p = pin ? vault::FetchPinnedPassphrase(*client, *pin, md.uuid)
+                 : vault::FetchEscrowedPassphrase(*client, vo->SecretNameFor(md.uuid));
     if (!p.ok()) return p.status().WithContext(device + ": fetching the escrowed passphrase");
     return std::move(p).value();
   }

@@ -9,6 +9,7 @@
 
 #include "cli/key_input.h"
 #include "io/block_device.h"
+#include "luks2/metadata.h"
 #include "util/status.h"
 #include "vault/client.h"
 
@@ -36,10 +37,12 @@ void AddVaultOptions(CLI::App& app, VaultOptions& o);
 // kInvalidArgument when --vault is given without a token source (or the reverse).
 Result<std::unique_ptr<vault::VaultClient>> MakeVaultClient(Env& env, const VaultOptions& o);
 
-// The passphrase of an existing volume: the escrowed secret of `luks_uuid` fetched from the vault
-// (unwrapped with the KEK when it was wrapped) when --vault is given and no key file is, else
-// from the key options (file, stdin, prompt). `vo` may be null (no vault flags on the command).
+// The passphrase of an existing volume: when --vault is given and no key file is, the escrowed
+// secret fetched from the vault (unwrapped with the KEK when it was wrapped): exactly the version
+// the volume's diskseal-escrow token pins (vault/volume_escrow.h), or, for a volume escrowed
+// before pins existed, the newest enabled version of the volume's secret; else from the key
+// options (file, stdin, prompt). `vo` may be null (no vault flags on the command).
 Result<SecureBuffer> ObtainPassphrase(Env& env, const KeySource& keys, const VaultOptions* vo,
-                                      const std::string& luks_uuid, const std::string& device);
+                                      const luks2::Metadata& md, const std::string& device);
 
 }  // namespace ds::cli

@@ -176,9 +176,16 @@ Result<Volume> Volume::Format(Env& env, const std::string& device, const std::st
 
   // ---- build the header in memory ----
   SecureBuffer vk(key_bytes);
-  do {
-    DS_RETURN_IF_ERROR(RandomBytes(vk.span()));
-  } while (key_bytes % 2 == 0 && std::memcmp(vk.data(), vk.data() + key_bytes / 2, key_bytes / 2) == 0);
+  if (o.volume_key) {
+    if (o.volume_key->size() != key_bytes)
+      return InvalidArgument("the volume key is " + std::to_string(o.volume_key->size()) + " bytes; --key-size says " +
+                             std::to_string(key_bytes));
+    std::memcpy(vk.data(), o.volume_key->data(), key_bytes);
+  } else {
+    do {
+      DS_RETURN_IF_ERROR(RandomBytes(vk.span()));
+    } while (key_bytes % 2 == 0 && std::memcmp(vk.data(), vk.data() + key_bytes / 2, key_bytes / 2) == 0);
+  }
 
   Metadata& md = v.read_.md;
   md.hdr_size = o.metadata_size;

@@ -19,6 +19,7 @@
 #include "machine/mounts.h"
 #include "machine/state.h"
 #include "vault/escrow.h"
+#include "vault/volume_escrow.h"
 
 namespace ds::machine {
 
@@ -91,6 +92,7 @@ class Runner {
       r.rate.pid = ::getpid();
       DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypting));
       DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt"));
+      DS_RETURN_IF_ERROR(EscrowFinalHeader(r, pass));
       r.rate = Rate{};
       DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypted));
     }
@@ -196,28 +198,38 @@ class Runner {
       return v.status().WithContext(r.device + ": encrypt");
     }
     if (!o_.vault) return Status::Ok();
-    // Escrowed, read back, unwrapped and checked against this header while it is still a temp
-    // file: if any of it fails no data block has been touched.
+    // Escrowed (passphrase and header), read back, unwrapped and checked against this header while
+    // it is still a temp file, the versions pinned in it: if any of it fails no data block has
+    // been touched (vault/volume_escrow.h, shared with `encrypt --vault`).
     vault::EscrowRequest req;
     req.luks_uuid = r.name;
     req.secret_name = o_.secret_prefix.empty() ? vault::DefaultSecretName(r.name) : o_.secret_prefix + r.name;
     req.kek = o_.kek;
     req.kek_alg = o_.kek_alg;
-    auto verify = [&](const SecureBuffer& p) -> Status {
-      DS_ASSIGN_OR_RETURN(luks2::Volume check, luks2::Volume::Load(env_, r.device, tmp, false));
-      auto u = check.Unlock(p.span());
-      if (!u.ok()) return u.status();
-      if (!u->key.Equals(vk.span())) return Corrupt("the escrowed passphrase opens a different key");
-      return Status::Ok();
-    };
-    auto rec = vault::EscrowAndVerify(*o_.vault, pass, req, verify);
+    auto rec = vault::EscrowNewVolume(env_, *o_.vault, r.device, tmp, true, pass, vk, req);
     if (!rec.ok()) {
       (void)env_.Remove(tmp);
       return rec.status().WithContext(r.device + ": key escrow failed; nothing was written to the device");
     }
     r.secret_id = rec->secret_id;
-    *o_.log << r.device << ": passphrase escrowed and verified as " << rec->secret_id << "\n";
+    *o_.log << r.device << ": passphrase and header escrowed and verified as " << rec->secret_id << "\n";
     return Status::Ok();
+  }
+
+  // Once the engine finished: the final header replaces, in the vault, the one escrowed before
+  // the first data block (which cannot tell how far the data got).
+  Status EscrowFinalHeader(const VolumeRecord& r, const SecureBuffer& pass) {
+    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
+    if (!vault::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
+    if (!o_.vault) {
+      *o_.log << r.device << ": the vault holds only the header escrowed before the encryption finished; run "
+              << "`diskseal enable --volume-type Data --vault URL ...` to escrow the final one\n";
+      return Status::Ok();
+    }
+    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    return vault::EscrowFinalHeaderIfPending(*o_.vault, v, u.key, *o_.log)
+        .WithContext(r.device + ": the data is encrypted, but its final header was not escrowed; run `diskseal enable` "
+                     "with --vault again to escrow it");
   }
 
   Status InitDecrypt(VolumeRecord& r, const SecureBuffer& pass) {
@@ -394,7 +406,11 @@ Status RunEach(StateDir& state, std::vector<VolumeRecord>& work, std::ostream& l
     VolumeRecord& r = work[i];
     log << verb << " data volume " << i + 1 << "/" << work.size() << ": " << r.mountpoint << " ("
         << r.device << ")\n";
-    Status s = step(r);
+    // Status numbers the volume as this log does.
+    r.run_index = int(i + 1);
+    r.run_size = int(work.size());
+    Status s = state.Save(r);
+    if (s.ok()) s = step(r);
     if (!s.ok()) {
       r.last_error = s.message();
       r.rate = Rate{};

@@ -104,6 +104,7 @@ std::string RecordToJson(const VolumeRecord& r) {
     j["fstab"] = {{"spec", r.fstab->spec},       {"file", r.fstab->file},
                   {"vfstype", r.fstab->vfstype}, {"options", r.fstab->options},
                   {"freq", r.fstab->freq},       {"passno", r.fstab->passno}};
+  j["run"] = {{"index", r.run_index}, {"size", r.run_size}};
   j["rate"] = {{"pid", r.rate.pid},     {"done", r.rate.done},   {"total", r.rate.total},
                {"mib_s", r.rate.mib_s}, {"eta_s", r.rate.eta_s}, {"updated", r.rate.updated}};
   return j.dump(2) + "\n";
@@ -136,6 +137,10 @@ Result<VolumeRecord> RecordFromJson(const std::string& text, const std::string& 
       e.freq = f.at("freq").get<int>();
       e.passno = f.at("passno").get<int>();
       r.fstab = e;
+    }
+    if (j.contains("run")) {
+      r.run_index = j["run"].value("index", 0);
+      r.run_size = j["run"].value("size", 0);
     }
     if (j.contains("rate")) {
       const auto& t = j["rate"];

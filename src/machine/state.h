@@ -70,6 +70,9 @@ struct VolumeRecord {
   Step step = Step::kPlanned;
   Rate rate;
   std::string last_error;      // the error that stopped the last run at this volume
+  // This volume's place in the run that last acted on it ("data volume 2/3"), so that status
+  // numbers it as that run's log did; 0: never run (records written before this field).
+  int run_index = 0, run_size = 0;
 };
 
 class StateDir {

@@ -1,6 +1,9 @@
 #include "machine/status.h"
 
 #include <signal.h>
+#include <stdlib.h>
+
+#include <climits>
 
 #include <cmath>
 #include <iomanip>
@@ -39,6 +42,11 @@ std::string MountedAt(const Machine& m, const std::string& mountpoint) {
   return src;
 }
 
+std::string Canonical(const std::string& path) {
+  char buf[PATH_MAX];
+  return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
+}
+
 std::string Pct(double p) {
   std::ostringstream o;
   o << int(p) << "%";
@@ -63,11 +71,15 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
     for (const auto& b : m.blocks)
       if (b.dm_name == "osencrypt") out.os_volume = "VMRestartPending";  // mapping, / not on it
 
-  bool any_disabled = false;
+  // "Decryption succeeded" only while it is still true: every volume disable finished is mounted
+  // from its own device again (not re-encrypted, unmounted or replaced since).
+  bool any_disabled = false, disabled_current = true;
   std::vector<const VolumeRecord*> enabling, disabling;
   for (const auto& r : records) {
     if (r.step == Step::kDisabled) {
       any_disabled = true;
+      const std::string src = MountedAt(m, r.mountpoint);
+      if (src.empty() || Canonical(src) != Canonical(r.device)) disabled_current = false;
       continue;
     }
     VolumeStatus v;
@@ -111,23 +123,28 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
         return true;
     return false;
   };
+  // The machine's other data volumes are listed as they are. A LUKS device diskseal does not
+  // manage (closed, say) is not a data volume of this machine's status: it neither counts as an
+  // encrypted one nor makes the managed ones "not mounted".
+  const size_t managed = out.volumes.size();
   for (const auto& d : m.volumes) {
-    const bool data = d.role == VolumeRole::kData;
-    const bool luks_unmounted = d.role == VolumeRole::kOther && d.is_luks;
-    if ((!data && !luks_unmounted) || recorded(d)) continue;
+    if (d.role != VolumeRole::kData || recorded(d)) continue;
     VolumeStatus v;
     v.mountpoint = d.mountpoint;
     v.device = d.dev;
-    v.state = luks_unmounted ? "NotMounted" : d.encrypted ? "Encrypted" : "NotEncrypted";
+    v.state = d.encrypted ? "Encrypted" : "NotEncrypted";
     v.percent = v.state == "NotEncrypted" ? 0 : 100;
     out.volumes.push_back(std::move(v));
   }
 
+  // DataVolumesEncrypted describes the volumes diskseal manages when there are any (enable with
+  // --only leaves others plaintext by choice; they are listed, not counted), else the machine's.
+  const size_t first = managed ? 0 : managed, last = managed ? managed : out.volumes.size();
   auto count = [&](const char* s) {
-    return std::count_if(out.volumes.begin(), out.volumes.end(),
+    return std::count_if(out.volumes.begin() + first, out.volumes.begin() + last,
                          [&](const VolumeStatus& v) { return v.state == s; });
   };
-  const size_t n = out.volumes.size();
+  const size_t n = last - first;
   if (count("EncryptionInProgress")) out.data_volumes = "EncryptionInProgress";
   else if (count("DecryptionInProgress")) out.data_volumes = "DecryptionInProgress";
   else if (n && size_t(count("Encrypted")) == n) out.data_volumes = "Encrypted";
@@ -140,11 +157,17 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
     const VolumeRecord* cur = list.front();
     size_t i = 1;
     size_t total = 0;
-    for (const auto& r : records) {
-      if (r.step == Step::kDisabled) continue;
-      if ((r.step >= Step::kDisabling) != (cur->step >= Step::kDisabling)) continue;
-      ++total;
-      if (&r == cur) i = total;
+    if (cur->run_size > 0) {
+      // As the run numbered it in its log: a volume it finished still counts.
+      i = size_t(cur->run_index);
+      total = size_t(cur->run_size);
+    } else {
+      for (const auto& r : records) {
+        if (r.step == Step::kDisabled) continue;
+        if ((r.step >= Step::kDisabling) != (cur->step >= Step::kDisabling)) continue;
+        ++total;
+        if (&r == cur) i = total;
+      }
     }
     double pct = 0;
     for (const auto& v : out.volumes)
@@ -161,7 +184,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
   else if (!disabling.empty()) out.progress_message = message(disabling, "Decrypting", "decrypt");
   else if (out.data_volumes == "Encrypted") out.progress_message = "Encryption succeeded for data volumes";
   else if (out.data_volumes == "NotMounted") out.progress_message = "Encrypted data volumes are not mounted";
-  else if (any_disabled && !count("Encrypted")) out.progress_message = "Decryption succeeded";
+  else if (any_disabled && !managed && disabled_current) out.progress_message = "Decryption succeeded";
   else if (n == 0) out.progress_message = "No data volumes";
   else out.progress_message = "Data volumes are not encrypted";
   return out;

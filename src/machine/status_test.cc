@@ -131,5 +131,66 @@ TEST_F(StatusTest, DecryptionInProgressAndDone) {
   EXPECT_EQ(s.progress_message, "Decryption succeeded");
 }
 
+// Issue 10: a closed LUKS device diskseal does not manage is no data volume of this status: it
+// does not turn the managed (encrypted, mounted) ones into "not mounted".
+TEST_F(StatusTest, AForeignClosedLuksDeviceDoesNotChangeTheMachineStatus) {
+  t.Block("sdd", {.devno = "8:48"});
+  t.Device("sdd", test::Luks2Image("22222222-0000-4000-8000-000000000009"));
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kConfigured)).ok());
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000002", "/dev/sdc", "/logs", Step::kConfigured)).ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(s.data_volumes, "Encrypted");
+  EXPECT_EQ(s.progress_message, "Encryption succeeded for data volumes");
+  for (const auto& v : s.volumes) EXPECT_NE(v.device, "/dev/sdd");
+}
+
+// Issue 10: enable --only one of two volumes: status describes the volume diskseal manages
+// (encrypted), and lists the other as it is.
+TEST_F(StatusTest, OneOfTwoVolumesEnabledIsEncryptedNotNotEncrypted) {
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kConfigured)).ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(s.data_volumes, "Encrypted");
+  EXPECT_EQ(s.progress_message, "Encryption succeeded for data volumes");
+  EXPECT_EQ(At(s, "/data").state, "Encrypted");
+  EXPECT_EQ(At(s, "/logs").state, "NotEncrypted");
+}
+
+// Issue 10: "Decryption succeeded" only while it is true: once the volume disable decrypted is no
+// longer mounted from its own device (re-encrypted by hand, unmounted, replaced), it is not said.
+TEST_F(StatusTest, DecryptionSucceededDoesNotLinger) {
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kDisabled)).ok());
+  EXPECT_EQ(Get().progress_message, "Decryption succeeded");
+  VolumeRecord moved = Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kDisabled);
+  moved.device = "/dev/sdx";  // /data is mounted from something else now
+  ASSERT_TRUE(state.Save(moved).ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(s.progress_message, "Data volumes are not encrypted");
+  // and a later enable of another volume is what status says
+  ASSERT_TRUE(state.Save(Record("11111111-0000-4000-8000-000000000002", "/dev/sdc", "/logs", Step::kConfigured)).ok());
+  EXPECT_EQ(Get().progress_message, "Encryption succeeded for data volumes");
+}
+
+// Issue 10: a two-volume disable numbers its volumes 1/2 and 2/2 as its log does, also once the
+// first is finished (a record past its run still counts).
+TEST_F(StatusTest, TwoVolumeDisableNumbersEachVolumeOfTheRun) {
+  VolumeRecord a = Record("11111111-0000-4000-8000-000000000001", "/dev/sdb", "/data", Step::kDecrypting);
+  VolumeRecord b = Record("11111111-0000-4000-8000-000000000002", "/dev/sdc", "/logs", Step::kConfigured);
+  a.run_index = 1, a.run_size = 2, b.run_index = 2, b.run_size = 2;
+  a.rate = Rate{0, 2u << 20, 8u << 20, 0, 0, 0};
+  ASSERT_TRUE(state.Save(a).ok());
+  ASSERT_TRUE(state.Save(b).ok());
+  EXPECT_EQ(Get().progress_message, "Decrypting data volume 1/2 interrupted at 25%: run `diskseal disable --volume-type Data` to resume");
+  a.step = Step::kDisabled;
+  b.step = Step::kDecrypting;
+  b.rate = Rate{0, 4u << 20, 8u << 20, 0, 0, 0};
+  ASSERT_TRUE(state.Save(a).ok());
+  ASSERT_TRUE(state.Save(b).ok());
+  EXPECT_EQ(Get().progress_message, "Decrypting data volume 2/2 interrupted at 50%: run `diskseal disable --volume-type Data` to resume");
+  // the record keeps its place in the run across a save and a reload
+  auto list = state.List();
+  ASSERT_TRUE(list.ok());
+  for (const auto& r : *list) EXPECT_EQ(r.run_size, 2) << r.mountpoint;
+}
+
 }  // namespace
 }  // namespace ds::machine

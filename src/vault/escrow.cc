@@ -44,6 +44,8 @@ std::string HostName() {
 
 }  // namespace
 
+Result<SecureBuffer> UnwrapEscrowed(VaultClient& client, const SecretBundle& s) { return Unwrap(client, s); }
+
 std::string DefaultSecretName(const std::string& luks_uuid) {
   std::string name = "diskseal-";
   for (char c : luks_uuid)

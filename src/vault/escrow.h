@@ -61,4 +61,8 @@ Result<EscrowRecord> EscrowAndVerify(VaultClient& client, const SecureBuffer& pa
 Result<SecureBuffer> FetchEscrowedPassphrase(VaultClient& client, const std::string& secret_name,
                                              const std::string& version = "");
 
+// The plaintext of an escrowed secret: base64-decoded, unwrapped with the KEK its tags name when
+// its contentType is "Wrapped BEK".
+Result<SecureBuffer> UnwrapEscrowed(VaultClient& client, const SecretBundle& s);
+
 }  // namespace ds::vault
