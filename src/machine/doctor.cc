@@ -647,8 +647,10 @@ class Doctor {
     std::vector<Probe> probes = {{"GET", "/secrets/diskseal-doctor-probe", "", "secrets:get"},
                                  {"PUT", "/secrets/diskseal-doctor-probe", "{", "secrets:set"}};
     if (!o_.kek.empty()) {
-      probes.push_back({"GET", "/keys/" + o_.kek, "", "keys:get"});
-      probes.push_back({"POST", "/keys/" + o_.kek + "/wrapkey", "{", "keys:wrap"});
+      // Exactly what encrypt and enable use with --kek: wrap (of 32 zero bytes, a real call that
+      // also tells whether the key exists) and unwrap. No keys:get: they never read the key.
+      probes.push_back({"POST", "/keys/" + o_.kek + "/wrapkey",
+                        R"({"alg":"RSA-OAEP","value":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})", "keys:wrap"});
       probes.push_back({"POST", "/keys/" + o_.kek + "/unwrapkey", "{", "keys:unwrap"});
     }
     std::vector<std::string> missing;
@@ -671,10 +673,13 @@ class Doctor {
         missing.push_back(p.perm);
         continue;
       }
-      if (p.perm == "keys:get" && r->status == 404)
+      if (p.perm == "keys:wrap" && r->status == 404)
         return fail("key", "the key " + o_.kek + " does not exist in the vault",
                     "create it (diskseal vault key create " + o_.kek + ") or name another --kek");
-      bool expected = p.body.empty() ? (r->status == 200 || r->status == 404) : r->status == 400;
+      // The wrap probe: 200, or 400 when the key is not RSA (an oct KEK takes A256KW).
+      bool expected = p.body.empty()           ? (r->status == 200 || r->status == 404)
+                      : p.perm == "keys:wrap" ? (r->status == 200 || r->status == 400)
+                                              : r->status == 400;
       if (!expected || !json_reply)
         return fail("http", std::string(p.method) + " " + p.path + ": HTTP " + std::to_string(r->status) +
                                 " is not a key vault's answer",
@@ -688,7 +693,7 @@ class Doctor {
       auto& f = f_.Add("vault", Severity::kBlocking, vo.url,
                        "permission: the token may not " + list,
                        "grant " + list + " (diskseal vault token create --allow ..., or Key Vault "
-                       "access policy Secrets Get/Set, Keys Get/Wrap Key/Unwrap Key)");
+                       "access policy Secrets Get/Set, Keys Wrap Key/Unwrap Key)");
       f.evidence = ev;
       f.code = Code::kPermissionDenied;
       return;

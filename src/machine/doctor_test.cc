@@ -663,6 +663,24 @@ TEST_F(DoctorVaultTest, MissingPermissionIsNamed) {
   EXPECT_EQ(f[0].code, Code::kPermissionDenied);
 }
 
+// Issue 10: doctor asks for exactly the permissions encrypt and enable use with --kek (the README's
+// host token: secrets get/set, keys wrap/unwrap; no keys:get), and names a missing one.
+TEST_F(DoctorVaultTest, TheHostTokenThatEncryptsPassesAndNothingMore) {
+  const std::string host = server_->Token("host", "secrets:get,secrets:set,keys:wrap,keys:unwrap");
+  auto f = Vault(server_->ClientOptions(host), "kek");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].severity, Severity::kInfo) << f[0].message;
+  const std::string nounwrap = server_->Token("nounwrap", "secrets:get,secrets:set,keys:wrap");
+  f = Vault(server_->ClientOptions(nounwrap), "kek");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].message, "permission: the token may not keys:unwrap");
+  // without keys:wrap the key's existence is not known either: the permission is what is named
+  const std::string nowrap = server_->Token("nowrap", "secrets:get,secrets:set,keys:unwrap");
+  f = Vault(server_->ClientOptions(nowrap), "nokey");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].message, "permission: the token may not keys:wrap");
+}
+
 TEST_F(DoctorVaultTest, MissingKek) {
   auto f = Vault(server_->ClientOptions(all_), "nokey");
   ASSERT_EQ(f.size(), 1u);
