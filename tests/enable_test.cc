@@ -369,7 +369,9 @@ TEST_F(EnableTest, EnableKilledMidwayThenResumedLockAndStatusDuring) {
     posix_spawn_file_actions_destroy(&fa);
   }
   // The waiter says it waits before it blocks: read its stderr until the line is complete.
-  const std::string want = "held by pid " + std::to_string(holder) + " (diskseal enable --volume-type Data)\n";
+  // It names the holder by its whole command (paths only): the command that continues the run.
+  const std::string want = "held by pid " + std::to_string(holder) + " (diskseal enable --volume-type Data --state-dir " +
+                           state_ + " --etc-dir " + etc_ + " --run-dir " + run_ + " --only " + mp + " --no-escrow)\n";
   std::string said;
   while (said.find(want) == std::string::npos) {
     int st;
@@ -391,6 +393,47 @@ TEST_F(EnableTest, EnableKilledMidwayThenResumedLockAndStatusDuring) {
 
 // Disable killed mid-way: status says DecryptionInProgress with the engine's percent; disable
 // again finishes back to plaintext on the original device with the files intact.
+// Issue 10: SIGINT stops enable at the engine's next commit; the error and the status name the
+// command that continues (the message's command, run as printed, finishes with the data intact);
+// the progress lines end "stopped", never "done".
+TEST_F(EnableTest, EnableInterruptedBySigintNamesTheCommandThatContinues) {
+  const std::string mp = MakeVolume("ivol", "ext4", "32M");
+  const std::string sums = Sums(mp);
+  StartFrozen({mp}, 30);
+  ASSERT_EQ(::kill(bg_.pid, SIGINT), 0);  // pending while stopped: handled when it continues
+  ASSERT_EQ(::kill(bg_.pid, SIGCONT), 0);
+  int st = 0;
+  ASSERT_EQ(::waitpid(bg_.pid, &st, 0), bg_.pid);
+  bg_.pid = -1;
+  const std::string err = ReadFileOrDie(bg_.err);
+  ASSERT_TRUE(WIFEXITED(st)) << err;
+  EXPECT_EQ(WEXITSTATUS(st), 9) << err;
+  EXPECT_EQ(err.find("\"event\":\"done\""), std::string::npos) << err;
+  EXPECT_NE(err.find("\"event\":\"stopped\""), std::string::npos) << err;
+  EXPECT_NE(err.find(mp + " stays unmounted until it finishes"), std::string::npos) << err;
+  const size_t at = err.find("continue with `");
+  ASSERT_NE(at, std::string::npos) << err;
+  const std::string cmd = err.substr(at + 15, err.find('`', at + 15) - at - 15);
+  EXPECT_EQ(cmd.rfind("diskseal enable --volume-type Data --state-dir " + state_, 0), 0u) << cmd;
+
+  auto now = Status();
+  const nlohmann::json* v = VolumeAt(now, mp);
+  ASSERT_NE(v, nullptr) << now.dump();
+  EXPECT_EQ((*v)["state"], "EncryptionInProgress");
+  EXPECT_NE(now["ProgressMessage"].get<std::string>().find("interrupted at " + std::to_string(int(HeaderPercent(*v))) +
+                                                          "%: run `diskseal enable` to resume"),
+            std::string::npos) << now.dump();
+
+  // the named command, word for word
+  std::vector<std::string> args;
+  std::istringstream words(cmd.substr(std::string("diskseal ").size()));
+  for (std::string w; words >> w;) args.push_back(w);
+  RunResult again = Diskseal(args);
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_EQ(Sums(mp), sums);
+  EXPECT_EQ(MountedSource(mp).rfind("/dev/loop", 0), 0u) << MountedSource(mp);
+}
+
 TEST_F(EnableTest, DisableKilledMidwayThenResumed) {
   const std::string mp = MakeVolume("dvol", "ext4", "32M");
   WriteFile(etc_ + "/fstab", devices_[mp] + " " + mp + " ext4 defaults 0 2\n");

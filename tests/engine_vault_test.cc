@@ -200,6 +200,12 @@ TEST(EngineVaultTest, RecoverRefusesTheHeaderOfAnUnfinishedEncryption) {
   enc.insert(enc.end(), vault.begin(), vault.end());
   RunResult r = Diskseal(enc);
   ASSERT_EQ(r.exit_code, 9) << r.err;
+  // the stop names the exact command that continues, and the progress never says "done"
+  EXPECT_NE(r.err.find("continue with `diskseal resume " + img + " --header " + hdr + " --vault " + vp.url() +
+                       " --vault-token-file " + tok + " --vault-ca " + vp.ca() + "`"),
+            std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("\"event\":\"done\""), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("\"event\":\"stopped\""), std::string::npos) << r.err;
   std::string uuid;
   auto pin = PinOf(img, hdr, &uuid);
   ASSERT_TRUE(pin.has_value());

@@ -88,7 +88,22 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
     o.kek = a.vault.kek;
     o.kek_alg = a.vault.kek_alg;
   }
+  // The command that continues this run: the same flags, paths and names only.
   o.command = std::string("diskseal ") + verb + " --volume-type " + a.volume_type;
+  if (a.state_dir != "/var/lib/diskseal") o.command += " --state-dir " + a.state_dir;
+  if (!a.etc_dir.empty()) o.command += " --etc-dir " + a.etc_dir;
+  if (a.run_dir != "/run/diskseal") o.command += " --run-dir " + a.run_dir;
+  for (const auto& m : a.only) o.command += " --only " + m;
+  if (a.userspace) o.command += " --userspace";
+  if (a.vault.enabled()) {
+    o.command += " --vault " + a.vault.url;
+    if (!a.vault.token_file.empty()) o.command += " --vault-token-file " + a.vault.token_file;
+    if (!a.vault.token_env.empty()) o.command += " --vault-token-env " + a.vault.token_env;
+    if (!a.vault.ca_file.empty()) o.command += " --vault-ca " + a.vault.ca_file;
+    if (!a.vault.kek.empty()) o.command += " --kek " + a.vault.kek;
+  } else if (a.no_escrow) {
+    o.command += " --no-escrow";
+  }
   o.wait_for_lock = !a.no_wait;
   o.progress_mode = Progress::AutoMode(isatty(2), a.progress_json);
   o.log = g.err;

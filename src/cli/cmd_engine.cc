@@ -60,6 +60,32 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
 Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo,
                           const std::map<int, const SecureBuffer*>& keys);
 
+// The exact command that continues this volume's operation: its device, header, key source and
+// vault flags (paths and names only, never a key).
+std::string ContinueCommand(const DeviceArgs& d, const KeySource& keys, const VaultOptions* vo) {
+  std::string c = "diskseal resume " + d.device;
+  if (!d.header.empty()) c += " --header " + d.header;
+  if (!keys.key_file.empty()) c += " --key-file " + keys.key_file;
+  if (keys.keyfile_offset) c += " --keyfile-offset " + std::to_string(keys.keyfile_offset);
+  if (keys.keyfile_size) c += " --keyfile-size " + std::to_string(keys.keyfile_size);
+  if (vo && vo->enabled()) {
+    c += " --vault " + vo->url;
+    if (!vo->token_file.empty()) c += " --vault-token-file " + vo->token_file;
+    if (!vo->token_env.empty()) c += " --vault-token-env " + vo->token_env;
+    if (!vo->ca_file.empty()) c += " --vault-ca " + vo->ca_file;
+    if (!vo->secret_name.empty()) c += " --vault-secret-name " + vo->secret_name;
+  }
+  return c;
+}
+
+// The engine's stop message, ending in the command that continues (the engine knows no flags).
+Status NameTheContinuation(const Status& s, const DeviceArgs& d, const KeySource& keys, const VaultOptions* vo) {
+  std::string m = s.message();
+  const std::string generic = " and resumes with `diskseal resume`";
+  if (size_t at = m.rfind(generic); at != std::string::npos) m.erase(at);
+  return Status(s.code(), m + "; continue with `" + ContinueCommand(d, keys, vo) + "`");
+}
+
 // Loads the volume with its operation, unlocks, and runs it to the end.
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
                        const SecureBuffer* known_key, int known_digest,
@@ -105,6 +131,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   eo.stop_after = e.stop_after;
   eo.progress = &p;
   Status s = engine::RunOperation(v, keymap, eo);
+  if (s.code() == Code::kInterrupted) return NameTheContinuation(s, d, keys, vo);
   if (!s.ok()) return s;
   p.Finish();
   *g.out << d.device << ": " << engine::ModeName(st->mode) << " finished (" << left << " bytes this run).\n";

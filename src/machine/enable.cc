@@ -278,7 +278,16 @@ class Runner {
     eo.threads = o_.threads;
     eo.stop = o_.stop;
     eo.progress = &p;
-    DS_RETURN_IF_ERROR(engine::RunOperation(v, keys, eo).WithContext(r.device));
+    Status ran = engine::RunOperation(v, keys, eo);
+    if (ran.code() == Code::kInterrupted) {
+      // The engine names a generic `diskseal resume`; this volume belongs to the machine run.
+      std::string m = ran.message();
+      const std::string generic = " and resumes with `diskseal resume`";
+      if (size_t at = m.rfind(generic); at != std::string::npos) m.erase(at);
+      return Status(Code::kInterrupted, m + "; " + r.mountpoint + " stays unmounted until it finishes: continue with `" +
+                                            o_.command + "`");
+    }
+    DS_RETURN_IF_ERROR(ran.WithContext(r.device));
     p.Finish();
     // The rate is advisory; a failure to record it is reported only after the data is safe.
     return save_error;
@@ -412,7 +421,8 @@ Status RunEach(StateDir& state, std::vector<VolumeRecord>& work, std::ostream& l
     Status s = state.Save(r);
     if (s.ok()) s = step(r);
     if (!s.ok()) {
-      r.last_error = s.message();
+      // A stop (SIGINT/SIGTERM) is no failure: status says "interrupted at N%" for it.
+      r.last_error = s.code() == Code::kInterrupted ? "" : s.message();
       r.rate = Rate{};
       (void)state.Save(r);  // the original error matters more than a failure to record it
       return s.WithContext(std::string(verb) + " data volume " + std::to_string(i + 1) + "/" +

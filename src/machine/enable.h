@@ -47,7 +47,9 @@ struct EnableOptions {
   vault::VaultClient* vault = nullptr;     // escrow when set
   std::string kek, kek_alg = "RSA-OAEP";   // wrap the escrowed passphrase with this vault key
   std::string secret_prefix;               // secret names: <prefix><LUKS uuid>; "" = diskseal-
-  std::string command = "diskseal enable"; // recorded in the lock for other runs to name
+  // The command line of this run without secrets (paths and names only): recorded in the lock for
+  // other runs to name, and named after an interruption as the command that continues.
+  std::string command = "diskseal enable";
   bool wait_for_lock = true;
   // Checks the machine before anything is changed (diskseal doctor): a non-ok Status stops the
   // run and is returned as is. Called under the lock with the discovered machine and the mount

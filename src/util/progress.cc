@@ -1,6 +1,7 @@
 #include "util/progress.h"
 
 #include <cstdio>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -15,7 +16,14 @@ Progress::Progress(std::ostream* out, Mode mode, std::string op, uint64_t total,
     : out_(out), mode_(mode), op_(std::move(op)), total_(total), start_done_(done), done_(done),
       start_(std::chrono::steady_clock::now()), last_(start_) {}
 
-Progress::~Progress() { Finish(); }
+// Destroyed without Finish(): the work stopped (a signal, --stop-after) or failed. The last line
+// says so, never "done".
+Progress::~Progress() {
+  std::lock_guard l(mu_);
+  if (finished_ || mode_ == Mode::kNone) return;
+  finished_ = true;
+  Print("stopped");
+}
 
 void Progress::Advance(uint64_t bytes) {
   done_ += bytes;
@@ -26,14 +34,14 @@ void Progress::Advance(uint64_t bytes) {
   auto gap = mode_ == Mode::kBar ? std::chrono::milliseconds(200) : std::chrono::milliseconds(1000);
   if (now - last_ < gap) return;
   last_ = now;
-  Print(false);
+  Print("progress");
 }
 
 void Progress::Finish() {
   std::lock_guard l(mu_);
   if (finished_ || mode_ == Mode::kNone) return;
   finished_ = true;
-  Print(true);
+  Print("done");
 }
 
 Progress::Snapshot Progress::Take() const {
@@ -46,13 +54,14 @@ Progress::Snapshot Progress::Take() const {
   return s;
 }
 
-void Progress::Print(bool final) {
+void Progress::Print(const char* event) {
+  const bool final = std::string_view(event) != "progress";
   const Snapshot s = Take();
   const uint64_t done = s.done;
   const double mib_s = s.mib_s, eta = s.eta_s;
   const double pct = total_ ? 100.0 * double(done) / double(total_) : 100.0;
   if (mode_ == Mode::kJson) {
-    nlohmann::ordered_json j{{"event", final ? "done" : "progress"}, {"op", op_},
+    nlohmann::ordered_json j{{"event", event}, {"op", op_},
                              {"done", done}, {"total", total_},
                              {"percent", double(int(pct * 10)) / 10}, {"mib_s", int(mib_s)},
                              {"eta_s", int(eta)}};

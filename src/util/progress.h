@@ -23,7 +23,8 @@ class Progress {
   Progress(std::ostream* out, Mode mode, std::string op, uint64_t total, uint64_t done = 0);
   ~Progress();
   void Advance(uint64_t bytes);
-  void Finish();  // prints the final line once
+  void Finish();  // the work is complete: prints the final line ("done") once
+  // Destroyed without Finish() (stopped or failed), the final line says "stopped".
 
   // What an observer sees: the same figures the bar and the JSON lines show.
   struct Snapshot {
@@ -36,7 +37,7 @@ class Progress {
   void SetObserver(std::function<void(const Snapshot&)> fn) { observer_ = std::move(fn); }
 
  private:
-  void Print(bool final);
+  void Print(const char* event);  // "progress", "done" or "stopped"
   Snapshot Take() const;
 
   std::ostream* out_;
