@@ -278,5 +278,60 @@ TEST(EngineVaultTest, ALaterBadSecretVersionDoesNotBreakOpen) {
   EXPECT_EQ(ReadFileOrDie(img), std::string(plain.begin(), plain.end()));
 }
 
+// reencrypt makes a new volume key, so the header in the vault goes stale: the pin says so, the
+// message names the command, `resume --vault` escrows the new header, and recover then gives back
+// a header that opens the data under the new key.
+TEST(EngineVaultTest, ReencryptMarksTheEscrowedHeaderStaleAndResumeReplacesIt) {
+  TempDir dir;
+  VaultProcess vp(dir / "vault");
+  vp.Start();
+  const std::string tok = vp.Token("machine", "secrets:get,secrets:set");
+  const std::string img = dir / "disk.img", hdr = dir / "disk.hdr", rebuilt = dir / "rebuilt.hdr";
+  Bytes plain = MakeRandomImage(img, 16u << 20, 43);
+  const std::vector<std::string> vault = {"--vault", vp.url(), "--vault-token-file", tok, "--vault-ca", vp.ca()};
+  const std::vector<std::string> fast = {"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"};
+  std::vector<std::string> enc = {"encrypt", img, "--header", hdr, "--hotzone-size", "1M"};
+  enc.insert(enc.end(), vault.begin(), vault.end());
+  enc.insert(enc.end(), fast.begin(), fast.end());
+  ASSERT_EQ(Diskseal(enc).exit_code, 0);
+  std::string uuid;
+  ASSERT_EQ(PinOf(img, hdr, &uuid)->header_state, "final");
+  // the escrowed passphrase, as an operator would fetch it, into a key file
+  RunResult got = Diskseal({"vault", "secret", "get", "--json", "diskseal-" + uuid, "--vault", vp.url(),
+                            "--vault-token-file", tok, "--vault-ca", vp.ca()});
+  ASSERT_EQ(got.exit_code, 0) << got.err;
+  auto pass = Base64Decode(nlohmann::json::parse(got.out)["value"].get<std::string>());
+  ASSERT_TRUE(pass.has_value());
+  const std::string kf = dir / "pass.key";
+  WriteFile(kf, std::string(pass->begin(), pass->end()));
+
+  std::vector<std::string> re = {"reencrypt", img, "--header", hdr, "-d", kf, "--hotzone-size", "1M"};
+  re.insert(re.end(), fast.begin(), fast.end());
+  RunResult r = Diskseal(re);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("run `diskseal resume " + img + " --header " + hdr + " --vault"), std::string::npos) << r.err;
+  EXPECT_EQ(PinOf(img, hdr)->header_state, "stale");
+
+  std::vector<std::string> res = {"resume", img, "--header", hdr};
+  res.insert(res.end(), vault.begin(), vault.end());
+  RunResult rs = Diskseal(res);
+  ASSERT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_NE(rs.err.find("final header escrowed"), std::string::npos) << rs.err;
+  EXPECT_EQ(PinOf(img, hdr)->header_state, "final");
+
+  ASSERT_EQ(::unlink(hdr.c_str()), 0);
+  std::vector<std::string> rec = {"recover", img, "--header", rebuilt, "--uuid", uuid};
+  rec.insert(rec.end(), vault.begin(), vault.end());
+  rec.insert(rec.end(), fast.begin(), fast.end());
+  RunResult rc = Diskseal(rec);
+  ASSERT_EQ(rc.exit_code, 0) << rc.err;
+  const std::string run = dir / "run";
+  std::vector<std::string> open = {"open", "--userspace", "--run-dir", run, img, "v", "--header", rebuilt};
+  open.insert(open.end(), vault.begin(), vault.end());
+  ASSERT_EQ(Diskseal(open).exit_code, 0);
+  EXPECT_EQ(ReadFileOrDie(run + "/v"), std::string(plain.begin(), plain.end()));
+  ASSERT_EQ(Diskseal({"close", "--run-dir", run, "v"}).exit_code, 0);
+}
+
 }  // namespace
 }  // namespace ds::test

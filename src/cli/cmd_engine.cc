@@ -136,6 +136,12 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   p.Finish();
   *g.out << d.device << ": " << engine::ModeName(st->mode) << " finished (" << left << " bytes this run).\n";
   if (d.header.empty()) return Status::Ok();
+  if (st->mode == engine::Mode::kReencrypt) {
+    // A new volume key: the header in the vault (if any) opens the old one. Marked, and escrowed
+    // again below when the vault flags are here, else the message names the command.
+    DS_ASSIGN_OR_RETURN(luks2::Volume done, luks2::Volume::Load(*g.env, d.device, d.header, true));
+    DS_RETURN_IF_ERROR(vault::MarkHeaderEscrowStale(done));
+  }
   return FinishHeaderEscrow(g, d, vo, keymap);
 }
 
@@ -202,7 +208,7 @@ Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* v
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
   if (!vault::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
   if (!vo || !vo->enabled()) {
-    *g.err << d.device << ": the vault holds only the header escrowed before the encryption finished; run `diskseal resume "
+    *g.err << d.device << ": the vault holds a header escrowed before this operation finished; run `diskseal resume "
            << d.device << " --header " << d.header << " --vault URL ...` to escrow the final one\n";
     return Status::Ok();
   }

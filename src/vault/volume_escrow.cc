@@ -202,6 +202,13 @@ Result<std::optional<EscrowPin>> ReadEscrowPin(const luks2::Metadata& md) {
   return std::optional<EscrowPin>();
 }
 
+Status MarkHeaderEscrowStale(luks2::Volume& v) {
+  DS_ASSIGN_OR_RETURN(auto pin, ReadEscrowPin(v.metadata()));
+  if (!pin || pin->header_secret.empty()) return Status::Ok();
+  pin->header_state = "stale";
+  return WritePin(v, *pin);
+}
+
 bool FinalHeaderEscrowPending(const luks2::Metadata& md) {
   auto pin = ReadEscrowPin(md);
   return pin.ok() && *pin && !(*pin)->header_secret.empty() && (*pin)->header_state != "final";
@@ -241,6 +248,9 @@ Status EscrowFinalHeaderIfPending(VaultClient& client, luks2::Volume& v, const S
                                   std::ostream& log) {
   DS_ASSIGN_OR_RETURN(auto pin, ReadEscrowPin(v.metadata()));
   if (!pin || pin->header_secret.empty() || pin->header_state == "final") return Status::Ok();
+  // Only an encrypted volume has a header worth recovering (a decrypt that finished has none).
+  const auto segs = luks2::Segments(v.metadata());
+  if (segs.size() != 1 || segs.front().type != "crypt") return Status::Ok();
   // The same secret, KEK and machine as the escrow before the first data block.
   DS_ASSIGN_OR_RETURN(auto id, ParseObjectId(pin->header_secret, "secrets"));
   DS_ASSIGN_OR_RETURN(SecretBundle before, client.GetSecret(id.first, id.second));

@@ -78,7 +78,12 @@ Result<EscrowRecord> EscrowNewVolume(Env& env, VaultClient& client, const std::s
 Status EscrowFinalHeaderIfPending(VaultClient& client, luks2::Volume& v, const SecureBuffer& vk,
                                   std::ostream& log);
 
-// True when `md` has a pin whose header escrow is still "encrypting".
+// After a reencrypt finished (a new volume key): the escrowed header no longer opens the volume.
+// Marks the pin "stale" (one commit) so that the next `resume --vault` escrows the new one; no-op
+// without a header pin.
+Status MarkHeaderEscrowStale(luks2::Volume& v);
+
+// True when `md` has a pin whose header escrow is not final (still "encrypting", or "stale").
 bool FinalHeaderEscrowPending(const luks2::Metadata& md);
 
 // The passphrase the pin names, that exact version, checked to belong to `luks_uuid`.
