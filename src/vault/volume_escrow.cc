@@ -2,6 +2,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
+#include <vector>
+
 #include <openssl/crypto.h>
 
 #include "luks2/digest.h"
