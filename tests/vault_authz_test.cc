@@ -280,5 +280,27 @@ TEST_F(VaultAuthzTest, ServeRefusesAMissingKeyOrDatabaseAndWritesNothing) {
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
+// The shipped unit is one systemd accepts (systemd-analyze verify, with ExecStart pointed at this
+// build), restarts the vault on failure and keeps the hardening it promises. (What it restarts
+// into, the audited crash, is ACrashIsAuditedAtTheNextStartAndACleanStopIsNot.)
+TEST(VaultSystemdUnit, VerifiesAndRestartsOnFailureHardened) {
+  ASSERT_TRUE(HaveProgram("systemd-analyze")) << "needs systemd-analyze (Debian package systemd, scripts/setup)";
+  std::string unit = ReadFileOrDie(std::string(DISKSEAL_SOURCE_DIR) + "/packaging/systemd/diskseal-vault.service");
+  for (const char* line : {"\nRestart=on-failure\n", "\nProtectSystem=strict\n", "\nNoNewPrivileges=yes\n",
+                           "\nPrivateTmp=yes\n", "\nReadWritePaths=/var/lib/diskseal-vault\n",
+                           "\nUMask=0077\n", "\nLimitCORE=0\n", "vault serve --dir /var/lib/diskseal-vault"})
+    EXPECT_NE(unit.find(line), std::string::npos) << line;
+  std::string exec = "ExecStart=/usr/local/bin/diskseal ";
+  size_t at = unit.find(exec);
+  ASSERT_NE(at, std::string::npos);
+  unit.replace(at, exec.size(), std::string("ExecStart=") + DISKSEAL_BIN + " ");
+  TempDir tmp;
+  std::string copy = tmp / "diskseal-vault.service";
+  WriteFile(copy, unit);
+  RunResult r = RunProgram({"systemd-analyze", "verify", copy});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(r.err, "") << "systemd-analyze warns about the unit";
+}
+
 }  // namespace
 }  // namespace ds::test
