@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <iterator>
 #include <random>
@@ -408,6 +409,32 @@ TEST(ServiceAuthz, OwnerIsRecordedAtCreationNotTakenFromTags) {
   ASSERT_EQ(call(*a, "DELETE", "/deletedsecrets/sa").status, 204);
   EXPECT_EQ(call(*b, "PUT", "/secrets/sa", R"({"value":"b2","tags":{"MachineName":"hostB"}})").status, 200);
   EXPECT_EQ(call(*a, "GET", "/secrets/sa").status, 403);
+}
+
+// A database made before tokens had a machine and an expiry opens, and its tokens are what they
+// were: operator tokens that never expire.
+TEST(SqliteStore, OlderTokenTableIsMigrated) {
+  TempDir d;
+  std::string path = d / "old.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "CREATE TABLE tokens(name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, "
+                         "perms TEXT NOT NULL, created INTEGER NOT NULL, revoked INTEGER NOT NULL);"
+                         "INSERT INTO tokens VALUES('old', 'h1', '[\"secrets:get\"]', 7, 0);",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto s = OpenSqliteStore(path);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  auto t = (*s)->FindTokenByHash("h1");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->name, "old");
+  EXPECT_EQ(t->machine, "");
+  EXPECT_EQ(t->expires, 0);
+  ASSERT_TRUE((*s)->AddToken({"new", "h2", {"all"}, 8, false, "m1", 100}).ok());
+  EXPECT_EQ((*s)->FindTokenByHash("h2")->machine, "m1");
+  EXPECT_EQ((*s)->FindTokenByHash("h2")->expires, 100);
 }
 
 TEST(VaultDir, LifetimesParse) {
