@@ -78,6 +78,7 @@ Runner SetupVaultServe(CLI::App& app, Globals& g) {
     pthread_kill(sig.native_handle(), SIGUSR1);
     sig.join();
     srv.reset();  // closes the listener, then the database (checkpointing the WAL)
+    if (s.ok()) vault::EndServing(vault::VaultPaths(o->dir, o->master_key_file));  // a clean stop
     *g.out << "vault: stopped\n";
     return s;
   };
@@ -86,7 +87,7 @@ Runner SetupVaultServe(CLI::App& app, Globals& g) {
 Runner SetupVaultToken(CLI::App& app, Globals& g) {
   app.require_subcommand(1);
   struct Opts {
-    std::string dir, master_key, name, allow, out;
+    std::string dir, master_key, name, allow, out, machine, expires = "90d";
   };
   auto o = std::make_shared<Opts>();
   auto dir_opts = [o](CLI::App* a) {
@@ -101,6 +102,12 @@ Runner SetupVaultToken(CLI::App& app, Globals& g) {
                      "keys:get,list,create,rotate,wrap,unwrap,delete,recover,purge")
       ->required();
   create->add_option("--out", o->out, "write the token to this file (0600) instead of stdout");
+  create->add_option("--machine", o->machine,
+                     "a host token: it reaches only the secrets and keys this machine created "
+                     "(its secrets must carry the tag MachineName=NAME); without it, an operator "
+                     "token that reaches every object");
+  create->add_option("--expires", o->expires, "lifetime: 90d, 12h, 30m, 3600s or never")
+      ->capture_default_str();
   CLI::App* revoke = app.add_subcommand("revoke", "revoke a token by name");
   dir_opts(revoke);
   revoke->add_option("--name", o->name, "token name")->required();
@@ -112,8 +119,13 @@ Runner SetupVaultToken(CLI::App& app, Globals& g) {
   return Dispatch({
       {create, [&g, o, open]() -> Status {
          DS_ASSIGN_OR_RETURN(auto perms, vault::ParsePermissions(o->allow));
+         vault::TokenOptions topts;
+         topts.machine = o->machine;
+         DS_ASSIGN_OR_RETURN(topts.lifetime_seconds, vault::ParseLifetime(o->expires));
+         if (!o->machine.empty() && !vault::ValidMachineName(o->machine))
+           return InvalidArgument("--machine '" + o->machine + "' must be 1-64 of [A-Za-z0-9._-]");
          DS_ASSIGN_OR_RETURN(auto v, open());
-         DS_ASSIGN_OR_RETURN(std::string token, vault::CreateToken(*v.store, o->name, perms));
+         DS_ASSIGN_OR_RETURN(std::string token, vault::CreateToken(*v.store, o->name, perms, topts));
          Status s = Status::Ok();
          if (o->out.empty()) *g.out << token << "\n";
          else s = g.env->WriteFileAtomic(o->out, token + "\n", 0600);
@@ -130,7 +142,9 @@ Runner SetupVaultToken(CLI::App& app, Globals& g) {
          json arr = json::array();
          for (const auto& t : tokens)
            arr.push_back({{"name", t.name}, {"permissions", t.perms}, {"created", t.created},
-                          {"revoked", t.revoked}});
+                          {"revoked", t.revoked},
+                          {"machine", t.machine.empty() ? json(nullptr) : json(t.machine)},
+                          {"expires", t.expires ? json(t.expires) : json(nullptr)}});
          if (g.json) {
            *g.out << arr.dump(2) << "\n";
            return Status::Ok();
@@ -139,7 +153,11 @@ Runner SetupVaultToken(CLI::App& app, Globals& g) {
            std::string perms;
            for (const auto& p : t["permissions"]) perms += (perms.empty() ? "" : ",") + p.get<std::string>();
            *g.out << t["name"].get<std::string>() << (t["revoked"].get<bool>() ? " (revoked) " : " ")
-                  << perms << "\n";
+                  << perms
+                  << (t["machine"].is_null() ? " operator" : " machine=" + t["machine"].get<std::string>())
+                  << (t["expires"].is_null() ? " never-expires"
+                                             : " expires=" + std::to_string(t["expires"].get<int64_t>()))
+                  << "\n";
          }
          return Status::Ok();
        }},
@@ -170,8 +188,12 @@ Runner SetupVaultRestore(CLI::App& app, Globals& g) {
   app.add_option("--master-key", *mk, "master key file (default <dir>/master.key)");
   app.add_option("--from", *from, "backup file made by `vault backup`")->required();
   return [&g, dir, mk, from]() -> Status {
-    DS_RETURN_IF_ERROR(vault::RestoreVault(*g.env, vault::VaultPaths(*dir, *mk), *from));
+    DS_ASSIGN_OR_RETURN(auto report, vault::RestoreVault(*g.env, vault::VaultPaths(*dir, *mk), *from));
     *g.out << "vault: restored " << *dir << " from " << *from << "\n";
+    if (report.revocations_reapplied > 0)
+      *g.out << "vault: re-applied " << report.revocations_reapplied
+             << " token revocation(s) made after the backup was taken (from "
+             << vault::VaultPaths(*dir, *mk).revoked_list() << ")\n";
     return Status::Ok();
   };
 }

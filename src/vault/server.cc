@@ -103,6 +103,12 @@ Result<std::unique_ptr<VaultServer>> VaultServer::Start(Env& env, const ServerOp
   }
 
   DS_ASSIGN_OR_RETURN(auto audit, AuditLog::Open(paths.audit_log()));
+  DS_RETURN_IF_ERROR(BeginServing(env, paths, *audit));  // audits an earlier unclean stop
+  // A start that fails from here on is not a crash: take the marker back.
+  struct MarkerGuard {
+    const VaultPaths* paths;
+    ~MarkerGuard() { if (paths) EndServing(*paths); }
+  } marker{&paths};
   srv->impl_->service = std::make_unique<VaultService>(
       std::move(vault.store), std::move(vault.master), std::move(audit), paths.token_stamp());
 
@@ -175,6 +181,7 @@ Result<std::unique_ptr<VaultServer>> VaultServer::Start(Env& env, const ServerOp
   if (!opts.port_file.empty())
     DS_RETURN_IF_ERROR(env.WriteFileAtomic(opts.port_file, std::to_string(port) + "\n", 0644));
   std::string shown = hp.first.find(':') != std::string::npos ? "[" + hp.first + "]" : hp.first;
+  marker.paths = nullptr;  // serving: the CLI removes the marker after a clean stop
   log << "vault: listening on https://" << shown << ":" << port << "\n";
   log.flush();
   return srv;

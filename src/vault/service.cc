@@ -62,11 +62,53 @@ bool ValidVersion(const std::string& s) {
   return s.size() <= 64 &&
          std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(uint8_t(c)); });
 }
+// The api-versions Azure Key Vault's data plane answers today (the current SDKs send 2026-04-01
+// for secrets and 2025-07-01 for keys; older ones 7.x or 7.x-preview.N). Azure refuses any other
+// with 400 BadParameter and the message ApiVersionError() gives, so do we.
+constexpr const char* kLatestApiVersion = "2026-04-01";
 bool ValidApiVersion(const std::string& v) {
-  if (v == "2015-06-01" || v == "2016-10-01") return true;
-  // 7.0 .. 7.9, optionally "-preview" (the SDKs send e.g. 7.4 or 7.5-preview.1).
-  return v.size() >= 3 && v[0] == '7' && v[1] == '.' && std::isdigit(uint8_t(v[2])) &&
-         (v.size() == 3 || v.compare(3, 8, "-preview") == 0);
+  static const char* const kKnown[] = {"2015-06-01", "2016-10-01", "7.0", "7.1", "7.2", "7.3",
+                                       "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"};
+  for (const char* k : kKnown)
+    if (v == k) return true;
+  // 7.0-preview .. 7.6-preview.N
+  if (v.size() < 11 || v[0] != '7' || v[1] != '.' || v[2] < '0' || v[2] > '6' ||
+      v.compare(3, 8, "-preview") != 0)
+    return false;
+  return v.size() == 11 || (v.size() <= 14 && v[11] == '.' && v.size() > 12 &&
+                            std::all_of(v.begin() + 12, v.end(), [](char c) { return std::isdigit(uint8_t(c)); }));
+}
+std::string ApiVersionError(const std::string& v) {
+  return "The specified version (" + v.substr(0, 40) +
+         ") is not recognized. Consider using the latest supported version (" + kLatestApiVersion + ").";
+}
+
+// A Host header that may go into object ids: a DNS name or IPv4 address, or a bracketed IPv6
+// address, with an optional port. Anything else (spaces, slashes, quotes, '@') is refused.
+bool ValidHost(const std::string& h) {
+  if (h.empty() || h.size() > 261) return false;
+  size_t end = h.size();
+  if (h[0] == '[') {
+    size_t close = h.find(']');
+    if (close == std::string::npos || close < 3) return false;
+    for (size_t i = 1; i < close; ++i)
+      if (!std::isxdigit(uint8_t(h[i])) && h[i] != ':' && h[i] != '.') return false;
+    if (close + 1 == h.size()) return true;
+    if (h[close + 1] != ':') return false;
+    std::string port = h.substr(close + 2);
+    return !port.empty() && port.size() <= 5 &&
+           std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(uint8_t(c)); });
+  }
+  if (size_t colon = h.find(':'); colon != std::string::npos) {
+    std::string port = h.substr(colon + 1);
+    if (port.empty() || port.size() > 5 ||
+        !std::all_of(port.begin(), port.end(), [](char c) { return std::isdigit(uint8_t(c)); }))
+      return false;
+    end = colon;
+  }
+  if (end == 0 || end > 253 || h[0] == '.' || h[0] == '-') return false;
+  return std::all_of(h.begin(), h.begin() + std::ptrdiff_t(end),
+                     [](char c) { return std::isalnum(uint8_t(c)) || c == '-' || c == '.'; });
 }
 
 Result<std::string> NewVersion() {
@@ -169,16 +211,18 @@ Result<std::unique_ptr<AuditLog>> AuditLog::Open(const std::string& path) {
 
 AuditLog::~AuditLog() { ::close(fd_); }
 
-void AuditLog::Record(const std::string& line) {
+Status AuditLog::Record(const std::string& line) {
   std::string l = line + "\n";
   std::lock_guard lock(mu_);
   size_t done = 0;
   while (done < l.size()) {
     ssize_t n = ::write(fd_, l.data() + done, l.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;  // a full disk must not stop the vault answering; nothing else to do
+    if (n < 0) return PosixError("audit log", errno);
+    if (n == 0) return IOError("audit log: short write");
     done += size_t(n);
   }
+  return Status::Ok();
 }
 
 // ---- service ----
@@ -194,6 +238,10 @@ struct VaultService::Call {
   std::string name, version;
   std::string perm;  // permission the operation needs
   std::string token_name;
+  std::string machine;  // the token's machine scope; "" for an operator token
+  // A scoped token unwrapping with a key its machine does not own: allowed only for a
+  // ciphertext that one of its machine's secrets holds (WrapUnwrap checks the registry).
+  bool unwrap_needs_registry = false;
   json body;
   int64_t now = 0;
 
@@ -210,7 +258,7 @@ struct VaultService::Call {
     a["created"] = v.created;
     a["updated"] = v.updated;
     a["recoveryLevel"] = kRecoveryLevel;
-    if (api_version[0] == '7') a["recoverableDays"] = kRecoverableDays;
+    if (api_version != "2015-06-01" && api_version != "2016-10-01") a["recoverableDays"] = kRecoverableDays;
     return a;
   }
   // The listing/bundle fields every object has; keys add "key" (or "kid"), secrets "id".
@@ -394,10 +442,89 @@ bool Route(const std::string& method, const std::vector<std::string>& s, Op& op,
 }
 }  // namespace
 
+namespace {
+// The registry key for a wrapped value: SHA-256 of its bytes. The registry maps it to the machine
+// whose secret first held it.
+std::string CiphertextKey(std::span<const uint8_t> data) {
+  auto h = Hash("sha256", data);
+  return "unwrap/" + (h.ok() ? HexEncode(*h) : std::string());
+}
+
+// Records that `owner`'s secret holds `value` (a "Wrapped BEK", base64), so that machine may
+// unwrap it with a key it does not own (the operators' shared KEK) later. The first machine to
+// store a value keeps it; a value stored under another contentType is not registered, so it
+// cannot be unwrapped by a host either.
+std::optional<ApiResponse> ClaimCiphertext(VaultStore& store, const std::string& value,
+                                           const std::string& owner) {
+  auto data = DecodeB64Any(value);
+  if (!data || data->empty()) return std::nullopt;
+  auto claimed = store.ClaimMeta(CiphertextKey(*data), AsBytes(owner));
+  OPENSSL_cleanse(data->data(), data->size());
+  if (!claimed.ok()) return FromStatus(claimed.status(), "SecretNotFound");
+  if (std::string(claimed->begin(), claimed->end()) != owner)
+    return Error(403, "Forbidden", "this value is already held by another machine's secret",
+                 "ForbiddenByPolicy");
+  return std::nullopt;
+}
+
+// A scoped token's secret must carry its own machine in the MachineName tag (ADE's tag, which
+// escrow sets): what the tag says and who owns the secret never disagree.
+std::optional<ApiResponse> MachineTagError(const std::string& token_name, const std::string& machine,
+                                           const std::string& tags_json) {
+  if (machine.empty()) return std::nullopt;
+  json tags = json::parse(tags_json, nullptr, false);
+  if (tags.is_object() && tags.contains("MachineName") && tags["MachineName"] == machine)
+    return std::nullopt;
+  return Error(403, "Forbidden",
+               "token '" + token_name + "' of machine '" + machine +
+                   "' may store only secrets tagged MachineName=" + machine,
+               "ForbiddenByPolicy");
+}
+}  // namespace
+
+std::optional<ApiResponse> VaultService::AuthorizeObject(Call& c) {
+  if (c.machine.empty()) return std::nullopt;  // an operator token reaches every object
+  auto deny = [&](const std::string& why) {
+    return Error(403, "Forbidden",
+                 "token '" + c.token_name + "' of machine '" + c.machine + "' " + why, "ForbiddenByPolicy");
+  };
+  if (c.op == Op::kList || c.op == Op::kListDeleted)
+    return deny("may not list every " + std::string(KindName(c.kind)) +
+                " name: listing all names is for operator tokens");
+  auto owner = store_->GetOwner(c.kind, c.name);
+  if (!owner.ok()) return FromStatus(owner.status(), c.NotFoundCode());
+  if (!owner->has_value()) {
+    // A new name: set and create make it this machine's (AddVersion records the owner in the
+    // same transaction that checks it). Anything else is answered here, before reading.
+    if (c.op == Op::kSet || c.op == Op::kCreate) return std::nullopt;
+    return Error(404, c.NotFoundCode(), c.Object() + " not found");
+  }
+  const std::string& o = **owner;
+  if (o == c.machine) return std::nullopt;
+  if (c.kind == Kind::kKey && o.empty()) {
+    // An operator's key (a shared KEK): its public half is for everyone; its private half only
+    // for the ciphertexts this machine's secrets hold.
+    if (c.op == Op::kGet || c.op == Op::kVersions || c.op == Op::kWrap) return std::nullopt;
+    if (c.op == Op::kUnwrap) {
+      c.unwrap_needs_registry = true;
+      return std::nullopt;
+    }
+  }
+  if (c.kind == Kind::kKey && c.op == Op::kUnwrap) {
+    c.unwrap_needs_registry = true;  // another machine's key: same rule
+    return std::nullopt;
+  }
+  return deny("may not " + c.perm.substr(c.perm.find(':') + 1) + " " + c.Object() + ": it belongs to " +
+              (o.empty() ? "the operators" : "another machine"));
+}
+
 ApiResponse VaultService::Handle(const ApiRequest& req) {
-  Call c(req, "https://" + (req.host.empty() ? std::string("localhost") : req.host));
+  bool host_ok = req.host.empty() || ValidHost(req.host);
+  Call c(req, "https://" + (req.host.empty() || !host_ok ? std::string("localhost") : req.host));
   c.now = int64_t(std::time(nullptr));
-  ApiResponse r = Dispatch(c);
+  ApiResponse r = host_ok ? Dispatch(c)
+                          : Error(400, "BadParameter",
+                                  "the Host header is not a host name, IP address or [IPv6] with an optional port");
   if (audit_) {
     json line = {{"time", IsoTime(time_t(c.now))}, {"remote", req.remote},
                  {"token", c.token_name.empty() ? json(nullptr) : json(c.token_name)},
@@ -407,7 +534,14 @@ ApiResponse VaultService::Handle(const ApiRequest& req) {
       json e = json::parse(r.body, nullptr, false);
       if (e.is_object() && e.contains("error")) line["error"] = e["error"].value("code", "");
     }
-    audit_->Record(Dump(line));
+    if (Status s = audit_->Record(Dump(line)); !s.ok()) {
+      // Decided: fail the request, keep serving (a full disk may clear; `vault serve` keeps
+      // answering 503 until it does). What was asked for is not handed out unaudited.
+      if (!r.body.empty()) OPENSSL_cleanse(r.body.data(), r.body.size());
+      return Error(503, "ServiceUnavailable",
+                   "the vault cannot write its audit log (" + s.message() +
+                       "); it answers nothing it cannot audit");
+    }
   }
   return r;
 }
@@ -432,15 +566,23 @@ ApiResponse VaultService::Dispatch(Call& c) {
     return r;
   }
   c.token_name = token->name;
+  c.machine = token->machine;
+  if (token->expires != 0 && c.now >= token->expires) {
+    ApiResponse r = Error(401, "Unauthorized",
+                          "token '" + token->name + "' expired at " + IsoTime(time_t(token->expires)) +
+                              "; make a new one with `diskseal vault token create`",
+                          "TokenExpired");
+    r.www_authenticate = "Bearer authorization=\"" + c.base + "/diskseal-token\", resource=\"" +
+                         c.base + "\", error=\"invalid_token\"";
+    return r;
+  }
 
   // 2. Which API version and operation.
   auto av = req.query.find("api-version");
   if (av == req.query.end())
     return Error(400, "BadParameter", "the api-version query parameter is required (e.g. 7.4)");
   c.api_version = av->second;
-  if (!ValidApiVersion(c.api_version))
-    return Error(400, "BadParameter",
-                 "api-version '" + c.api_version.substr(0, 40) + "' is not supported (7.x, 2016-10-01, 2015-06-01)");
+  if (!ValidApiVersion(c.api_version)) return Error(400, "BadParameter", ApiVersionError(c.api_version));
   if (!Route(req.method, SplitPath(req.path), c.op, c.kind, c.deleted_area, c.name, c.version, c.perm))
     return Error(404, "NotFound", "no operation " + req.method + " " + req.path.substr(0, 200));
   if (c.op != Op::kList && c.op != Op::kListDeleted && !ValidName(c.name))
@@ -455,6 +597,8 @@ ApiResponse VaultService::Dispatch(Call& c) {
                  "token '" + token->name + "' lacks permission " + c.perm + " for " + req.method +
                      " " + c.Object(),
                  "AccessDenied");
+  // 3b. And on this object (machine-scoped tokens).
+  if (auto denied = AuthorizeObject(c)) return *denied;
 
   // 4. The body, for the operations that take one.
   bool wants_body = c.op == Op::kSet || c.op == Op::kUpdate || c.op == Op::kCreate ||
@@ -505,8 +649,18 @@ ApiResponse VaultService::SetSecret(Call& c) {
   }
   if (Status s = ParseTags(b.value("tags", json()), v.tags_json); !s.ok())
     return Error(400, "BadParameter", s.message());
+  if (auto bad = MachineTagError(c.token_name, c.machine, v.tags_json)) return *bad;
   if (Status s = ParseAttributes(b.value("attributes", json()), v); !s.ok())
     return Error(400, "BadParameter", s.message());
+  // Whose secret this becomes (or is): a wrapped value in it may be unwrapped by that machine.
+  std::string owner = c.machine;
+  if (owner.empty()) {
+    auto o = store_->GetOwner(Kind::kSecret, c.name);
+    if (!o.ok()) return FromStatus(o.status(), "SecretNotFound");
+    if (o->has_value()) owner = **o;
+  }
+  if (!owner.empty() && v.content_type == "Wrapped BEK")
+    if (auto bad = ClaimCiphertext(*store_, value, owner)) return *bad;
   auto ver = NewVersion();
   if (!ver.ok()) return FromStatus(ver.status(), "SecretNotFound");
   v.version = *ver;
@@ -514,7 +668,7 @@ ApiResponse VaultService::SetSecret(Call& c) {
   auto sealed = master_.Seal(AsBytes(value), "secrets/" + v.name + "/" + v.version);
   if (!sealed.ok()) return FromStatus(sealed.status(), "SecretNotFound");
   v.sealed = std::move(*sealed);
-  Status added = store_->AddVersion(v);
+  Status added = store_->AddVersion(v, c.machine);
   Invalidate(Kind::kSecret, v.name);
   if (!added.ok()) return FromStatus(added, "SecretNotFound");
   c.version = v.version;
@@ -552,12 +706,14 @@ ApiResponse VaultService::UpdateSecret(Call& c) {
   ObjectVersion v = std::move(*got);
   c.version = v.version;
   if (b.contains("contentType")) {
-    if (!b["contentType"].is_string())
-      return Error(400, "BadParameter", "'contentType' must be a string");
+    if (!b["contentType"].is_string() || b["contentType"].get<std::string>().size() > 255)
+      return Error(400, "BadParameter", "'contentType' must be a string of at most 255 characters");
     v.content_type = b["contentType"].get<std::string>();
   }
-  if (b.contains("tags"))
+  if (b.contains("tags")) {
     if (Status s = ParseTags(b["tags"], v.tags_json); !s.ok()) return Error(400, "BadParameter", s.message());
+    if (auto bad = MachineTagError(c.token_name, c.machine, v.tags_json)) return *bad;
+  }
   if (Status s = ParseAttributes(b.value("attributes", json()), v); !s.ok())
     return Error(400, "BadParameter", s.message());
   v.updated = c.now;
@@ -741,7 +897,7 @@ ApiResponse VaultService::CreateKey(Call& c, bool rotate) {
   auto sealed = master_.Seal(priv->span(), "keys/" + v.name + "/" + v.version);
   if (!sealed.ok()) return FromStatus(sealed.status(), "KeyNotFound");
   v.sealed = std::move(*sealed);
-  Status added = store_->AddVersion(v);
+  Status added = store_->AddVersion(v, c.machine);
   Invalidate(Kind::kKey, v.name);
   if (!added.ok()) return FromStatus(added, "KeyNotFound");
   c.version = v.version;
@@ -784,6 +940,16 @@ ApiResponse VaultService::WrapUnwrap(Call& c, bool wrap) {
   if (!alg.ok()) return Error(400, "BadParameter", alg.status().message());
   auto data = DecodeB64Any(b["value"].get<std::string>());
   if (!data) return Error(400, "BadParameter", "'value' is not valid base64url");
+  if (!wrap && c.unwrap_needs_registry) {
+    auto owner = store_->GetMeta(CiphertextKey(*data));
+    if (!owner.ok() && owner.status().code() != Code::kNotFound)
+      return FromStatus(owner.status(), "KeyNotFound");
+    if (!owner.ok() || std::string(owner->begin(), owner->end()) != c.machine)
+      return Error(403, "Forbidden",
+                   "token '" + c.token_name + "' of machine '" + c.machine + "' may unwrap with key " +
+                       c.name + " only a value that a secret of its machine holds",
+                   "ForbiddenByPolicy");
+  }
   auto cached = CachedGet(Kind::kKey, c.name, c.version);
   if (!cached.ok()) return FromStatus(cached.status(), "KeyNotFound");
   const ObjectVersion* v = cached->get();

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -22,7 +23,7 @@ struct ApiRequest {
   std::string path;    // "/secrets/name/version", no query
   std::multimap<std::string, std::string> query;
   std::string authorization;  // the Authorization header
-  std::string host;           // the Host header: object ids are "https://<host>/..."
+  std::string host;           // the Host header: object ids are "https://<host>/..." (validated)
   std::string body;
   std::string remote;  // peer address, for the audit log
 };
@@ -40,7 +41,9 @@ class AuditLog {
  public:
   static Result<std::unique_ptr<AuditLog>> Open(const std::string& path);
   ~AuditLog();
-  void Record(const std::string& line);
+  // An error (full disk, I/O error) when the whole line was not written: the caller must not
+  // hand out what it could not audit (VaultService::Handle answers 503 instead).
+  Status Record(const std::string& line);
 
  private:
   explicit AuditLog(int fd) : fd_(fd) {}
@@ -57,11 +60,16 @@ class VaultService {
   // file changes (`vault token revoke` rewrites it after revoking).
   VaultService(std::unique_ptr<VaultStore> store, MasterKey master, std::unique_ptr<AuditLog> audit,
                std::string token_stamp_file = "");
+  // Every answer is audited first: when the audit line cannot be written the answer is replaced
+  // by 503 (a write already committed stays committed, but nothing unaudited is handed out).
   ApiResponse Handle(const ApiRequest& req);
 
  private:
   struct Call;
   ApiResponse Dispatch(Call& c);
+  // Object-level authorization of a machine-scoped token (operators pass): an error answer, or
+  // nullopt to go on. See docs/architecture.md "vault", authorization.
+  std::optional<ApiResponse> AuthorizeObject(Call& c);
   ApiResponse SetSecret(Call& c);
   ApiResponse GetSecret(Call& c);
   ApiResponse UpdateSecret(Call& c);

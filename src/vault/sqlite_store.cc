@@ -1,7 +1,10 @@
 // The embedded VaultStore on SQLite. One connection behind a mutex: the vault's statements take
 // microseconds, and a single connection keeps "acknowledged means durable" simple (every change is
 // one transaction; WAL + synchronous=FULL fsyncs the log before COMMIT returns).
+#include <fcntl.h>
 #include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <map>
@@ -29,6 +32,8 @@ CREATE TABLE IF NOT EXISTS tokens(
   name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, perms TEXT NOT NULL,
   created INTEGER NOT NULL, revoked INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS owners(
+  kind INTEGER NOT NULL, name TEXT NOT NULL, machine TEXT NOT NULL, PRIMARY KEY(kind, name));
 )sql";
 
 constexpr const char* kVersionCols =
@@ -55,17 +60,66 @@ class SqliteStore : public VaultStore {
     DS_RETURN_IF_ERROR(Exec("PRAGMA journal_mode=WAL"));
     DS_RETURN_IF_ERROR(Exec("PRAGMA synchronous=FULL"));
     DS_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys=ON"));
-    return Exec(kSchema);
+    DS_RETURN_IF_ERROR(QuickCheck());
+    DS_RETURN_IF_ERROR(Exec(kSchema));
+    // Databases made before tokens had a machine scope and an expiry: add the columns (an old
+    // token is an operator token that never expires, as it was).
+    std::lock_guard lock(mu_);
+    sqlite3_stmt* probe = nullptr;
+    if (sqlite3_prepare_v2(db_, "SELECT machine, expires FROM tokens LIMIT 0", -1, &probe, nullptr) ==
+        SQLITE_OK) {
+      sqlite3_finalize(probe);
+      return Status::Ok();
+    }
+    sqlite3_finalize(probe);
+    DS_RETURN_IF_ERROR(ExecLocked("ALTER TABLE tokens ADD COLUMN machine TEXT NOT NULL DEFAULT ''"));
+    return ExecLocked("ALTER TABLE tokens ADD COLUMN expires INTEGER NOT NULL DEFAULT 0");
   }
 
-  Status AddVersion(const ObjectVersion& v) override {
+  // SQLite's quick_check (the b-trees and their pages, not the index contents): seconds per GiB,
+  // and the vault's database is small. A damaged file is refused here, before it serves.
+  Status QuickCheck() {
+    std::lock_guard lock(mu_);
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db_, "PRAGMA quick_check", -1, &st, nullptr) != SQLITE_OK)
+      return Corrupt(path_ + ": the vault database cannot be checked (" + sqlite3_errmsg(db_) +
+                     "); restore it from a backup with `diskseal vault restore`");
+    std::string first;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+      if (first.empty()) first = ColText(st, 0);
+    std::string err = rc == SQLITE_DONE ? "" : sqlite3_errmsg(db_);
+    sqlite3_finalize(st);
+    if (!err.empty() || first != "ok")
+      return Corrupt(path_ + ": the vault database failed its integrity check (" +
+                     (err.empty() ? first.substr(0, 200) : err) +
+                     "); restore it from a backup with `diskseal vault restore`");
+    return Status::Ok();
+  }
+
+  Status AddVersion(const ObjectVersion& v, const std::string& owner) override {
     std::lock_guard lock(mu_);
     DS_RETURN_IF_ERROR(ExecLocked("BEGIN IMMEDIATE"));
     Status s = [&]() -> Status {
+      DS_ASSIGN_OR_RETURN(auto current, OwnerLocked(v.kind, v.name));
+      if (current && !owner.empty() && *current != owner)
+        return PermissionDenied(std::string(KindName(v.kind)) + "/" + v.name + " belongs to " +
+                                (current->empty() ? "the operators" : "another machine") +
+                                ", not to machine '" + owner + "'");
       DS_ASSIGN_OR_RETURN(bool deleted, IsDeletedLocked(v.kind, v.name));
       if (deleted)
         return Busy(std::string(KindName(v.kind)) + "/" + v.name +
                     " is deleted but recoverable; recover or purge it first");
+      if (!current) {
+        sqlite3_stmt* o = Stmt("INSERT INTO owners(kind, name, machine) VALUES(?1, ?2, ?3)");
+        if (!o) return Err("prepare owner");
+        sqlite3_bind_int(o, 1, int(v.kind));
+        BindText(o, 2, v.name);
+        BindText(o, 3, owner);
+        int orc = sqlite3_step(o);
+        sqlite3_reset(o);
+        if (orc != SQLITE_DONE) return Err("record owner");
+      }
       sqlite3_stmt* st = Stmt(std::string("INSERT INTO versions(") + kVersionCols +
                               ") VALUES(?1, ?2, ?3, (SELECT COALESCE(MAX(seq), 0) + 1 FROM "
                               "versions WHERE kind = ?1 AND name = ?2), ?4, ?5, ?6, ?7, ?8, ?9, "
@@ -228,16 +282,24 @@ class SqliteStore : public VaultStore {
   }
   Status Purge(Kind kind, const std::string& name) override { return DeleteRows(kind, name, true); }
 
+  Result<std::optional<std::string>> GetOwner(Kind kind, const std::string& name) override {
+    std::lock_guard lock(mu_);
+    return OwnerLocked(kind, name);
+  }
+
   Status AddToken(const TokenRecord& t) override {
     std::lock_guard lock(mu_);
     sqlite3_stmt* st = Stmt(
-        "INSERT INTO tokens(name, hash, perms, created, revoked) VALUES(?1, ?2, ?3, ?4, ?5)");
+        "INSERT INTO tokens(name, hash, perms, created, revoked, machine, expires) "
+        "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     if (!st) return Err("prepare add token");
     BindText(st, 1, t.name);
     BindText(st, 2, t.hash_hex);
     BindText(st, 3, nlohmann::json(t.perms).dump());
     sqlite3_bind_int64(st, 4, t.created);
     sqlite3_bind_int(st, 5, t.revoked ? 1 : 0);
+    BindText(st, 6, t.machine);
+    sqlite3_bind_int64(st, 7, t.expires);
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_CONSTRAINT) return Busy("token '" + t.name + "' already exists");
@@ -246,7 +308,7 @@ class SqliteStore : public VaultStore {
 
   Result<TokenRecord> FindTokenByHash(const std::string& hash_hex) override {
     std::lock_guard lock(mu_);
-    sqlite3_stmt* st = Stmt("SELECT name, hash, perms, created, revoked FROM tokens WHERE hash = ?1");
+    sqlite3_stmt* st = Stmt("SELECT name, hash, perms, created, revoked, machine, expires FROM tokens WHERE hash = ?1");
     if (!st) return Err("prepare find token");
     BindText(st, 1, hash_hex);
     int rc = sqlite3_step(st);
@@ -274,7 +336,7 @@ class SqliteStore : public VaultStore {
 
   Result<std::vector<TokenRecord>> ListTokens() override {
     std::lock_guard lock(mu_);
-    sqlite3_stmt* st = Stmt("SELECT name, hash, perms, created, revoked FROM tokens ORDER BY name");
+    sqlite3_stmt* st = Stmt("SELECT name, hash, perms, created, revoked, machine, expires FROM tokens ORDER BY name");
     if (!st) return Err("prepare list tokens");
     std::vector<TokenRecord> out;
     int rc;
@@ -312,11 +374,40 @@ class SqliteStore : public VaultStore {
     return rc == SQLITE_DONE ? Status::Ok() : Err("put meta");
   }
 
+  Result<Bytes> ClaimMeta(const std::string& key, std::span<const uint8_t> value) override {
+    std::lock_guard lock(mu_);
+    sqlite3_stmt* st = Stmt("INSERT OR IGNORE INTO meta(k, v) VALUES(?1, ?2)");
+    if (!st) return Err("prepare claim meta");
+    BindText(st, 1, key);
+    sqlite3_bind_blob(st, 2, value.data(), int(value.size()), SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc != SQLITE_DONE) return Err("claim meta");
+    st = Stmt("SELECT v FROM meta WHERE k = ?1");
+    if (!st) return Err("prepare get meta");
+    BindText(st, 1, key);
+    rc = sqlite3_step(st);
+    Bytes out;
+    if (rc == SQLITE_ROW) {
+      auto* p = static_cast<const uint8_t*>(sqlite3_column_blob(st, 0));
+      out.assign(p, p + sqlite3_column_bytes(st, 0));
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW) return Err("claim meta");
+    return out;
+  }
+
   Status Backup(const std::string& path) override {
     // VACUUM INTO writes a consistent snapshot to a new file; write it beside the target and
-    // rename so a crash never leaves a half backup under the final name.
+    // rename so a crash never leaves a half backup under the final name. The file is made 0600
+    // before SQLite writes into it (VACUUM INTO accepts an empty file): the backup holds the
+    // token hashes and sealed values, whatever the caller's umask.
     std::string tmp = path + ".partial";
     std::remove(tmp.c_str());
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return PosixError(tmp, errno);
+    ::fchmod(fd, 0600);
+    ::close(fd);
     std::lock_guard lock(mu_);
     sqlite3_stmt* st = nullptr;
     if (sqlite3_prepare_v2(db_, "VACUUM INTO ?1", -1, &st, nullptr) != SQLITE_OK)
@@ -324,7 +415,10 @@ class SqliteStore : public VaultStore {
     BindText(st, 1, tmp);
     int rc = sqlite3_step(st);
     sqlite3_finalize(st);
-    if (rc != SQLITE_DONE) return Err("backup to " + tmp);
+    if (rc != SQLITE_DONE) {
+      std::remove(tmp.c_str());
+      return Err("backup to " + tmp);
+    }
     if (std::rename(tmp.c_str(), path.c_str()) != 0) return PosixError(path, errno);
     return Status::Ok();
   }
@@ -411,6 +505,8 @@ class SqliteStore : public VaultStore {
         if (p.is_string()) t.perms.push_back(p.get<std::string>());
     t.created = sqlite3_column_int64(st, 3);
     t.revoked = sqlite3_column_int(st, 4) != 0;
+    t.machine = ColText(st, 5);
+    t.expires = sqlite3_column_int64(st, 6);
     return t;
   }
   Result<std::vector<ObjectVersion>> ReadAll(sqlite3_stmt* st) {
@@ -431,6 +527,22 @@ class SqliteStore : public VaultStore {
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return Err("deleted check");
     return rc == SQLITE_ROW;
   }
+  // The owner row; for a name made before owners were recorded, "" (the operators).
+  Result<std::optional<std::string>> OwnerLocked(Kind kind, const std::string& name) {
+    sqlite3_stmt* st = Stmt("SELECT machine FROM owners WHERE kind = ?1 AND name = ?2");
+    if (!st) return Err("prepare owner");
+    sqlite3_bind_int(st, 1, int(kind));
+    BindText(st, 2, name);
+    int rc = sqlite3_step(st);
+    std::optional<std::string> out;
+    if (rc == SQLITE_ROW) out = ColText(st, 0);
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return Err("owner");
+    if (out) return out;
+    DS_ASSIGN_OR_RETURN(bool exists, ExistsLocked(kind, name));
+    if (exists) return std::optional<std::string>(std::string());
+    return std::optional<std::string>();
+  }
   Result<bool> ExistsLocked(Kind kind, const std::string& name) {
     sqlite3_stmt* st = Stmt("SELECT 1 FROM versions WHERE kind = ?1 AND name = ?2 LIMIT 1");
     if (!st) return Err("prepare exists");
@@ -448,7 +560,10 @@ class SqliteStore : public VaultStore {
       DS_ASSIGN_OR_RETURN(bool deleted, IsDeletedLocked(kind, name));
       if (!deleted) return NotFound("deleted " + std::string(KindName(kind)) + "/" + name + " not found");
       std::vector<const char*> sqls{"DELETE FROM deleted WHERE kind = ?1 AND name = ?2"};
-      if (purge) sqls.push_back("DELETE FROM versions WHERE kind = ?1 AND name = ?2");
+      if (purge) {
+        sqls.push_back("DELETE FROM versions WHERE kind = ?1 AND name = ?2");
+        sqls.push_back("DELETE FROM owners WHERE kind = ?1 AND name = ?2");  // the name is free
+      }
       for (const char* sql : sqls) {
         sqlite3_stmt* st = Stmt(sql);
         if (!st) return Err("prepare purge");

@@ -45,6 +45,10 @@ struct TokenRecord {
   std::vector<std::string> perms;  // "secrets:get", ...
   int64_t created = 0;
   bool revoked = false;
+  // The machine this token acts for: it reaches only objects that machine owns (see
+  // VaultStore::AddVersion). Empty: an operator token, which reaches every object.
+  std::string machine;
+  int64_t expires = 0;  // Unix seconds after which the token is refused; 0: never
 };
 
 class VaultStore {
@@ -52,7 +56,14 @@ class VaultStore {
   virtual ~VaultStore() = default;
 
   // Adds a version (v.seq is ignored and assigned). kBusy if the name is soft-deleted.
-  virtual Status AddVersion(const ObjectVersion& v) = 0;
+  // Ownership, decided in the same transaction: the first version of a name records `owner` (a
+  // machine name, or "" for an operator) as the name's owner for good (until purge). A non-empty
+  // `owner` may add versions only to a name it owns: kPermissionDenied otherwise (names that
+  // existed before owners were recorded belong to the operators).
+  virtual Status AddVersion(const ObjectVersion& v, const std::string& owner = "") = 0;
+  // Who owns a name (live or soft-deleted): the machine, "" for the operators; nullopt when the
+  // name does not exist at all.
+  virtual Result<std::optional<std::string>> GetOwner(Kind kind, const std::string& name) = 0;
   // `version` empty: the newest. kNotFound if absent, or if the name is soft-deleted and
   // `include_deleted` is false.
   virtual Result<ObjectVersion> Get(Kind kind, const std::string& name, const std::string& version,
@@ -81,12 +92,16 @@ class VaultStore {
 
   virtual Result<Bytes> GetMeta(const std::string& key) = 0;  // kNotFound when absent
   virtual Status PutMeta(const std::string& key, std::span<const uint8_t> value) = 0;
+  // Stores `value` under `key` unless the key is already there; returns what is stored (the
+  // earlier value when there was one). Atomic: of two racing claims, one wins for both.
+  virtual Result<Bytes> ClaimMeta(const std::string& key, std::span<const uint8_t> value) = 0;
 
   // A consistent copy of the whole store in one file, taken while the store is in use.
   virtual Status Backup(const std::string& path) = 0;
 };
 
 // The embedded store: one SQLite database file (WAL, synchronous=FULL). Creates it if missing.
+// Runs SQLite's quick_check on open: a damaged database is refused (kCorrupt) before it serves.
 Result<std::unique_ptr<VaultStore>> OpenSqliteStore(const std::string& path);
 
 }  // namespace ds::vault

@@ -1,8 +1,11 @@
 // Unit tests of the vault's parts: sealing, key operations (with RFC 3394's own test vector), the
 // SQLite store, tokens and the API service called in-process (no sockets).
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include <iterator>
 #include <random>
@@ -154,8 +157,8 @@ TEST(SqliteStore, VersionsDeletionAndPersistence) {
     EXPECT_EQ(st.Get(Kind::kSecret, "b", "", true).status().code(), Code::kNotFound);
     EXPECT_EQ(st.Recover(Kind::kSecret, "b").code(), Code::kNotFound);
 
-    ASSERT_TRUE(st.AddToken({"t1", "abc", {"secrets:get"}, 5, false}).ok());
-    EXPECT_EQ(st.AddToken({"t1", "def", {}, 5, false}).code(), Code::kBusy);
+    ASSERT_TRUE(st.AddToken({"t1", "abc", {"secrets:get"}, 5, false, "", 0}).ok());
+    EXPECT_EQ(st.AddToken({"t1", "def", {}, 5, false, "", 0}).code(), Code::kBusy);
   }
   auto s = OpenSqliteStore(d / "v.db");
   ASSERT_TRUE(s.ok());
@@ -279,6 +282,246 @@ TEST_F(ServiceTest, MissingOrUnknownTokenGetsChallenge) {
   EXPECT_NE(a.www_authenticate.find("resource=\"https://h:1\""), std::string::npos);
   r.authorization = "Bearer dsv1.forged";
   EXPECT_EQ(svc_->Handle(r).status, 401);
+}
+
+// The Host header goes into object ids: only a host name, an IP address or [IPv6], each with an
+// optional port, is taken; anything else gets 400 and is not echoed.
+TEST_F(ServiceTest, HostHeaderIsValidatedBeforeItBecomesAnObjectId) {
+  ApiRequest r;
+  r.method = "PUT";
+  r.path = "/secrets/h";
+  r.query.emplace("api-version", "7.4");
+  r.authorization = "Bearer " + token_;
+  r.body = R"({"value":"v"})";
+  for (const char* good : {"vault.example", "vault.example:8443", "127.0.0.1:1", "[::1]:8443", "[::1]"}) {
+    r.host = good;
+    auto a = svc_->Handle(r);
+    ASSERT_EQ(a.status, 200) << good << ": " << a.body;
+    EXPECT_EQ(json::parse(a.body)["id"].get<std::string>().rfind(std::string("https://") + good + "/secrets/h/", 0), 0u);
+  }
+  for (const char* bad : {"evil.example/x?", "a b", "h:\"1", "user@host", "h:99999999", "[zz]", ".x", "h:"}) {
+    r.host = bad;
+    auto a = svc_->Handle(r);
+    EXPECT_EQ(a.status, 400) << bad;
+    EXPECT_EQ(a.body.find(bad), std::string::npos) << a.body;
+    EXPECT_EQ(json::parse(a.body)["error"]["code"], "BadParameter");
+  }
+}
+
+// Azure Key Vault's api-versions are taken (the current SDKs send 2026-04-01 and 2025-07-01); an
+// unknown one is answered as Azure answers it.
+TEST_F(ServiceTest, ApiVersionsAsAzureAcceptsThem) {
+  ASSERT_EQ(Do("PUT", "/secrets/av", R"({"value":"v"})").status, 200);
+  for (const char* v : {"2026-04-01", "2025-07-01", "7.6", "7.5", "7.4", "7.3", "7.2", "7.1", "7.0", "2016-10-01",
+                        "2015-06-01", "7.6-preview.2", "7.5-preview.1", "7.2-preview"}) {
+    auto a = Do("GET", "/secrets/av", "", v);
+    EXPECT_EQ(a.status, 200) << v << ": " << a.body;
+  }
+  EXPECT_EQ(json::parse(Do("GET", "/secrets/av", "", "2025-07-01").body)["attributes"]["recoverableDays"], 90);
+  for (const char* v : {"7.9", "2025-07-02", "2026-04-02", "7.4-previewx", "8.0", "latest"}) {
+    auto a = Do("GET", "/secrets/av", "", v);
+    ASSERT_EQ(a.status, 400) << v;
+    json e = json::parse(a.body)["error"];
+    EXPECT_EQ(e["code"], "BadParameter");
+    EXPECT_EQ(e["message"], std::string("The specified version (") + v +
+                                ") is not recognized. Consider using the latest supported version (2026-04-01).");
+  }
+}
+
+TEST_F(ServiceTest, PatchContentTypeIsLimitedAsSetIs) {
+  ASSERT_EQ(Do("PUT", "/secrets/ct", R"({"value":"v"})").status, 200);
+  EXPECT_EQ(Do("PATCH", "/secrets/ct", json{{"contentType", std::string(255, 'c')}}.dump()).status, 200);
+  auto a = Do("PATCH", "/secrets/ct", json{{"contentType", std::string(256, 'c')}}.dump());
+  EXPECT_EQ(a.status, 400);
+  EXPECT_NE(a.body.find("255"), std::string::npos);
+  EXPECT_EQ(Do("PUT", "/secrets/ct", json{{"value", "v"}, {"contentType", std::string(256, 'c')}}.dump()).status, 400);
+}
+
+// Decided: a request whose audit line cannot be written fails with 503 (the server keeps
+// running, so it serves again once the disk has room); no value leaves unaudited.
+TEST(ServiceAudit, AFailedAuditWriteFailsTheRequest) {
+  TempDir d;
+  auto v = OpenVault(*PosixEnv(), VaultPaths(d / "v"), true);
+  ASSERT_TRUE(v.ok());
+  auto tok = CreateToken(*v->store, "admin", AllPermissions());
+  ASSERT_TRUE(tok.ok());
+  auto audit = AuditLog::Open("/dev/full");  // every write: ENOSPC
+  ASSERT_TRUE(audit.ok());
+  VaultService svc(std::move(v->store), std::move(v->master), std::move(*audit));
+  ApiRequest r;
+  r.method = "PUT";
+  r.path = "/secrets/a";
+  r.query.emplace("api-version", "7.4");
+  r.authorization = "Bearer " + *tok;
+  r.host = "h";
+  r.body = R"({"value":"top-secret"})";
+  auto a = svc.Handle(r);
+  EXPECT_EQ(a.status, 503);
+  EXPECT_EQ(a.body.find("top-secret"), std::string::npos);
+  EXPECT_NE(a.body.find("audit log"), std::string::npos) << a.body;
+  r.method = "GET";
+  r.body.clear();
+  auto g = svc.Handle(r);
+  EXPECT_EQ(g.status, 503);
+  EXPECT_EQ(g.body.find("top-secret"), std::string::npos);
+}
+
+// Tokens scoped to a machine, in-process: ownership is recorded at creation and never taken from
+// later tags.
+TEST(ServiceAuthz, OwnerIsRecordedAtCreationNotTakenFromTags) {
+  TempDir d;
+  auto v = OpenVault(*PosixEnv(), VaultPaths(d / "v"), true);
+  ASSERT_TRUE(v.ok());
+  auto op = CreateToken(*v->store, "op", AllPermissions());
+  auto a = CreateToken(*v->store, "a", AllPermissions(), {"hostA", 0});
+  auto b = CreateToken(*v->store, "b", AllPermissions(), {"hostB", 3600});
+  ASSERT_TRUE(op.ok() && a.ok() && b.ok());
+  VaultService svc(std::move(v->store), std::move(v->master), nullptr);
+  auto call = [&](const std::string& tok, const std::string& method, const std::string& path,
+                  const std::string& body = "") {
+    ApiRequest r;
+    r.method = method;
+    r.path = path;
+    r.query.emplace("api-version", "7.4");
+    r.authorization = "Bearer " + tok;
+    r.host = "h";
+    r.body = body;
+    return svc.Handle(r);
+  };
+  ASSERT_EQ(call(*a, "PUT", "/secrets/sa", R"({"value":"a1","tags":{"MachineName":"hostA"}})").status, 200);
+  // B relabelling itself as A in the tag does not make A's secret B's, nor B's token A's.
+  EXPECT_EQ(call(*b, "PUT", "/secrets/sa", R"({"value":"b1","tags":{"MachineName":"hostA"}})").status, 403);
+  EXPECT_EQ(call(*b, "PUT", "/secrets/sa", R"({"value":"b1","tags":{"MachineName":"hostB"}})").status, 403);
+  // A may not relabel its secret to B either, and an operator relabelling it does not move it.
+  EXPECT_EQ(call(*a, "PATCH", "/secrets/sa", R"({"tags":{"MachineName":"hostB"}})").status, 403);
+  ASSERT_EQ(call(*op, "PATCH", "/secrets/sa", R"({"tags":{"MachineName":"hostB"}})").status, 200);
+  EXPECT_EQ(call(*b, "GET", "/secrets/sa").status, 403);
+  EXPECT_EQ(call(*a, "GET", "/secrets/sa").status, 200);
+  // Operator-made objects are the operators'.
+  ASSERT_EQ(call(*op, "PUT", "/secrets/so", R"({"value":"o"})").status, 200);
+  EXPECT_EQ(call(*a, "GET", "/secrets/so").status, 403);
+  EXPECT_EQ(call(*a, "PUT", "/secrets/so", R"({"value":"x","tags":{"MachineName":"hostA"}})").status, 403);
+  // An absent name is 404 for reads, and a scoped token creates it as its own.
+  EXPECT_EQ(call(*a, "GET", "/secrets/none").status, 404);
+  // A purged name is free again.
+  ASSERT_EQ(call(*a, "DELETE", "/secrets/sa").status, 200);
+  EXPECT_EQ(call(*b, "DELETE", "/deletedsecrets/sa").status, 403);
+  ASSERT_EQ(call(*a, "DELETE", "/deletedsecrets/sa").status, 204);
+  EXPECT_EQ(call(*b, "PUT", "/secrets/sa", R"({"value":"b2","tags":{"MachineName":"hostB"}})").status, 200);
+  EXPECT_EQ(call(*a, "GET", "/secrets/sa").status, 403);
+}
+
+// A database made before tokens had a machine and an expiry opens, and its tokens are what they
+// were: operator tokens that never expire.
+TEST(SqliteStore, OlderTokenTableIsMigrated) {
+  TempDir d;
+  std::string path = d / "old.db";
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "CREATE TABLE tokens(name TEXT PRIMARY KEY, hash TEXT NOT NULL UNIQUE, "
+                         "perms TEXT NOT NULL, created INTEGER NOT NULL, revoked INTEGER NOT NULL);"
+                         "INSERT INTO tokens VALUES('old', 'h1', '[\"secrets:get\"]', 7, 0);",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto s = OpenSqliteStore(path);
+  ASSERT_TRUE(s.ok()) << s.status().message();
+  auto t = (*s)->FindTokenByHash("h1");
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->name, "old");
+  EXPECT_EQ(t->machine, "");
+  EXPECT_EQ(t->expires, 0);
+  ASSERT_TRUE((*s)->AddToken({"new", "h2", {"all"}, 8, false, "m1", 100}).ok());
+  EXPECT_EQ((*s)->FindTokenByHash("h2")->machine, "m1");
+  EXPECT_EQ((*s)->FindTokenByHash("h2")->expires, 100);
+}
+
+TEST(VaultDir, LifetimesParse) {
+  EXPECT_EQ(*ParseLifetime("90d"), 90 * 86400);
+  EXPECT_EQ(*ParseLifetime("12h"), 12 * 3600);
+  EXPECT_EQ(*ParseLifetime("30m"), 1800);
+  EXPECT_EQ(*ParseLifetime("3600s"), 3600);
+  EXPECT_EQ(*ParseLifetime("7"), 7);
+  EXPECT_EQ(*ParseLifetime("never"), 0);
+  for (const char* bad : {"", "0d", "-1d", "1w", "d", "99999999999d", "1.5d"})
+    EXPECT_EQ(ParseLifetime(bad).status().code(), Code::kInvalidArgument) << bad;
+}
+
+// Start-up refusals: each leaves the directory as it found it.
+TEST(VaultDir, MissingMasterKeyIsRefusedAndNoneIsMade) {
+  TempDir d;
+  VaultPaths p(d / "v");
+  ASSERT_TRUE(OpenVault(*PosixEnv(), p, true).ok());
+  ASSERT_EQ(::rename(p.master_key_file.c_str(), (d / "kept.key").c_str()), 0);
+  auto r = OpenVault(*PosixEnv(), p, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("master key file is missing"), std::string::npos) << r.status().message();
+  EXPECT_FALSE(PosixEnv()->Exists(p.master_key_file));
+  ASSERT_EQ(::rename((d / "kept.key").c_str(), p.master_key_file.c_str()), 0);
+  EXPECT_TRUE(OpenVault(*PosixEnv(), p, true).ok());
+}
+
+TEST(VaultDir, MissingDatabaseInAnInitialisedDirectoryIsRefused) {
+  TempDir d;
+  VaultPaths p(d / "v");
+  ASSERT_TRUE(OpenVault(*PosixEnv(), p, true).ok());
+  ASSERT_EQ(::rename(p.db().c_str(), (d / "kept.db").c_str()), 0);
+  ::unlink((p.db() + "-wal").c_str());
+  ::unlink((p.db() + "-shm").c_str());
+  auto r = OpenVault(*PosixEnv(), p, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kNotFound);
+  EXPECT_NE(r.status().message().find("vault restore"), std::string::npos) << r.status().message();
+  EXPECT_FALSE(PosixEnv()->Exists(p.db()));
+  // A directory that never held a vault, with a key provisioned beforehand elsewhere, starts.
+  VaultPaths fresh(d / "fresh", d / "provisioned.key");
+  ASSERT_TRUE(MasterKey::LoadOrCreate(*PosixEnv(), fresh.master_key_file, true).ok());
+  EXPECT_TRUE(OpenVault(*PosixEnv(), fresh, true).ok());
+}
+
+TEST(VaultDir, DamagedDatabaseFailsTheIntegrityCheck) {
+  TempDir d;
+  VaultPaths p(d / "v");
+  {
+    auto v = OpenVault(*PosixEnv(), p, true);
+    ASSERT_TRUE(v.ok());
+    for (int i = 0; i < 200; ++i) {
+      ObjectVersion o;
+      o.name = "s" + std::to_string(i);
+      o.version = "v";
+      o.sealed = Bytes(1000, uint8_t(i));
+      ASSERT_TRUE(v->store->AddVersion(o).ok());
+    }
+  }  // closed: the WAL is checkpointed into vault.db
+  ASSERT_FALSE(PosixEnv()->Exists(p.db() + "-wal"));
+  struct stat st;
+  ASSERT_EQ(::stat(p.db().c_str(), &st), 0);
+  ASSERT_GT(st.st_size, 40 * 4096);
+  {
+    int fd = ::open(p.db().c_str(), O_WRONLY);
+    ASSERT_GE(fd, 0);
+    std::string junk(4096, '\xa5');
+    ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), 20 * 4096), ssize_t(junk.size()));  // page 21
+    ::close(fd);
+  }
+  auto r = OpenVault(*PosixEnv(), p, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), Code::kCorrupt) << r.status().message();
+  EXPECT_NE(r.status().message().find("integrity check"), std::string::npos) << r.status().message();
+}
+
+TEST(VaultDir, BackupIsOwnerOnlyWhateverTheUmask) {
+  TempDir d;
+  auto v = OpenVault(*PosixEnv(), VaultPaths(d / "v"), true);
+  ASSERT_TRUE(v.ok());
+  mode_t old = ::umask(022);
+  Status s = v->store->Backup(d / "b.bak");
+  ::umask(old);
+  ASSERT_TRUE(s.ok()) << s.message();
+  struct stat st;
+  ASSERT_EQ(::stat((d / "b.bak").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
 
 // Structure-aware fuzzing of every route's body and path parsing: valid bodies mutated (bytes
