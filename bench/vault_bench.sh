@@ -2,12 +2,12 @@
 # Load benchmark of the embedded vault: GET secret and RSA-2048 unwrapkey at 64 concurrent HTTPS
 # clients (wrk, keep-alive), on this machine. Prints requests/s and p99 and the ratio to the goals
 # (10k GET/s, 1.5k unwraps/s, p99 under 10 ms on 2 cores).
-# Usage: bench/vault_bench.sh [seconds per run, default 10] [connections, default 64]
+# Usage: [DISKSEAL_BIN=path] bench/vault_bench.sh [seconds per run, default 10] [connections, default 64]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 conns=${2:-64}
-bin=build/diskseal
+bin=${DISKSEAL_BIN:-build/diskseal}  # DISKSEAL_BIN: compare another build (e.g. main's)
 [ -x "$bin" ] || { echo "build first: scripts/build" >&2; exit 1; }
 command -v wrk >/dev/null || { echo "wrk missing: scripts/setup installs it" >&2; exit 1; }
 

@@ -117,6 +117,42 @@ Status ParseAttributes(const json& j, ObjectVersion& v) {
   return Status::Ok();
 }
 
+// Request bodies: at most this many bytes and this much nesting (Azure's bodies nest 3 deep).
+// The depth is checked by an iterative scan before the parser builds anything, so no tree deeper
+// than kMaxJsonDepth exists and nothing recurses (copies, value(), destruction) on a client's depth.
+constexpr size_t kMaxJsonBytes = 1 << 20;
+constexpr size_t kMaxJsonDepth = 64;
+
+// Parses a request body within the limits above; a discarded json when it is not valid JSON or
+// over a limit, with `why` saying which.
+json ParseBody(const std::string& body, std::string& why) {
+  if (body.size() > kMaxJsonBytes) {
+    why = "the request body is larger than 1 MiB";
+    return json(json::value_t::discarded);
+  }
+  size_t depth = 0;
+  bool in_string = false, escaped = false;
+  for (char ch : body) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (ch == '\\') escaped = true;
+      else if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (ch == '{' || ch == '[') {
+      if (++depth > kMaxJsonDepth) {
+        why = "the request body nests deeper than 64 levels";
+        return json(json::value_t::discarded);
+      }
+    } else if ((ch == '}' || ch == ']') && depth > 0) {
+      --depth;
+    }
+  }
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) why = "the request body is not valid JSON";
+  return j;
+}
+
 // Copies src's members into dst (src is usually a temporary bundle built by Call).
 void Merge(json& dst, const json& src) {
   for (auto it = src.begin(); it != src.end(); ++it) dst[it.key()] = it.value();
@@ -460,12 +496,14 @@ ApiResponse VaultService::Dispatch(Call& c) {
   bool wants_body = c.op == Op::kSet || c.op == Op::kUpdate || c.op == Op::kCreate ||
                     c.op == Op::kWrap || c.op == Op::kUnwrap;
   if (wants_body) {
-    c.body = json::parse(req.body, nullptr, false);
-    if (c.body.is_discarded()) return Error(400, "BadParameter", "the request body is not valid JSON");
+    std::string why;
+    c.body = ParseBody(req.body, why);
+    if (c.body.is_discarded()) return Error(400, "BadParameter", why);
     if (!c.body.is_object()) return Error(400, "BadParameter", "the request body must be a JSON object");
   } else if (c.op == Op::kRotate && !req.body.empty()) {
-    json b = json::parse(req.body, nullptr, false);
-    if (b.is_discarded()) return Error(400, "BadParameter", "the request body is not valid JSON");
+    std::string why;
+    json b = ParseBody(req.body, why);
+    if (b.is_discarded()) return Error(400, "BadParameter", why);
   }
 
   switch (c.op) {
