@@ -154,21 +154,30 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   enum class Phase { kHandshake, kIdle, kReading, kHandling, kWriting, kLinger };
 
-  // (Re)starts the one deadline: when it passes in `phase`, the connection ends (OnDeadline).
-  // The deadline is set once per phase, not per byte, so trickling cannot extend it.
+  // Sets the one deadline: when it passes in `phase`, the connection ends (OnDeadline). The
+  // deadline is set once per phase, not per byte, so trickling cannot extend it.
+  // The timer is re-armed only when the new deadline is earlier than the one it waits for; a later
+  // one is picked up when it fires (Expired). Most requests then cost no timer syscall.
   void Arm(Phase phase, double seconds) {
     phase_ = phase;
-    uint64_t gen = ++timer_gen_;
-    timer_.expires_after(Seconds(seconds));
-    timer_.async_wait([self = shared_from_this(), gen](error_code ec) {
-      if (ec || gen != self->timer_gen_ || self->closed_) return;
-      self->OnDeadline();
-    });
+    deadline_ = std::chrono::steady_clock::now() + Seconds(seconds);
+    if (!timer_waiting_ || deadline_ < timer_.expiry()) Wait();
   }
   void Disarm(Phase phase) {
     phase_ = phase;
-    ++timer_gen_;
-    timer_.cancel();
+    deadline_ = asio::steady_timer::time_point::max();  // a waiting timer just lapses
+  }
+  void Wait() {
+    uint64_t gen = ++timer_gen_;
+    timer_waiting_ = true;
+    timer_.expires_at(deadline_);
+    timer_.async_wait([self = shared_from_this(), gen](error_code ec) {
+      if (gen != self->timer_gen_) return;  // replaced by a later Wait()
+      self->timer_waiting_ = false;
+      if (ec || self->closed_ || self->deadline_ == asio::steady_timer::time_point::max()) return;
+      if (std::chrono::steady_clock::now() < self->deadline_) return self->Wait();
+      self->OnDeadline();
+    });
   }
 
   void OnDeadline() {
@@ -325,8 +334,9 @@ class Session : public std::enable_shared_from_this<Session> {
     keep_alive_ = m.keep_alive();
     version_ = m.version();
     // Reads and key operations are short and never wait for a disk flush: answered right here,
-    // which saves two thread hand-offs per request. Writes (fsync) and key generation (up to
-    // seconds for RSA-4096) go to the workers so they never stall connection handling.
+    // which saves two thread hand-offs per request (RSA private operations are already limited to
+    // one per core by the service). Writes (fsync) and key generation (seconds for RSA-4096) go
+    // to the workers, so they never stall the TLS and HTTP work of other connections.
     std::string_view path = req->path;
     if (req->method == "GET" || (req->method == "POST" && path.ends_with("wrapkey"))) {
       ApiResponse r;
@@ -412,6 +422,8 @@ class Session : public std::enable_shared_from_this<Session> {
   http::response<http::string_body> res_;
   Phase phase_ = Phase::kHandshake;
   uint64_t timer_gen_ = 0;
+  bool timer_waiting_ = false;
+  asio::steady_timer::time_point deadline_ = asio::steady_timer::time_point::max();
   bool closed_ = false, writing_ = false, read_pending_ = false, keep_alive_ = true;
   unsigned version_ = 11;
   size_t scanned_ = 0, lines_ = 0, line_start_ = 0, linger_left_ = 0;
