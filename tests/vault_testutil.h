@@ -38,6 +38,7 @@ class VaultProcess {
     ::unlink(port_file.c_str());
     std::vector<std::string> argv{DISKSEAL_BIN, "vault", "serve", "--dir", dir_, "--listen",
                                   "127.0.0.1:0", "--port-file", port_file, "--threads", "16"};
+    argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> args;
     for (auto& a : argv) args.push_back(a.data());
     args.push_back(nullptr);
@@ -65,6 +66,9 @@ class VaultProcess {
     }
     throw std::runtime_error("vault server did not start: " + ReadLog());
   }
+
+  // Options added to `vault serve` by the next Start() (limits, timeouts).
+  void SetExtraArgs(std::vector<std::string> args) { extra_args_ = std::move(args); }
 
   // Sends `sig` and waits; returns the exit code (128+N when killed by signal N).
   int Stop(int sig = SIGTERM) {
@@ -111,6 +115,7 @@ class VaultProcess {
 
  private:
   std::string dir_;
+  std::vector<std::string> extra_args_;
   pid_t pid_ = -1;
   int port_ = 0;
 };

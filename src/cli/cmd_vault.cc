@@ -53,7 +53,17 @@ Runner SetupVaultServe(CLI::App& app, Globals& g) {
   app.add_option("--key", o->key_file, "server private key (PEM)");
   app.add_option("--hostname", o->hostnames, "extra DNS name or IP for a generated certificate");
   app.add_option("--master-key", o->master_key_file, "master key file (default <dir>/master.key, 0600)");
-  app.add_option("--threads", o->threads, "worker threads = most concurrent connections")->capture_default_str();
+  app.add_option("--threads", o->threads, "worker threads running vault calls (connections need none)")
+      ->capture_default_str();
+  app.add_option("--max-connections", o->max_connections, "most open connections in all")
+      ->capture_default_str();
+  app.add_option("--max-client-connections", o->max_client_connections,
+                 "most open connections from one client address")->capture_default_str();
+  app.add_option("--request-timeout", o->request_timeout,
+                 "seconds a TLS handshake or a request may take in all, however it trickles")
+      ->capture_default_str();
+  app.add_option("--idle-timeout", o->idle_timeout, "seconds a keep-alive connection may wait idle")
+      ->capture_default_str();
   return [&g, o]() -> Status {
     // Signals are taken by one thread with sigwait: block them before any thread starts so every
     // worker inherits the mask and the handler never runs on a random thread.
@@ -62,6 +72,7 @@ Runner SetupVaultServe(CLI::App& app, Globals& g) {
     for (int s : {SIGTERM, SIGINT, SIGHUP, SIGUSR1}) sigaddset(&set, s);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);
     ::umask(077);  // database, WAL, audit log and keys: owner only
+    o->handshake_timeout = o->request_timeout;
     DS_ASSIGN_OR_RETURN(auto srv, vault::VaultServer::Start(*g.env, *o, *g.out));
     std::atomic<bool> done{false};
     std::thread sig([&] {

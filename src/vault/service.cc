@@ -159,6 +159,42 @@ Status ParseAttributes(const json& j, ObjectVersion& v) {
   return Status::Ok();
 }
 
+// Request bodies: at most this many bytes and this much nesting (Azure's bodies nest 3 deep).
+// The depth is checked by an iterative scan before the parser builds anything, so no tree deeper
+// than kMaxJsonDepth exists and nothing recurses (copies, value(), destruction) on a client's depth.
+constexpr size_t kMaxJsonBytes = 1 << 20;
+constexpr size_t kMaxJsonDepth = 64;
+
+// Parses a request body within the limits above; a discarded json when it is not valid JSON or
+// over a limit, with `why` saying which.
+json ParseBody(const std::string& body, std::string& why) {
+  if (body.size() > kMaxJsonBytes) {
+    why = "the request body is larger than 1 MiB";
+    return json(json::value_t::discarded);
+  }
+  size_t depth = 0;
+  bool in_string = false, escaped = false;
+  for (char ch : body) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (ch == '\\') escaped = true;
+      else if (ch == '"') in_string = false;
+    } else if (ch == '"') {
+      in_string = true;
+    } else if (ch == '{' || ch == '[') {
+      if (++depth > kMaxJsonDepth) {
+        why = "the request body nests deeper than 64 levels";
+        return json(json::value_t::discarded);
+      }
+    } else if ((ch == '}' || ch == ']') && depth > 0) {
+      --depth;
+    }
+  }
+  json j = json::parse(body, nullptr, false);
+  if (j.is_discarded()) why = "the request body is not valid JSON";
+  return j;
+}
+
 // Copies src's members into dst (src is usually a temporary bundle built by Call).
 void Merge(json& dst, const json& src) {
   for (auto it = src.begin(); it != src.end(); ++it) dst[it.key()] = it.value();
@@ -467,6 +503,24 @@ std::optional<ApiResponse> ClaimCiphertext(VaultStore& store, const std::string&
   return std::nullopt;
 }
 
+// The KEK-wrapped value a secret holds, which its owner may unwrap later: the whole value of a
+// "Wrapped BEK" (ADE's passphrase), or the wrapped volume key inside diskseal's escrowed header
+// (contentType kHeaderContentType, see vault/volume_escrow.h: {"volume_key": <base64>,
+// "volume_key_kek": <kid>, ...}; an unwrapped key there has no kid and nothing to register).
+// Spelled as vault::kContentTypeHeader in volume_escrow.h (the README walkthrough test escrows a
+// header with a host token, so the two cannot drift apart unnoticed).
+constexpr const char* kHeaderContentType = "application/vnd.diskseal.luks2-header+json";
+std::optional<std::string> WrappedValueOf(const std::string& content_type, const std::string& value) {
+  if (content_type == "Wrapped BEK") return value;
+  if (content_type != kHeaderContentType) return std::nullopt;
+  std::string why;
+  json j = ParseBody(value, why);  // the same depth and size limits as a request body
+  if (!j.is_object() || !j.contains("volume_key_kek") || !j.contains("volume_key") ||
+      !j["volume_key"].is_string())
+    return std::nullopt;
+  return j["volume_key"].get<std::string>();  // KEK-wrapped: no secret in clear
+}
+
 // A scoped token's secret must carry its own machine in the MachineName tag (ADE's tag, which
 // escrow sets): what the tag says and who owns the secret never disagree.
 std::optional<ApiResponse> MachineTagError(const std::string& token_name, const std::string& machine,
@@ -604,12 +658,14 @@ ApiResponse VaultService::Dispatch(Call& c) {
   bool wants_body = c.op == Op::kSet || c.op == Op::kUpdate || c.op == Op::kCreate ||
                     c.op == Op::kWrap || c.op == Op::kUnwrap;
   if (wants_body) {
-    c.body = json::parse(req.body, nullptr, false);
-    if (c.body.is_discarded()) return Error(400, "BadParameter", "the request body is not valid JSON");
+    std::string why;
+    c.body = ParseBody(req.body, why);
+    if (c.body.is_discarded()) return Error(400, "BadParameter", why);
     if (!c.body.is_object()) return Error(400, "BadParameter", "the request body must be a JSON object");
   } else if (c.op == Op::kRotate && !req.body.empty()) {
-    json b = json::parse(req.body, nullptr, false);
-    if (b.is_discarded()) return Error(400, "BadParameter", "the request body is not valid JSON");
+    std::string why;
+    json b = ParseBody(req.body, why);
+    if (b.is_discarded()) return Error(400, "BadParameter", why);
   }
 
   switch (c.op) {
@@ -659,8 +715,9 @@ ApiResponse VaultService::SetSecret(Call& c) {
     if (!o.ok()) return FromStatus(o.status(), "SecretNotFound");
     if (o->has_value()) owner = **o;
   }
-  if (!owner.empty() && v.content_type == "Wrapped BEK")
-    if (auto bad = ClaimCiphertext(*store_, value, owner)) return *bad;
+  if (!owner.empty())
+    if (auto wrapped = WrappedValueOf(v.content_type, value))
+      if (auto bad = ClaimCiphertext(*store_, *wrapped, owner)) return *bad;
   auto ver = NewVersion();
   if (!ver.ok()) return FromStatus(ver.status(), "SecretNotFound");
   v.version = *ver;
