@@ -320,6 +320,8 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
     std::string uuid;
     {
       auto t = luks2::Volume::Load(*g.env, dev, tmp, false);
+      // The temp header records its device: another device's is refused before the copy below.
+      if (t.ok()) DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, *t, tmp));
       if (t.ok()) {
         auto st = engine::ReadState(t->metadata(), t->data_device().Size());
         if (st.ok() && *st && (*st)->decrypt_shift() && (*st)->done == 0 && !(*st)->hotzone_len) {

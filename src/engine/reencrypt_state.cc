@@ -644,7 +644,7 @@ Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffe
   d_new["segments"] = {"2"};
   md.json["digests"][std::to_string(new_digest)] = d_new;
   // 3. the reencrypt keyslot over the rest of the keyslots area
-  const uint64_t area_off = pos + need;
+  const uint64_t area_off = pos;  // just past the new keyslots
   int id = 0;
   while (md.json["keyslots"].contains(std::to_string(id))) ++id;
   Json area = {{"type", ResilienceName(resilience)},
