@@ -13,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "cli/luks_options.h"
+#include "engine/binding.h"
 #include "engine/datashift.h"
 #include "engine/engine.h"
 #include "engine/reencrypt_state.h"
@@ -96,6 +97,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
                                       "; if `encrypt --reduce-device-size` was interrupted while it placed the header, "
                                       "run that same command again (it finds the staged header; resume cannot know the size)");
   DS_ASSIGN_OR_RETURN(luks2::Volume v, std::move(loaded));
+  DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
     DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
@@ -120,6 +122,8 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
     DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll((known_pass ? *known_pass : read).span()));
     for (auto& [digest, key] : unlocked) keymap[digest] = &key;
   }
+  // Before the engine writes anything (its first act may be a hotzone recovery).
+  DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, d.header, keymap));
   CatchStopSignals();
   const uint64_t left = st->data_size - st->done;
   Progress p(g.err, Progress::AutoMode(isatty(2), e.progress_json),
@@ -375,6 +379,8 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
     std::string uuid;
     {
       auto t = luks2::Volume::Load(*g.env, dev, tmp, false);
+      // The temp header records its device: another device's is refused before the copy below.
+      if (t.ok()) DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, *t, tmp));
       if (t.ok()) {
         auto st = engine::ReadState(t->metadata(), t->data_device().Size());
         if (st.ok() && *st && (*st)->decrypt_shift() && (*st)->done == 0 && !(*st)->hotzone_len) {
@@ -418,6 +424,8 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata(), dev));
   DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
   DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(pbkdf));
+  // The exported header will be detached: it records the device it belongs to.
+  DS_ASSIGN_OR_RETURN(engine::Binding binding, engine::CurrentBinding(*g.env, v, {{u.digest, &u.key}}));
   // 1. the header file, complete and with the operation recorded, before the device is touched.
   {
     DS_ASSIGN_OR_RETURN(auto f, g.env->Create(tmp, shift));
@@ -427,6 +435,7 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   {
     Status made = [&]() -> Status {
       DS_ASSIGN_OR_RETURN(luks2::Volume t, luks2::Volume::Load(*g.env, dev, tmp, true));
+      engine::WriteBinding(t.mutable_metadata(), binding);
       DS_RETURN_IF_ERROR(engine::InitDecryptShift(t.mutable_metadata(), u.key, size, iters).WithContext(dev));
       return t.Commit();  // synced: step 1 is durable
     }();
@@ -499,6 +508,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       if (!st) return Busy(dev + ": already encrypted (" + o->dev.header + " holds a finished LUKS2 header)");
       return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
     }
+    engine::Binding binding;
     {
       OpenOptions probe;
       probe.write = true;
@@ -508,6 +518,10 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       if (luks) return Busy(dev + ": already a LUKS volume; refusing to encrypt it again");
       if (d->Size() % 512)
         return InvalidArgument(dev + ": size " + std::to_string(d->Size()) + " is not a multiple of 512 bytes");
+      // The header records which device it belongs to: the plaintext is the device itself now.
+      binding.size = d->Size();
+      DS_ASSIGN_OR_RETURN(binding.fs, engine::ProbeStart(*d));
+      binding.ids = engine::StableIds(*g.env, dev);
     }
     // With a vault and no key file, diskseal makes the passphrase (as ADE does) and escrows it.
     std::unique_ptr<vault::VaultClient> client;
@@ -530,6 +544,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     int digest = -1;
     auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) -> Status {
       DS_RETURN_IF_ERROR(engine::InitEncrypt(md, key, res, digest_iters));
+      engine::WriteBinding(md, binding);
       digest = 0;
       return Status::Ok();
     };
@@ -591,6 +606,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
                     "decrypting it exports the header to a new file)");
     }
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
+    DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, o->dev.header));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
     if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
     if (luks2::Segments(v.metadata()).front().type == "linear")
@@ -598,12 +614,17 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     DS_RETURN_IF_ERROR(v.CheckRequirements());
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev));
     DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    const std::map<int, const SecureBuffer*> keymap = {{u.digest, &u.key}};
+    DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, o->dev.header, keymap));
+    DS_ASSIGN_OR_RETURN(engine::Binding binding, engine::CurrentBinding(*g.env, v, keymap));
     DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
-    luks2::Metadata before = v.metadata();
+    engine::WriteBinding(v.mutable_metadata(), binding);
     DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, res, iters).WithContext(dev));
     DS_RETURN_IF_ERROR(v.Commit());  // one header write: the plain header or the in-progress one
     DS_RETURN_IF_ERROR(ResumeOperation(g, o->dev, o->keys, o->e, &u.key, u.digest));
-    *g.out << dev << " holds plaintext again; " << o->dev.header << " is no longer needed.\n";
+    // Verified: the header's binding matched before the first write. Nothing is said of the header
+    // file: only the device's state is known here.
+    *g.out << dev << " holds plaintext again (verified against " << o->dev.header << " before the first write).\n";
     return Status::Ok();
   };
 }
@@ -617,6 +638,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     luks2::PbkdfOptions pbkdf;
     std::string cipher;
     uint32_t key_size_bits = 0, sector_size = 0;
+    SlotArg slot;
   };
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev);
@@ -627,6 +649,8 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
   app.add_option("--cipher,-c", o->cipher, "new data cipher (default: unchanged)");
   app.add_option("--key-size,-s", o->key_size_bits, "new volume key size in bits (default: unchanged)");
   app.add_option("--sector-size", o->sector_size, "new encryption sector size (default: unchanged)");
+  AddSlotOption(app, o->slot, "keep only this keyslot (its passphrase is asked); every other keyslot of the data "
+                              "key is removed at the end, as with cryptsetup");
   return [o, &g]() -> Status {
     CatchStopSignals();
     const std::string& dev = o->dev.device;
@@ -634,13 +658,64 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     // offset), the resilience data goes into the header's keyslots area, as cryptsetup does it.
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
+    DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, o->dev.header));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
     if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1);
     DS_RETURN_IF_ERROR(v.CheckRequirements());
     const luks2::SegmentInfo seg = luks2::Segments(v.metadata()).front();
     if (seg.type != "crypt") return InvalidArgument(dev + ": holds plaintext; use encrypt");
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + dev + ": ", false));
-    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    // Which keyslots live on under the new key (cryptsetup 2.6.1's rule): --key-slot N keeps N
+    // only; otherwise every keyslot of the data key, each behind its own passphrase (asked on a
+    // terminal); a key file with more than one such keyslot is refused.
+    std::vector<int> slots;
+    if (auto d_old = luks2::DigestOfSegment(v.metadata(), seg.id))
+      for (const auto& ks : luks2::Keyslots(v.metadata()))
+        if (ks.type == "luks2" && std::find(d_old->keyslots.begin(), d_old->keyslots.end(), ks.id) != d_old->keyslots.end())
+          slots.push_back(ks.id);
+    std::vector<int> keep;
+    if (auto want = o->slot.get()) {
+      if (std::find(slots.begin(), slots.end(), *want) == slots.end())
+        return NotFound(dev + ": keyslot " + std::to_string(*want) + " does not exist or does not open the data");
+      keep = {*want};
+    } else if (slots.size() > 1) {
+      std::string list;
+      for (int k : slots) list += (list.empty() ? "" : ", ") + std::to_string(k);
+      if (!o->keys.key_file.empty() || !isatty(0))
+        return InvalidArgument(dev + ": keyslots " + list + " open the data; a key file (or a passphrase not typed on a "
+                               "terminal) can be used only with --key-slot N, which keeps keyslot N alone (as cryptsetup); "
+                               "on a terminal every keyslot's passphrase is asked and all are kept");
+      keep = slots;
+    } else {
+      keep = slots;  // one keyslot (or none, and Unlock says so)
+    }
+    std::vector<SecureBuffer> passes;
+    std::optional<luks2::Volume::Unlocked> unlocked;
+    for (int k : keep) {
+      const std::string prompt = keep.size() > 1 || o->slot.get()
+                                     ? "Enter passphrase for key slot " + std::to_string(k) + " of " + dev + ": "
+                                     : "Enter passphrase for " + dev + ": ";
+      DS_ASSIGN_OR_RETURN(SecureBuffer p, ReadKey(*g.env, o->keys, prompt, false));
+      DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked one,
+                          v.Unlock(p.span(), keep.size() > 1 || o->slot.get() ? std::optional<int>(k) : std::nullopt));
+      if (!unlocked) unlocked = std::move(one);
+      passes.push_back(std::move(p));
+    }
+    if (keep.empty()) {
+      DS_ASSIGN_OR_RETURN(SecureBuffer p, ReadKey(*g.env, o->keys, "Enter passphrase for " + dev + ": ", false));
+      DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked one, v.Unlock(p.span()));
+      unlocked = std::move(one);
+      passes.push_back(std::move(p));
+    }
+    luks2::Volume::Unlocked& u = *unlocked;
+    const SecureBuffer& pass = passes.front();
+    if (keep.size() == 1 && slots.size() == 1) keep = {u.keyslot};
+    const std::map<int, const SecureBuffer*> keymap = {{u.digest, &u.key}};
+    // A detached header used with another device is refused before anything is written.
+    DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, o->dev.header, keymap));
+    std::optional<engine::Binding> binding;
+    if (v.detached()) {
+      DS_ASSIGN_OR_RETURN(binding, engine::CurrentBinding(*g.env, v, keymap));
+    }
     const std::string cipher = o->cipher.empty() ? seg.cipher : o->cipher;
     const size_t key_bytes = o->key_size_bits ? o->key_size_bits / 8 : u.key.size();
     const uint32_t sector = o->sector_size ? o->sector_size : seg.sector_size;
@@ -656,7 +731,20 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
              std::equal(nk.data(), nk.data() + key_bytes / 2, nk.data() + key_bytes / 2));
     DS_ASSIGN_OR_RETURN(luks2::KdfSpec kdf, luks2::ChooseKdf(o->pbkdf));
     DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
-    DS_RETURN_IF_ERROR(engine::InitReencrypt(v.mutable_metadata(), v.metadata_device(), u.key, nk, pass.span(),
+    std::vector<engine::NewKeyslot> made;
+    for (size_t i = 0; i < passes.size(); ++i)
+      made.push_back({passes[i].span(), i < keep.size() ? std::optional<int>(keep[i]) : std::nullopt});
+    // Say what goes at the end: the keyslots not kept, and the tokens that lose them.
+    for (int k : slots) {
+      if (std::find(keep.begin(), keep.end(), k) != keep.end()) continue;
+      *g.err << dev << ": keyslot " << k << " is not kept (its passphrase was not given); it is removed when the "
+             << "reencryption finishes\n";
+      for (const auto& t : luks2::Tokens(v.metadata()))
+        if (std::find(t.keyslots.begin(), t.keyslots.end(), k) != t.keyslots.end())
+          *g.err << dev << ": token " << t.id << " (" << t.type << ") loses keyslot " << k << "\n";
+    }
+    if (binding) engine::WriteBinding(v.mutable_metadata(), *binding);
+    DS_RETURN_IF_ERROR(engine::InitReencrypt(v.mutable_metadata(), v.metadata_device(), u.key, nk, made,
                                              kdf, cipher, sector, res, iters).WithContext(dev));
     DS_RETURN_IF_ERROR(v.Commit());
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, &pass);

@@ -2,12 +2,14 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <iostream>
 #include <memory>
 #include <ostream>
 
 #include "cli/commands.h"
 #include "cli/luks_options.h"
 #include "crypto/crypto.h"
+#include "engine/binding.h"
 #include "io/mem_device.h"
 #include "luks2/dump.h"
 #include "luks2/format.h"
@@ -51,6 +53,35 @@ Status CopyData(BlockDevice& src, uint64_t src_off, BlockDevice* dst, int out_fd
   return Status::Ok();
 }
 
+// format writes over whatever the target holds (the device, or the header file when detached:
+// then the data device is not written). A recognised signature (filesystem, LUKS, swap, LVM PV
+// ...) needs YES typed on a terminal, as cryptsetup asks it; without a terminal it is refused
+// unless -q/--batch-mode says the caller knows (cryptsetup itself goes ahead there).
+Status ConfirmOverwrite(Globals& g, const std::string& target, bool force, bool batch) {
+  if (!g.env->Exists(target)) return Status::Ok();
+  std::optional<engine::Signature> sig;
+  {
+    auto d = g.env->Open(target, OpenOptions{});
+    if (!d.ok()) return Status::Ok();  // Format names the real problem (missing, no permission)
+    DS_ASSIGN_OR_RETURN(sig, engine::ProbeStart(**d));
+  }
+  if (!sig) return Status::Ok();
+  if ((sig->type == "luks2" || sig->type == "luks1") && !force)
+    return Busy(target + ": already holds a LUKS header; use --force to overwrite it");
+  if (batch) return Status::Ok();
+  const std::string what = target + " already contains a '" + sig->type + "' superblock signature";
+  if (!isatty(0))
+    return InvalidArgument(what + "; refusing to format over it without confirmation (type YES on a terminal, "
+                           "or pass -q/--batch-mode)");
+  *g.err << "WARNING: Device " << target << " already contains a '" << sig->type << "' superblock signature.\n\n"
+         << "WARNING!\n========\nThis will overwrite data on " << target << " irrevocably.\n\n"
+         << "Are you sure? (Type 'yes' in capital letters): " << std::flush;
+  std::string answer;
+  if (!std::getline(std::cin, answer) || answer != "YES")
+    return InvalidArgument(target + ": format not confirmed (operation aborted); nothing was written");
+  return Status::Ok();
+}
+
 }  // namespace
 
 Runner SetupFormat(CLI::App& app, Globals& g) {
@@ -80,11 +111,13 @@ Runner SetupFormat(CLI::App& app, Globals& g) {
   app.add_option("--subsystem", o->f.subsystem, "LUKS2 subsystem");
   app.add_option("--uuid", o->f.uuid, "use this UUID instead of a random one");
   app.add_flag("--force", o->f.force, "overwrite an existing LUKS header");
-  app.add_flag("-q,--batch-mode", o->batch, "accepted for cryptsetup compatibility");
+  app.add_flag("-q,--batch-mode", o->batch, "do not ask before formatting over a filesystem or other signature");
   app.add_flag("--json", g.json, "print the result as JSON");
   return [o, &g]() -> Status {
     if (o->offset_given) o->f.offset_sectors = o->offset;
     o->f.keyslot = o->slot.get();
+    DS_RETURN_IF_ERROR(ConfirmOverwrite(g, o->dev.header.empty() ? o->dev.device : o->dev.header, o->f.force,
+                                        o->batch));
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + o->dev.device + ": ", true));
     auto v = luks2::Volume::Format(*g.env, o->dev.device, o->dev.header, o->f, pass.span());
     if (!v.ok()) return v.status().WithContext(o->dev.device + ": format");

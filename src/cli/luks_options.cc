@@ -1,4 +1,5 @@
 #include "cli/luks_options.h"
+#include "engine/binding.h"
 
 #include "util/bytes.h"
 
@@ -39,8 +40,12 @@ Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySou
                                    std::optional<int> slot, bool writable, const VaultOptions* vault) {
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, writable));
   DS_RETURN_IF_ERROR(v.CheckRequirements());
+  // A detached header used with another device is refused before the PBKDF (size, ids) and
+  // before anything is written (the plaintext's filesystem through the header's key).
+  DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
   DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vault, v.metadata(), d.device));
   DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span(), slot));
+  DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, d.header, {{u.digest, &u.key}}));
   return OpenedVolume{std::move(v), std::move(u)};
 }
 

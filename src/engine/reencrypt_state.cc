@@ -589,25 +589,48 @@ Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffe
                      const SecureBuffer& new_key, std::span<const uint8_t> passphrase,
                      const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
                      Resilience resilience, uint32_t digest_iterations) {
+  return InitReencrypt(md, md_dev, old_key, new_key, {NewKeyslot{passphrase, std::nullopt}}, kdf, new_cipher,
+                       new_sector, resilience, digest_iterations);
+}
+
+Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffer& old_key,
+                     const SecureBuffer& new_key, const std::vector<NewKeyslot>& new_keyslots,
+                     const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
+                     Resilience resilience, uint32_t digest_iterations) {
+  if (new_keyslots.empty()) return InvalidArgument("a reencryption needs at least one keyslot for the new key");
   Json& segs = md.json["segments"];
   if (segs.size() != 1 || !segs.contains("0") || segs["0"]["type"] != "crypt")
     return Unsupported("only a volume with one crypt segment can be reencrypted in place");
   auto d_old = luks2::DigestOfSegment(md, 0);
   if (!d_old) return Corrupt("the data segment has no digest");
-  // 1. a keyslot for the new key, behind the same passphrase, placed before the reencrypt area
+  // 1. keyslots for the new key (one per kept passphrase), placed before the reencrypt area
   uint64_t pos = 2 * md.hdr_size;
   for (const auto& k : luks2::Keyslots(md)) pos = std::max(pos, (k.area_offset + k.area_size + 4095) / 4096 * 4096);
   const uint64_t need = luks2::Luks2KeyslotAreaSize(uint32_t(new_key.size()));
-  if (pos + need + (64u << 10) > md.areas_end())
-    return Status(Code::kNoMemory, "no room in the keyslots area for a new keyslot and the reencryption area");
-  DS_ASSIGN_OR_RETURN(Json ks_new, luks2::CreateLuks2Keyslot(md_dev, pos, need, kdf, passphrase, new_key.span()));
-  int new_slot = 0;
-  while (md.json["keyslots"].contains(std::to_string(new_slot))) ++new_slot;
-  md.json["keyslots"][std::to_string(new_slot)] = ks_new;
+  if (pos + need * new_keyslots.size() + (64u << 10) > md.areas_end())
+    return Status(Code::kNoMemory, "no room in the keyslots area for " + std::to_string(new_keyslots.size()) +
+                                       " new keyslot(s) and the reencryption area");
+  Json new_ids = Json::array();
+  for (const NewKeyslot& nk : new_keyslots) {
+    DS_ASSIGN_OR_RETURN(Json ks_new, luks2::CreateLuks2Keyslot(md_dev, pos, need, kdf, nk.passphrase, new_key.span()));
+    pos += need;
+    int new_slot = 0;
+    while (md.json["keyslots"].contains(std::to_string(new_slot))) ++new_slot;
+    const std::string sid = std::to_string(new_slot);
+    md.json["keyslots"][sid] = ks_new;
+    new_ids.push_back(sid);
+    if (!nk.replaces) continue;
+    const std::string old_sid = std::to_string(*nk.replaces);
+    for (auto& [tk, t] : md.json["tokens"].items()) {
+      if (!t.contains("keyslots") || !t["keyslots"].is_array()) continue;
+      if (std::find(t["keyslots"].begin(), t["keyslots"].end(), old_sid) != t["keyslots"].end())
+        t["keyslots"].push_back(sid);
+    }
+  }
   DS_ASSIGN_OR_RETURN(Json d_new, luks2::CreatePbkdf2Digest(new_key.span(), "sha256", digest_iterations));
   int new_digest = 0;
   while (md.json["digests"].contains(std::to_string(new_digest))) ++new_digest;
-  d_new["keyslots"] = {std::to_string(new_slot)};
+  d_new["keyslots"] = new_ids;
   // 2. segments: old crypt, backups (previous = today's segment, final = the new parameters)
   Json prev = segs["0"];
   prev["flags"] = {"backup-previous"};
@@ -621,7 +644,7 @@ Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffe
   d_new["segments"] = {"2"};
   md.json["digests"][std::to_string(new_digest)] = d_new;
   // 3. the reencrypt keyslot over the rest of the keyslots area
-  const uint64_t area_off = pos + need;
+  const uint64_t area_off = pos;  // just past the new keyslots
   int id = 0;
   while (md.json["keyslots"].contains(std::to_string(id))) ++id;
   Json area = {{"type", ResilienceName(resilience)},

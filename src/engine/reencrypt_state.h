@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <vector>
 
 #include "io/block_device.h"
 #include "luks2/keyslot.h"
@@ -135,6 +136,18 @@ Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffe
                      const SecureBuffer& new_key, std::span<const uint8_t> passphrase,
                      const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
                      Resilience resilience, uint32_t digest_iterations);
+// One keyslot to make for the new key: under `passphrase`; `replaces` names the old keyslot it
+// takes over (every token bound to that keyslot is bound to the new one too, so that when the old
+// keyslots go at the end no token points at a removed keyslot that had a successor).
+struct NewKeyslot {
+  std::span<const uint8_t> passphrase;
+  std::optional<int> replaces;
+};
+Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffer& old_key,
+                     const SecureBuffer& new_key, const std::vector<NewKeyslot>& new_keyslots,
+                     const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
+                     Resilience resilience, uint32_t digest_iterations);
+
 
 // The verification digest binds keys and the reencryption parameters (cryptsetup's
 // luks2_reencrypt_digest.c, version 2): a header whose reencryption metadata was tampered with,
