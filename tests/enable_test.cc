@@ -516,5 +516,36 @@ TEST_F(EnableTest, EnableOsVolumeTypeIsNotSupportedYet) {
   EXPECT_FALSE(::access(state_.c_str(), F_OK) == 0);  // nothing was started
 }
 
+// One owner per device (README "Device ownership"): while enable encrypts a volume (frozen at 40%)
+// and, once done, while its userspace view serves it, encrypt or decrypt of the same device, by
+// its loop device or by its image file, is refused naming enable; status still runs; the files
+// are intact through the new mount.
+TEST_F(EnableTest, EnableOwnsTheDeviceWhileItWorksAndWhileItsViewServes) {
+  const std::string mp = MakeVolume("own", "ext4", "32M");
+  const std::string sums = Sums(mp);
+  const std::string dev = devices_[mp], img = dir_ / "own.img";
+  auto refused = [&](const std::vector<std::string>& args, pid_t holder) {
+    RunResult r = Diskseal(args);
+    EXPECT_EQ(r.exit_code, 5) << r.err;
+    EXPECT_NE(r.err.find("in use by diskseal enable --volume-type Data"), std::string::npos) << r.err;
+    if (holder > 0) {
+      EXPECT_NE(r.err.find("(pid " + std::to_string(holder) + ")"), std::string::npos) << r.err;
+    }
+    EXPECT_FALSE(::access((dir_ / "other.hdr").c_str(), F_OK) == 0);
+  };
+  StartFrozen({mp}, 40);
+  for (const std::string& d : {dev, img})
+    refused({"encrypt", d, "--header", dir_ / "other.hdr", "-d", dir_ / "no-key", "--pbkdf", "pbkdf2",
+             "--pbkdf-force-iterations", "1000"}, bg_.pid);
+  EXPECT_EQ(Diskseal({"status", "--json", "--state-dir", state_, "--etc-dir", etc_}).exit_code, 0);
+  bg_.Kill();
+  RunResult done = Diskseal(EnableArgs({mp}));
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  // The view's daemon (forked by enable) holds the device now.
+  for (const std::string& d : {dev, img})
+    refused({"decrypt", d, "--header", dir_ / "other.hdr", "-d", dir_ / "no-key"}, -1);
+  EXPECT_EQ(Sums(mp), sums);
+}
+
 }  // namespace
 }  // namespace ds::test

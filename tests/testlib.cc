@@ -23,6 +23,16 @@ extern char** environ;
 
 namespace ds::test {
 
+namespace {
+// The device locks (io/device_claim.h) of every command a test runs live in one directory shared
+// by all test processes on the machine, not in the machine's real /run/diskseal/locks.
+[[maybe_unused]] const bool kLockDirSet = [] {
+  const char* base = std::getenv("TMPDIR");
+  const std::string dir = std::string(base && *base ? base : "/tmp") + "/diskseal-test-locks";
+  return ::setenv("DISKSEAL_LOCK_DIR", dir.c_str(), 0) == 0;
+}();
+}  // namespace
+
 TempDir::TempDir() {
   const char* base = std::getenv("TMPDIR");
   std::string tmpl = std::string(base && *base ? base : "/tmp") + "/diskseal-test-XXXXXX";

@@ -19,6 +19,7 @@
 #include "engine/reencrypt_state.h"
 #include "crypto/crypto.h"
 #include "cli/vault_options.h"
+#include "cli/claim.h"
 #include "luks2/header_io.h"
 #include "vault/escrow.h"
 #include "vault/volume_escrow.h"
@@ -486,6 +487,8 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     CatchStopSignals();  // before anything is written: a signal from now on stops at a commit point
     const std::string& dev = o->dev.device;
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    // One owner per device (io/device_claim.h), before any key derivation or file is made.
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
     if (o->dev.header.empty()) {
       if (!o->shift.reduce)
         return Unsupported(dev + ": encrypting in place needs --header FILE (detached header) or "
@@ -593,6 +596,8 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
       return InvalidArgument(dev + ": --resilience datashift* is chosen by diskseal itself for a header at the start");
+    // One owner per device (io/device_claim.h), before any key derivation or file is made.
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
     if (!g.env->Exists(o->dev.header)) {
       if (o->resilience != "checksum")
         return InvalidArgument(dev + ": with the header at the start the resilience is datashift-checksum");
@@ -657,6 +662,8 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     // Detached or at the start alike: the data stays where it is (old and new segment at the same
     // offset), the resilience data goes into the header's keyslots area, as cryptsetup does it.
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    // One owner per device (io/device_claim.h), before any key derivation or file is made.
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
     DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, o->dev.header));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
@@ -760,6 +767,7 @@ Runner SetupResume(CLI::App& app, Globals& g) {
   AddVaultOptions(app, o->vault);
   return [o, &g]() -> Status {
     CatchStopSignals();
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
   };
 }

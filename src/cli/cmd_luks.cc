@@ -6,6 +6,7 @@
 #include <memory>
 #include <ostream>
 
+#include "cli/claim.h"
 #include "cli/commands.h"
 #include "cli/luks_options.h"
 #include "crypto/crypto.h"
@@ -116,6 +117,7 @@ Runner SetupFormat(CLI::App& app, Globals& g) {
   return [o, &g]() -> Status {
     if (o->offset_given) o->f.offset_sectors = o->offset;
     o->f.keyslot = o->slot.get();
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_RETURN_IF_ERROR(ConfirmOverwrite(g, o->dev.header.empty() ? o->dev.device : o->dev.header, o->f.force,
                                         o->batch));
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + o->dev.device + ": ", true));
@@ -179,6 +181,7 @@ Runner SetupKeyslot(CLI::App& app, Globals& g) {
   AddPbkdfOptions(*add, o->pbkdf);
   add->add_flag("--json", g.json, "print the result as JSON");
   subs.emplace_back(add, [o, &g]() -> Status {
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_ASSIGN_OR_RETURN(OpenedVolume ov, LoadAndUnlock(g, o->dev, o->keys, std::nullopt, true));
     DS_ASSIGN_OR_RETURN(SecureBuffer np, ReadKey(*g.env, o->new_keys, "Enter new passphrase: ", true));
     DS_ASSIGN_OR_RETURN(int id, ov.volume.AddKeyslot(ov.unlocked, np.span(), o->pbkdf, o->slot.get()));
@@ -192,6 +195,7 @@ Runner SetupKeyslot(CLI::App& app, Globals& g) {
   rm->add_option("slot", o->remove_id, "keyslot number")->required()->check(CLI::Range(0, 31));
   rm->add_flag("--force", o->force, "allow removing the last keyslot that unlocks the data");
   subs.emplace_back(rm, [o, &g]() -> Status {
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, o->dev.device, o->dev.header, true));
     DS_RETURN_IF_ERROR(v.CheckRequirements());
     DS_RETURN_IF_ERROR(v.RemoveKeyslot(o->remove_id, o->force));
@@ -206,6 +210,7 @@ Runner SetupKeyslot(CLI::App& app, Globals& g) {
   AddSlotOption(*ch, o->unlock_slot, "the keyslot to change (default: the one the passphrase opens)");
   AddPbkdfOptions(*ch, o->pbkdf);
   subs.emplace_back(ch, [o, &g]() -> Status {
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_ASSIGN_OR_RETURN(OpenedVolume ov, LoadAndUnlock(g, o->dev, o->keys, o->unlock_slot.get(), true));
     DS_ASSIGN_OR_RETURN(SecureBuffer np, ReadKey(*g.env, o->new_keys, "Enter new passphrase: ", true));
     DS_RETURN_IF_ERROR(ov.volume.ChangeKeyslot(ov.unlocked, np.span(), o->pbkdf));
@@ -261,6 +266,7 @@ Runner SetupToken(CLI::App& app, Globals& g) {
     }
     Json t = Json::parse(text, nullptr, false);
     if (t.is_discarded()) return InvalidArgument(o->json_file + ": not valid JSON");
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, o->dev.device, o->dev.header, true));
     DS_RETURN_IF_ERROR(v.CheckRequirements());
     std::optional<int> id = o->token_id < 0 ? std::nullopt : std::optional<int>(o->token_id);
@@ -284,6 +290,7 @@ Runner SetupToken(CLI::App& app, Globals& g) {
   AddDeviceArgs(*rm, o->dev);
   rm->add_option("--token-id", o->token_id, "token number")->required()->check(CLI::Range(0, 31));
   subs.emplace_back(rm, [o, &g]() -> Status {
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, o->dev.device, o->dev.header, true));
     DS_RETURN_IF_ERROR(v.CheckRequirements());
     DS_RETURN_IF_ERROR(v.RemoveToken(o->token_id));
@@ -320,6 +327,7 @@ Runner SetupHeader(CLI::App& app, Globals& g) {
   rs->add_option("--header-backup-file", o->file, "the backup file")->required();
   rs->add_flag("--force", o->force, "restore over a different or missing LUKS header");
   subs.emplace_back(rs, [o, &g]() -> Status {
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_ASSIGN_OR_RETURN(std::string raw, g.env->ReadFile(o->file, luks2::kMaxKeyslotsSize + (8u << 20)));
     MemDevice mem(o->file, Bytes(raw.begin(), raw.end()));
     auto backup = luks2::ReadHeader(mem);
@@ -347,6 +355,7 @@ Runner SetupRepair(CLI::App& app, Globals& g) {
   auto d = std::make_shared<DeviceArgs>();
   AddDeviceArgs(app, *d);
   return [d, &g]() -> Status {
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, *d, ClaimMode::kExclusive, d->header.empty()));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d->device, d->header, true));
     const luks2::HeaderRead& st = v.header_state();
     if (!st.needs_repair()) {
@@ -376,6 +385,7 @@ Runner SetupImport(CLI::App& app, Globals& g) {
   app.add_option("--input,-i", o->input, "plaintext file to write at the start of the data")->required();
   app.add_flag("--progress-json", o->progress_json, "progress as JSON lines on stderr");
   return [o, &g]() -> Status {
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
     DS_ASSIGN_OR_RETURN(OpenedVolume ov, LoadAndUnlock(g, o->dev, o->keys, std::nullopt, true));
     DS_ASSIGN_OR_RETURN(auto src, g.env->Open(o->input, OpenOptions{}));
     std::map<int, const SecureBuffer*> keys{{ov.unlocked.digest, &ov.unlocked.key}};
@@ -399,7 +409,8 @@ Runner SetupExport(CLI::App& app, Globals& g) {
   app.add_option("--output,-o", o->output, "file to write the plaintext to, or - for stdout")->required();
   app.add_flag("--progress-json", o->progress_json, "progress as JSON lines on stderr");
   return [o, &g]() -> Status {
-    // Read-only on purpose: export never writes the device.
+    // Read-only on purpose: export never writes the device. A shared claim: no writer meanwhile.
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kShared, false));
     DS_ASSIGN_OR_RETURN(OpenedVolume ov, LoadAndUnlock(g, o->dev, o->keys, std::nullopt, false));
     std::map<int, const SecureBuffer*> keys{{ov.unlocked.digest, &ov.unlocked.key}};
     DS_ASSIGN_OR_RETURN(auto data, ov.volume.OpenData(keys));

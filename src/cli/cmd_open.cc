@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/claim.h"
 #include "cli/commands.h"
 #include "cli/luks_options.h"
 #include "dm/dm.h"
@@ -122,6 +123,10 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
     DS_RETURN_IF_ERROR(ClaimName(g, run, o->name));
     const std::string device = Canonical(o->dev.device);
     DS_RETURN_IF_ERROR(CheckDeviceFree(run, device));
+    // Held for the view's whole life: the daemon forked below inherits the lock and keeps it until
+    // it exits (close); read-write views are the device's only owner, read-only ones share it.
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev,
+                                                 o->read_only ? ClaimMode::kShared : ClaimMode::kExclusive, false));
     DS_ASSIGN_OR_RETURN(OpenedVolume ov,
                         LoadAndUnlock(g, o->dev, o->keys, o->slot.get(), !o->read_only, &o->vault));
     luks2::Volume& v = ov.volume;

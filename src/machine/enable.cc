@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <ctime>
 #include <map>
+#include <optional>
 
 #include "dm/dm.h"
 #include "dm/volume_table.h"
@@ -14,6 +15,7 @@
 #include "fuse/daemon.h"
 #include "fuse/file_server.h"
 #include "fuse/run_dir.h"
+#include "io/device_claim.h"
 #include "luks2/header_io.h"
 #include "machine/config.h"
 #include "machine/mounts.h"
@@ -69,6 +71,13 @@ class Runner {
     }
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
     const std::string tmp = r.header + ".diskseal-new";
+    // One owner per device (io/device_claim.h) from the header's making to the end of the
+    // encryption, and through the view started below; taken once the volume is unmounted.
+    std::optional<DeviceClaim> claim;
+    if (r.step < Step::kEncrypted) {
+      DS_ASSIGN_OR_RETURN(DeviceClaim c, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true}));
+      claim.emplace(std::move(c));
+    }
     if (r.step == Step::kUnmounted) {
       if (env_.Exists(r.header)) {
         // A crash between the rename and the record: the header is in place already.
@@ -119,7 +128,10 @@ class Runner {
       DS_RETURN_IF_ERROR(Close(r));
       DS_RETURN_IF_ERROR(Advance(r, Step::kClosed));
     }
+    std::optional<DeviceClaim> claim;
     if (r.step == Step::kClosed || r.step == Step::kDecrypting) {
+      DS_ASSIGN_OR_RETURN(DeviceClaim c, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true}));
+      claim.emplace(std::move(c));
       if (r.step == Step::kClosed) DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
       r.rate = Rate{};
       r.rate.pid = ::getpid();
@@ -320,6 +332,8 @@ class Runner {
     } else {
       if (rec) DS_RETURN_IF_ERROR(run_.CleanupStale(*rec));
       DS_RETURN_IF_ERROR(fuse::CheckFuseAvailable());
+      // The daemon inherits this claim and keeps the device for its whole life.
+      DS_ASSIGN_OR_RETURN(DeviceClaim view_claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, false}));
       DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
       DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
       std::map<int, const SecureBuffer*> keys = {{u.digest, &u.key}};

@@ -15,6 +15,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/device_claim.h"
+
 namespace ds::machine {
 
 namespace {
@@ -168,18 +170,7 @@ std::string MachineLock::Holder(const std::string& path) {
   // test lock, however brief, could make a concurrent `--no-wait` run fail for nothing.
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) return "";
-  char key[64];
-  std::snprintf(key, sizeof key, "%02x:%02x:%lu", major(st.st_dev), minor(st.st_dev),
-                static_cast<unsigned long>(st.st_ino));
-  std::ifstream locks("/proc/locks");
-  bool held = false;
-  for (std::string line; !held && std::getline(locks, line);) {
-    // "1: FLOCK  ADVISORY  WRITE 6047 fe:00:10952977 0 EOF"; waiters are marked "->".
-    std::istringstream in(line);
-    std::vector<std::string> w;
-    for (std::string x; in >> x;) w.push_back(x);
-    held = w.size() >= 6 && w[1] == "FLOCK" && w[5] == key;
-  }
+  const bool held = !FlockHolderPids(st.st_dev, st.st_ino).empty();
   if (!held) return "";
   std::string who;
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -1,0 +1,19 @@
+// The claims a command takes on a volume before it reads a key or writes anything
+// (io/device_claim.h; README "Device ownership").
+#pragma once
+
+#include <vector>
+
+#include "cli/luks_options.h"
+#include "io/device_claim.h"
+
+namespace ds::cli {
+
+// Claims d.device in `mode`, and d.header too when it is given and exists (two commands writing
+// one detached header are one owner too). `writes_device`: the command writes the device itself
+// (data, or a header at its start), so a read-only device is refused here. The claims are held
+// until the returned vector is destroyed; keep it for the whole command.
+Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, ClaimMode mode,
+                                             bool writes_device);
+
+}  // namespace ds::cli
