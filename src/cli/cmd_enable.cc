@@ -51,7 +51,7 @@ void AddMachineArgs(CLI::App& app, Globals& g, MachineArgs& a, bool enable) {
   app.add_flag("--json", g.json, "print the result as JSON");
   app.add_flag("--progress-json", a.progress_json, "progress as JSON lines on stderr");
   app.add_flag("--userspace", a.userspace, "open through FUSE even where device-mapper exists");
-  AddSizeOption(app, "--hotzone-size", a.hotzone, "bytes per engine step (default 32M)");
+  AddHotzoneSizeOption(app, a.hotzone, "bytes per engine step (default 32M)");
   AddPbkdfOptions(app, a.pbkdf);
   if (enable) {
     AddVaultConnectionOptions(app, a.vault);

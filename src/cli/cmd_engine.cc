@@ -52,7 +52,7 @@ struct EngineArgs {
 };
 
 void AddEngineOptions(CLI::App& app, EngineArgs& e) {
-  AddSizeOption(app, "--hotzone-size", e.hotzone, "memory for data buffers (default 32M): two hotzones of half this each (journal mode caps them at its area); with --reduce-device-size R one hotzone of R/2 instead");
+  AddHotzoneSizeOption(app, e.hotzone, "memory for data buffers (default 32M): two hotzones of half this each (journal mode caps them at its area); with --reduce-device-size R one hotzone of R/2 instead");
   app.add_flag("--progress-json", e.progress_json, "progress as JSON lines on stderr");
   app.add_option("--threads", e.threads, "encryption threads (default: one per core)");
   AddSizeOption(app, "--stop-after", e.stop_after,

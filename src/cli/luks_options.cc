@@ -1,6 +1,8 @@
 #include "cli/luks_options.h"
 #include "engine/binding.h"
 
+#include <unistd.h>
+
 #include "util/bytes.h"
 
 namespace ds::cli {
@@ -31,6 +33,31 @@ CLI::Option* AddSizeOption(CLI::App& app, const std::string& name, uint64_t& tar
       [&target, name](const std::string& v) {
         auto s = ParseSize(v);
         if (!s) throw CLI::ValidationError(name, "not a size: " + v);
+        target = *s;
+      },
+      help);
+}
+
+std::string CheckHotzoneSize(uint64_t v, uint64_t memory_bytes) {
+  if (v == 0) return "must be positive: it is the memory each step of the operation works in (default 32M)";
+  if (v < kMinHotzone || v % 4096)
+    return std::to_string(v) + " bytes is not a multiple of 4k of at least 64k (default 32M)";
+  if (memory_bytes && v > memory_bytes / 2)
+    return std::to_string(v >> 20) + " MiB is more than half of this machine's memory (" +
+           std::to_string(memory_bytes >> 20) + " MiB)";
+  return "";
+}
+
+CLI::Option* AddHotzoneSizeOption(CLI::App& app, uint64_t& target, const std::string& help) {
+  return app.add_option_function<std::string>(
+      "--hotzone-size",
+      [&target](const std::string& v) {
+        auto s = ParseSize(v);
+        if (!s) throw CLI::ValidationError("--hotzone-size", "not a size: " + v + " (e.g. 4M, 64k)");
+        const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+        const uint64_t mem = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+        const std::string why = CheckHotzoneSize(*s, mem);
+        if (!why.empty()) throw CLI::ValidationError("--hotzone-size", why);
         target = *s;
       },
       help);

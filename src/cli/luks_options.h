@@ -40,4 +40,11 @@ Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySou
 CLI::Option* AddSizeOption(CLI::App& app, const std::string& name, uint64_t& target,
                            const std::string& help);
 
+// --hotzone-size: a size as above, refused (usage error, exit 1) when it cannot be meant: 0, not
+// a multiple of 4 KiB or below 64 KiB, or more than half of the machine's memory.
+inline constexpr uint64_t kMinHotzone = 64u << 10;
+CLI::Option* AddHotzoneSizeOption(CLI::App& app, uint64_t& target, const std::string& help);
+// Why `v` is not a usable hotzone size on a machine with `memory_bytes` (0: unknown), or "".
+std::string CheckHotzoneSize(uint64_t v, uint64_t memory_bytes);
+
 }  // namespace ds::cli

@@ -1,11 +1,88 @@
 // diskseal's entry point: builds the CLI from the command table, parses, runs one command, and
 // turns its Status into one line on stderr and a documented exit code.
+#include <algorithm>
+#include <cctype>
+#include <climits>
+#include <cstdint>
 #include <iostream>
+#include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
 #include "util/secure_buffer.h"
+
+namespace {
+
+size_t EditDistance(const std::string& a, const std::string& b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
+}
+
+// " (did you mean 'X'?)" for the candidate nearest to `word`, when one is near enough to be a
+// typo (a prefix also counts: `--json-f` for `--json-file`).
+std::string Suggest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const auto& c : candidates) {
+    size_t d = c.rfind(word, 0) == 0 && word.size() >= 3 ? 1 : EditDistance(word, c);
+    if (d < best_d) best_d = d, best = c;
+  }
+  if (best.empty() || best_d > std::max<size_t>(2, word.size() / 3)) return "";
+  return " (did you mean '" + best + "'?)";
+}
+
+// After CLI11 refused the command line: names the unknown command or flag, with the nearest known
+// one. Empty when the problem is something else (a missing argument, a bad value).
+std::string ExplainUnknown(CLI::App& app, int argc, char** argv) {
+  CLI::App* cur = &app;
+  std::string path = "diskseal";
+  for (int i = 1; i < argc; ++i) {
+    const std::string t = argv[i];
+    if (t == "--") break;
+    // A flag (not "-" for stdin, not a negative number given as a value).
+    if (t.size() > 1 && t[0] == '-' && !std::isdigit(static_cast<unsigned char>(t[1]))) {
+      const std::string name = t[1] == '-' ? t.substr(0, t.find('=')) : t.substr(0, 2);
+      if (cur->get_option_no_throw(name)) continue;
+      std::vector<std::string> known;
+      for (const CLI::Option* o : cur->get_options()) {
+        for (const auto& l : o->get_lnames()) known.push_back("--" + l);
+        for (const auto& sn : o->get_snames()) known.push_back("-" + sn);
+      }
+      return "unknown flag " + name + " for '" + path + "'" + Suggest(name, known) + "; see " + path +
+             " --help";
+    }
+    CLI::App* sub = nullptr;
+    for (CLI::App* c : cur->get_subcommands({}))
+      if (c->check_name(t)) sub = c;
+    if (sub) {
+      cur = sub;
+      path += " " + t;
+      continue;
+    }
+    if (cur->get_require_subcommand_min() > 0 && !cur->get_subcommands({}).empty() &&
+        cur->get_subcommands([](CLI::App* a) { return a->parsed(); }).empty()) {
+      std::vector<std::string> names;
+      for (CLI::App* c : cur->get_subcommands({})) names.push_back(c->get_name());
+      return "unknown command '" + t + "' for '" + path + "'" + Suggest(t, names) + "; see " + path +
+             " --help";
+    }
+  }
+  return "";
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   ds::HardenProcess();
@@ -24,6 +101,18 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() != 0) {
+      const std::string unknown = ExplainUnknown(app, argc, argv);
+      if (!unknown.empty()) {
+        std::cerr << "diskseal: " << unknown << "\n";
+        return 1;
+      }
+      // A refused value (--hotzone-size 0, --key-slot 40): one line naming the flag and the rule.
+      if (dynamic_cast<const CLI::ValidationError*>(&e)) {
+        std::cerr << "diskseal: " << e.what() << "\n";
+        return 1;
+      }
+    }
     int rc = app.exit(e);
     return rc == 0 ? 0 : 1;
   }

@@ -13,7 +13,10 @@ class DigestHandler {
  public:
   virtual ~DigestHandler() = default;
   virtual std::string_view type() const = 0;
-  virtual Status Validate(const Json& digest, const std::string& id) const = 0;
+  // Whether diskseal can verify keys with this digest. Not a header rule: cryptsetup loads a
+  // header whatever a digest's own fields hold, so a digest failing here keeps the header
+  // readable and only the keyslots behind it cannot unlock (asked when the header is parsed).
+  virtual Status Usable(const Json& digest, const std::string& id) const = 0;
   // True when `key` is the key this digest describes. Constant time in the comparison.
   virtual Result<bool> Verify(const DigestInfo& d, std::span<const uint8_t> key) const = 0;
 };

@@ -14,7 +14,7 @@ class Pbkdf2Digest final : public DigestHandler {
  public:
   std::string_view type() const override { return "pbkdf2"; }
 
-  Status Validate(const Json& d, const std::string& id) const override {
+  Status Usable(const Json& d, const std::string& id) const override {
     const std::string where = "digest " + id + ": ";
     if (!d.contains("hash") || !d["hash"].is_string() || HashSize(d["hash"].get<std::string>()) == 0)
       return Corrupt(where + "hash must name a known hash");

@@ -70,6 +70,7 @@ Json DumpJson(const HeaderRead& h) {
       area["key_size"] = k.area_key_size;
     }
     o["area"] = area;
+    if (!k.unusable.empty()) o["unusable"] = k.unusable;
     auto d = DigestOfKeyslot(md, k.id);
     o["digest"] = d ? Json(d->id) : Json(nullptr);
     j["keyslots"].push_back(o);
@@ -148,6 +149,7 @@ std::string DumpText(const HeaderRead& h) {
     o << "\tArea offset:" << k.area_offset << " [bytes]\n";
     o << "\tArea length:" << k.area_size << " [bytes]\n";
     if (auto d = DigestOfKeyslot(md, k.id)) o << "\tDigest ID:  " << d->id << "\n";
+    if (!k.unusable.empty()) o << "\tUnusable:   " << k.unusable << "\n";
   }
   o << "Tokens:\n";
   for (const auto& t : Tokens(md)) {

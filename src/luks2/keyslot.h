@@ -28,7 +28,14 @@ class KeyslotHandler {
   virtual std::string_view type() const = 0;
   // Rules specific to this type; the generic ones (type, key_size, area offset/size) are checked
   // by Validate() in metadata.cc before this is called. `id` is for messages.
+  // These are the rules a header is refused for (cryptsetup's loader refuses it too).
   virtual Status Validate(const Json& keyslot, const std::string& id) const = 0;
+  // Whether diskseal can use the slot, asked only of a slot that passed Validate(). A slot that
+  // fails here (a KDF type diskseal does not implement, out-of-range costs ...) keeps the header
+  // readable: dump shows it with the reason, unlock skips it, the other slots still unlock.
+  virtual Status Usable(const Json& /*keyslot*/, const std::string& /*id*/) const {
+    return Status::Ok();
+  }
   virtual bool unlockable() const { return false; }
   // Derives the key from the passphrase and reads the slot's key material from `md_dev`.
   // Returns the candidate volume key; the caller checks it against the digest.

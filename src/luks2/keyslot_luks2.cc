@@ -26,32 +26,57 @@ class Luks2Keyslot final : public KeyslotHandler {
   std::string_view type() const override { return "luks2"; }
   bool unlockable() const override { return true; }
 
+  // What a luks2 keyslot must hold for the header to load at all: the objects and field types
+  // cryptsetup's loader checks. Fields of the other KDF left in "kdf" are allowed (cryptsetup
+  // drops them when it loads the header), and a KDF type nobody knows is allowed too: such a
+  // slot is kept, shown, and refused by Usable() below, never the whole header.
   Status Validate(const Json& ks, const std::string& id) const override {
     for (const char* f : {"kdf", "af", "area"})
       if (!ks.contains(f) || !ks[f].is_object())
         return Rule(id, std::string("\"") + f + "\" must be an object");
+    const Json& kdf = ks["kdf"];
+    // Strings must also be non-empty, as cryptsetup requires of every string it checks here.
+    auto need = [&](const Json& obj, const char* obj_name, const char* f, bool integer) -> Status {
+      if (obj.contains(f) && (integer ? obj[f].is_number_integer()
+                                      : obj[f].is_string() && !obj[f].get_ref<const std::string&>().empty()))
+        return Status::Ok();
+      return Rule(id, std::string(obj_name) + "." + f + (integer ? " must be an integer" : " must be a non-empty string"));
+    };
+    DS_RETURN_IF_ERROR(need(kdf, "kdf", "type", false));
+    const std::string kt = kdf["type"].get<std::string>();
+    if (kt == "pbkdf2") {
+      for (const char* f : {"hash", "salt"}) DS_RETURN_IF_ERROR(need(kdf, "kdf", f, false));
+      DS_RETURN_IF_ERROR(need(kdf, "kdf", "iterations", true));
+    } else if (kt == "argon2i" || kt == "argon2id") {
+      DS_RETURN_IF_ERROR(need(kdf, "kdf", "salt", false));
+      for (const char* f : {"time", "memory", "cpus"}) DS_RETURN_IF_ERROR(need(kdf, "kdf", f, true));
+    }
+    const Json& af = ks["af"];
+    if (StrOr(af, "type") != "luks1") return Rule(id, "af.type must be \"luks1\"");
+    DS_RETURN_IF_ERROR(need(af, "af", "hash", false));
+    DS_RETURN_IF_ERROR(need(af, "af", "stripes", true));
+    const Json& area = ks["area"];
+    if (StrOr(area, "type") != "raw") return Rule(id, "area.type must be \"raw\"");
+    DS_RETURN_IF_ERROR(need(area, "area", "encryption", false));
+    DS_RETURN_IF_ERROR(need(area, "area", "key_size", true));
+    return Status::Ok();
+  }
+
+  // What diskseal needs to unlock with the slot (bounded sizes, a KDF and hashes it implements).
+  Status Usable(const Json& ks, const std::string& id) const override {
     auto key_size = JsonU32(ks["key_size"]);
     if (!key_size || *key_size == 0 || *key_size > kMaxKeySize)
       return Rule(id, "key_size must be 1.." + std::to_string(kMaxKeySize) + " bytes");
     const Json& kdf = ks["kdf"];
-    if (!kdf.contains("type") || !kdf["type"].is_string()) return Rule(id, "kdf.type must be a string");
-    const std::string kt = kdf["type"].get<std::string>();
-    auto need_int = [&](const char* f) -> std::optional<uint32_t> {
-      if (!kdf.contains(f) || !kdf[f].is_number_integer()) return std::nullopt;
-      return JsonU32(kdf[f]);
-    };
-    if (!kdf.contains("salt") || !kdf["salt"].is_string() || !Base64Decode(kdf["salt"].get<std::string>()) ||
-        Base64Decode(kdf["salt"].get<std::string>())->empty())
+    const std::string kt = StrOr(kdf, "type");
+    if (!Base64Decode(StrOr(kdf, "salt")) || Base64Decode(StrOr(kdf, "salt"))->empty())
       return Rule(id, "kdf.salt must be non-empty base64");
     if (kt == "pbkdf2") {
-      if (kdf.size() != 4) return Rule(id, "a pbkdf2 kdf has exactly type, salt, hash, iterations");
-      if (!kdf.contains("hash") || !kdf["hash"].is_string() || HashSize(kdf["hash"].get<std::string>()) == 0)
-        return Rule(id, "kdf.hash must name a known hash");
-      auto it = need_int("iterations");
+      if (HashSize(StrOr(kdf, "hash")) == 0) return Rule(id, "kdf.hash must name a known hash");
+      auto it = JsonU32(kdf["iterations"]);
       if (!it || *it == 0) return Rule(id, "kdf.iterations must be a positive 32-bit integer");
     } else if (kt == "argon2i" || kt == "argon2id") {
-      if (kdf.size() != 5) return Rule(id, "an argon2 kdf has exactly type, salt, time, memory, cpus");
-      auto t = need_int("time"), m = need_int("memory"), c = need_int("cpus");
+      auto t = JsonU32(kdf["time"]), m = JsonU32(kdf["memory"]), c = JsonU32(kdf["cpus"]);
       if (!t || *t == 0) return Rule(id, "kdf.time must be a positive 32-bit integer");
       if (!c || *c == 0 || *c > 64) return Rule(id, "kdf.cpus must be 1..64");
       if (!m || *m < 8 * *c || *m > kMaxArgon2MemoryKiB)
@@ -60,20 +85,12 @@ class Luks2Keyslot final : public KeyslotHandler {
       return Rule(id, "kdf type '" + kt + "' is not supported (pbkdf2, argon2i, argon2id)");
     }
     const Json& af = ks["af"];
-    if (StrOr(af, "type") != "luks1") return Rule(id, "af.type must be \"luks1\"");
-    if (!af.contains("hash") || !af["hash"].is_string() || HashSize(af["hash"].get<std::string>()) == 0)
-      return Rule(id, "af.hash must name a known hash");
-    if (!af.contains("stripes") || !af["stripes"].is_number_integer() || JsonU32(af["stripes"]) != kAfStripes)
-      return Rule(id, "af.stripes must be 4000");
+    if (HashSize(StrOr(af, "hash")) == 0) return Rule(id, "af.hash must name a known hash");
+    if (JsonU32(af["stripes"]) != kAfStripes) return Rule(id, "af.stripes must be 4000");
     const Json& area = ks["area"];
-    if (StrOr(area, "type") != "raw") return Rule(id, "area.type must be \"raw\"");
-    if (!area.contains("encryption") || !area["encryption"].is_string())
-      return Rule(id, "area.encryption must be a string");
-    if (!area.contains("key_size") || !area["key_size"].is_number_integer())
-      return Rule(id, "area.key_size must be an integer");
     auto aks = JsonU32(area["key_size"]);
     if (!aks || *aks == 0 || *aks > kMaxKeySize) return Rule(id, "area.key_size is out of range");
-    uint64_t size = *JsonU64(area["size"]);
+    uint64_t size = JsonU64(area["size"]).value_or(0);
     if (size < AfBytes(*key_size, kAfStripes))
       return Rule(id, "area size " + std::to_string(size) + " is smaller than the " +
                           std::to_string(AfBytes(*key_size, kAfStripes)) + " bytes the key material needs");

@@ -29,8 +29,8 @@ class ReencryptKeyslot final : public KeyslotHandler {
     if (!(checksum || shift || at == "none" || at == "journal"))
       return Rule(id, "area.type '" + at + "' is not a known resilience mode");
     if (checksum) {
-      if (!area.contains("hash") || !area["hash"].is_string())
-        return Rule(id, "a checksum area needs a hash");
+      if (!area.contains("hash") || !area["hash"].is_string() || area["hash"].get_ref<const std::string&>().empty())
+        return Rule(id, "a checksum area needs a hash (a non-empty string)");
       if (!area.contains("sector_size") || !area["sector_size"].is_number_integer())
         return Rule(id, "a checksum area needs an integer sector_size");
       auto ss = JsonU32(area["sector_size"]);

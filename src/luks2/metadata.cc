@@ -1,6 +1,7 @@
 #include "luks2/metadata.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <set>
 
@@ -71,33 +72,50 @@ Bytes B64(const Json& j) {
   return b ? *b : Bytes{};
 }
 
+uint32_t U32Or0(const Json& obj, const char* key) {
+  if (!obj.is_object()) return 0;
+  auto it = obj.find(key);
+  return it == obj.end() ? 0 : JsonU32(*it).value_or(0);
+}
+
 KeyslotInfo ParseKeyslot(int id, const Json& k) {
   KeyslotInfo ks;
   ks.id = id;
   ks.type = k["type"].get<std::string>();
   ks.key_size = *JsonU32(k["key_size"]);
-  if (k.contains("priority")) ks.priority = int(*JsonU32(k["priority"]));
+  // cryptsetup loads any priority; one that is not 0, 1 or 2 counts as normal (none given).
+  if (k.contains("priority")) {
+    auto p = JsonU32(k["priority"]);
+    if (p && *p <= 2) ks.priority = int(*p);
+  }
   const Json& area = k["area"];
   ks.area_type = StrOr(area, "type");
   ks.area_offset = *JsonU64(area["offset"]);
   ks.area_size = *JsonU64(area["size"]);
-  if (area.contains("encryption") && area["encryption"].is_string())
-    ks.area_cipher = area["encryption"].get<std::string>();
-  if (area.contains("key_size")) ks.area_key_size = JsonU32(area["key_size"]).value_or(0);
+  ks.area_cipher = StrOr(area, "encryption");
+  ks.area_key_size = U32Or0(area, "key_size");
+  if (id >= kMaxKeyslots) {
+    ks.unusable = "keyslot " + std::to_string(id) + ": the id is past the 32 keyslots LUKS2 allows";
+  } else if (const KeyslotHandler* h = FindKeyslotHandler(ks.type)) {
+    Status usable = h->Usable(k, std::to_string(id));
+    if (!usable.ok()) ks.unusable = usable.message();
+  }
   if (ks.type == "luks2") {
+    // Read defensively: an unusable slot may hold anything Validate() lets through.
     const Json& kdf = k["kdf"];
-    ks.kdf.type = kdf["type"].get<std::string>();
-    ks.kdf.salt = B64(kdf["salt"]);
+    ks.kdf.type = StrOr(kdf, "type");
+    auto salt = Base64Decode(StrOr(kdf, "salt"));
+    if (salt) ks.kdf.salt = *salt;
     if (ks.kdf.type == "pbkdf2") {
-      ks.kdf.hash = kdf["hash"].get<std::string>();
-      ks.kdf.iterations = *JsonU32(kdf["iterations"]);
+      ks.kdf.hash = StrOr(kdf, "hash");
+      ks.kdf.iterations = U32Or0(kdf, "iterations");
     } else {
-      ks.kdf.time = *JsonU32(kdf["time"]);
-      ks.kdf.memory_kib = *JsonU32(kdf["memory"]);
-      ks.kdf.cpus = *JsonU32(kdf["cpus"]);
+      ks.kdf.time = U32Or0(kdf, "time");
+      ks.kdf.memory_kib = U32Or0(kdf, "memory");
+      ks.kdf.cpus = U32Or0(kdf, "cpus");
     }
-    ks.af_hash = k["af"]["hash"].get<std::string>();
-    ks.af_stripes = *JsonU32(k["af"]["stripes"]);
+    ks.af_hash = StrOr(k["af"], "hash");
+    ks.af_stripes = U32Or0(k["af"], "stripes");
   }
   return ks;
 }
@@ -141,6 +159,15 @@ std::vector<DigestInfo> Digests(const Metadata& md) {
     di.type = d["type"].get<std::string>();
     di.keyslots = IdArray(d["keyslots"]);
     di.segments = IdArray(d["segments"]);
+    const DigestHandler* h = FindDigestHandler(di.type);
+    Status usable = h ? h->Usable(d, std::to_string(id))
+                      : Unsupported("digest " + std::to_string(id) + ": type '" + di.type + "' is not supported");
+    if (!usable.ok()) {
+      di.unusable = usable.message();
+      di.hash = StrOr(d, "hash");
+      di.iterations = U32Or0(d, "iterations");
+      return di;
+    }
     if (di.type == "pbkdf2") {
       di.hash = d["hash"].get<std::string>();
       di.iterations = *JsonU32(d["iterations"]);
@@ -208,6 +235,14 @@ Status Need(const Json& obj, const char* field, Json::value_t type, const std::s
   return Status::Ok();
 }
 
+// A non-empty string: cryptsetup refuses an empty type, cipher, hash or salt at load.
+Status NeedNonEmpty(const Json& obj, const char* field, const std::string& where) {
+  DS_RETURN_IF_ERROR(Need(obj, field, Json::value_t::string, where));
+  if (obj[field].get_ref<const std::string&>().empty())
+    return Rule(where, std::string("\"") + field + "\" must not be empty");
+  return Status::Ok();
+}
+
 Status NeedU64String(const Json& obj, const char* field, const std::string& where,
                      uint64_t* out = nullptr) {
   DS_RETURN_IF_ERROR(Need(obj, field, Json::value_t::string, where));
@@ -219,15 +254,13 @@ Status NeedU64String(const Json& obj, const char* field, const std::string& wher
 
 Status CheckIdArray(const Json& arr, const Json& section, const std::string& where,
                     const char* what) {
-  std::set<std::string> seen;
+  // A reference listed twice is harmless (cryptsetup loads it); only its target must exist.
   for (const auto& v : arr) {
     if (!v.is_string() || !Numbered(v.get<std::string>()))
       return Rule(where, std::string(what) + " references must be decimal strings");
     if (!section.contains(v.get<std::string>()))
       return Rule(where, std::string("references ") + what + " " + v.get<std::string>() +
                              ", which does not exist");
-    if (!seen.insert(v.get<std::string>()).second)
-      return Rule(where, std::string("references ") + what + " " + v.get<std::string>() + " twice");
   }
   return Status::Ok();
 }
@@ -251,9 +284,9 @@ Status ValidateConfig(const Metadata& md) {
     return Rule("config", "json_size " + std::to_string(json_size) +
                               " disagrees with the binary header's JSON area (" +
                               std::to_string(md.json_area_size()) + ")");
-  if (keyslots_size % kKeyslotsAlign || keyslots_size > kMaxKeyslotsSize)
+  if (keyslots_size == 0 || keyslots_size % kKeyslotsAlign || keyslots_size > kMaxKeyslotsSize)
     return Rule("config", "keyslots_size " + std::to_string(keyslots_size) +
-                              " must be 4096-aligned and at most 128 MiB");
+                              " must be positive, 4096-aligned and at most 128 MiB");
   if (c.contains("flags")) {
     DS_RETURN_IF_ERROR(Need(c, "flags", Json::value_t::array, "config"));
     for (const auto& f : c["flags"])
@@ -278,7 +311,7 @@ Status ValidateSegments(const Metadata& md) {
   std::vector<std::pair<uint64_t, const Json*>> regular;
   for (const auto& [k, s] : segs.items()) {
     const std::string where = "segment " + k;
-    DS_RETURN_IF_ERROR(Need(s, "type", Json::value_t::string, where));
+    DS_RETURN_IF_ERROR(NeedNonEmpty(s, "type", where));
     uint64_t offset = 0, size = 0;
     DS_RETURN_IF_ERROR(NeedU64String(s, "offset", where, &offset));
     DS_RETURN_IF_ERROR(Need(s, "size", Json::value_t::string, where));
@@ -298,7 +331,7 @@ Status ValidateSegments(const Metadata& md) {
     }
     if (s["type"] == "crypt") {
       DS_RETURN_IF_ERROR(NeedU64String(s, "iv_tweak", where));
-      DS_RETURN_IF_ERROR(Need(s, "encryption", Json::value_t::string, where));
+      DS_RETURN_IF_ERROR(NeedNonEmpty(s, "encryption", where));
       DS_RETURN_IF_ERROR(Need(s, "sector_size", Json::value_t::number_integer, where));
       auto ss = JsonU32(s["sector_size"]);
       if (!ss || *ss < 512 || *ss > 4096 || (*ss & (*ss - 1)))
@@ -307,7 +340,7 @@ Status ValidateSegments(const Metadata& md) {
       if (s.contains("integrity")) {
         DS_RETURN_IF_ERROR(Need(s, "integrity", Json::value_t::object, where));
         for (const char* f : {"type", "journal_encryption", "journal_integrity"})
-          DS_RETURN_IF_ERROR(Need(s["integrity"], f, Json::value_t::string, where + " integrity"));
+          DS_RETURN_IF_ERROR(NeedNonEmpty(s["integrity"], f, where + " integrity"));
       }
       bool has_digest = false;
       for (const auto& [dk, d] : md.json["digests"].items())
@@ -326,25 +359,41 @@ Status ValidateSegments(const Metadata& md) {
     if (i + 1 < regular.size() && (*regular[i].second)["size"] == "dynamic")
       return Rule("segment " + std::to_string(i), "only the last segment may have size \"dynamic\"");
   }
+  if (regular.empty()) return Rule("segments", "there is no regular segment (only backup segments)");
+  // Backup segments follow the regular ones, and all ids together are 0..count-1: an in-place
+  // operation's layout with a hole in it is not one any writer made.
+  for (size_t i = 0; i < segs.size(); ++i)
+    if (!segs.contains(std::to_string(i)))
+      return Rule("segments", "segment ids must be 0.." + std::to_string(segs.size() - 1) +
+                                  " without gaps (" + std::to_string(i) + " is missing)");
+  // Regular segments are the plaintext laid end to end: no two may cover the same bytes.
+  for (size_t i = 0; i < regular.size(); ++i) {
+    for (size_t j = 0; j < regular.size(); ++j) {
+      if (i == j) continue;
+      const Json& a = *regular[i].second;
+      const Json& b = *regular[j].second;
+      const uint64_t ao = *JsonU64(a["offset"]), bo = *JsonU64(b["offset"]);
+      const bool b_dynamic = b["size"] == "dynamic";
+      if (ao >= bo && (b_dynamic || ao - bo < *JsonU64(b["size"])))
+        return Rule("segment " + std::to_string(i), "overlaps segment " + std::to_string(j) + " on the device");
+    }
+  }
   return Status::Ok();
 }
 
 Status ValidateKeyslotsAndAreas(const Metadata& md) {
   const Json& kss = md.json["keyslots"];
-  DS_RETURN_IF_ERROR(CheckSectionKeys(kss, "keyslot", kMaxKeyslots));
+  // Keyslot ids past 31 load (as in cryptsetup); such a slot is marked unusable when parsed.
+  DS_RETURN_IF_ERROR(CheckSectionKeys(kss, "keyslot", INT32_MAX));
   const uint64_t begin = 2 * md.hdr_size, end = md.areas_end();
   struct Area { std::string id; uint64_t off, len; };
   std::vector<Area> areas;
   int reencrypt_slots = 0;
   for (const auto& [k, ks] : kss.items()) {
     const std::string where = "keyslot " + k;
-    DS_RETURN_IF_ERROR(Need(ks, "type", Json::value_t::string, where));
+    DS_RETURN_IF_ERROR(NeedNonEmpty(ks, "type", where));
     DS_RETURN_IF_ERROR(Need(ks, "key_size", Json::value_t::number_integer, where));
     if (!JsonU32(ks["key_size"])) return Rule(where, "key_size must fit in 32 bits");
-    if (ks.contains("priority")) {
-      auto p = JsonU32(ks["priority"]);
-      if (!p || *p > 2) return Rule(where, "priority must be 0, 1 or 2");
-    }
     DS_RETURN_IF_ERROR(Need(ks, "area", Json::value_t::object, where));
     uint64_t off = 0, len = 0;
     DS_RETURN_IF_ERROR(NeedU64String(ks["area"], "offset", where + " area", &off));
@@ -372,36 +421,47 @@ Status ValidateKeyslotsAndAreas(const Metadata& md) {
     if (type == "luks2" && digests == 0) return Rule(where, "has no digest");
   }
   if (reencrypt_slots > 1) return Rule("keyslots", "at most one reencrypt keyslot may exist");
+  if (reencrypt_slots == 1) {
+    // An operation in progress keeps the layouts before and after it as backup segments.
+    for (const char* flag : {"backup-previous", "backup-final"}) {
+      bool found = false;
+      for (const auto& [sk, seg] : md.json["segments"].items())
+        if (seg.contains("flags"))
+          for (const auto& f : seg["flags"])
+            if (f == flag) found = true;
+      if (!found) return Rule("segments", std::string("the reencrypt keyslot needs a segment flagged ") + flag);
+    }
+  }
   return Status::Ok();
 }
 
 Status ValidateDigests(const Metadata& md) {
   const Json& ds = md.json["digests"];
-  DS_RETURN_IF_ERROR(CheckSectionKeys(ds, "digest", 32));
+  // Digest and token ids past 31 are loaded by cryptsetup (nothing addresses them by number);
+  // the bound only keeps ids within an int.
+  DS_RETURN_IF_ERROR(CheckSectionKeys(ds, "digest", INT32_MAX));
   if (ds.size() > size_t(kMaxDigests)) return Rule("digests", "at most 8 digests are allowed");
   for (const auto& [k, d] : ds.items()) {
     const std::string where = "digest " + k;
-    DS_RETURN_IF_ERROR(Need(d, "type", Json::value_t::string, where));
+    DS_RETURN_IF_ERROR(NeedNonEmpty(d, "type", where));
     DS_RETURN_IF_ERROR(Need(d, "keyslots", Json::value_t::array, where));
     DS_RETURN_IF_ERROR(Need(d, "segments", Json::value_t::array, where));
     DS_RETURN_IF_ERROR(CheckIdArray(d["keyslots"], md.json["keyslots"], where, "keyslot"));
     DS_RETURN_IF_ERROR(CheckIdArray(d["segments"], md.json["segments"], where, "segment"));
-    if (const DigestHandler* h = FindDigestHandler(d["type"].get<std::string>()))
-      DS_RETURN_IF_ERROR(h->Validate(d, k));
   }
   return Status::Ok();
 }
 
 Status ValidateTokens(const Metadata& md) {
   const Json& ts = md.json["tokens"];
-  DS_RETURN_IF_ERROR(CheckSectionKeys(ts, "token", kMaxTokens));
+  DS_RETURN_IF_ERROR(CheckSectionKeys(ts, "token", INT32_MAX));
   for (const auto& [k, t] : ts.items()) {
     const std::string where = "token " + k;
-    DS_RETURN_IF_ERROR(Need(t, "type", Json::value_t::string, where));
+    DS_RETURN_IF_ERROR(NeedNonEmpty(t, "type", where));
     DS_RETURN_IF_ERROR(Need(t, "keyslots", Json::value_t::array, where));
     DS_RETURN_IF_ERROR(CheckIdArray(t["keyslots"], md.json["keyslots"], where, "keyslot"));
-    if (const TokenHandler* h = FindTokenHandler(t["type"].get<std::string>()))
-      DS_RETURN_IF_ERROR(h->Validate(t, k));
+    // A built-in token type's own fields are checked on import only: cryptsetup loads a header
+    // whatever they hold, and diskseal never reads them.
   }
   return Status::Ok();
 }
@@ -420,11 +480,17 @@ Status Validate(const Metadata& md) {
   DS_RETURN_IF_ERROR(ValidateSegments(md));
   DS_RETURN_IF_ERROR(ValidateKeyslotsAndAreas(md));
   // The data must lie past the metadata and keyslots, judged as cryptsetup does by the lowest
-  // crypt segment offset; an offset of 0 means a detached header and nothing to check.
+  // regular segment offset (crypt or linear); 0 means a detached header and nothing to check.
   uint64_t first = UINT64_MAX;
   std::string first_id;
   for (const auto& [k, s] : j["segments"].items()) {
-    if (s["type"] != "crypt") continue;
+    // Backup segments describe where data was or will be (a reencryption's old layout may start
+    // inside today's keyslots area); cryptsetup judges the regular segments only.
+    bool backup = false;
+    if (s.contains("flags"))
+      for (const auto& f : s["flags"])
+        if (f.get<std::string>().rfind("backup-", 0) == 0) backup = true;
+    if (backup) continue;
     uint64_t off = *JsonU64(s["offset"]);
     if (off < first) {
       first = off;

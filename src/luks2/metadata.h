@@ -57,6 +57,9 @@ struct KeyslotInfo {
   std::string area_cipher;      // raw areas
   uint32_t area_key_size = 0;   // raw areas
   uint64_t area_offset = 0, area_size = 0;
+  // Why diskseal cannot unlock with this slot (KeyslotHandler::Usable); empty when it can. The
+  // kdf/af fields above are then filled only as far as they are well-formed.
+  std::string unusable;
 };
 
 struct SegmentInfo {
@@ -78,6 +81,7 @@ struct DigestInfo {
   std::string hash;
   uint32_t iterations = 0;
   Bytes salt, digest;
+  std::string unusable;  // why diskseal cannot verify keys with it (DigestHandler::Usable); "" if it can
 };
 
 struct TokenInfo {

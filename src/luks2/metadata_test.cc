@@ -91,18 +91,16 @@ TEST_F(ValidationTest, EveryRuleGivesAClearErrorAndNoWrite) {
       {"no config", [](Json& j) { j.erase("config"); }, "config"},
       {"keyslots is array", [](Json& j) { j["keyslots"] = Json::array(); }, "keyslots"},
       {"non-numeric key", [](Json& j) { j["keyslots"]["a"] = j["keyslots"]["0"]; }, "decimal"},
-      {"id out of range", [](Json& j) { j["tokens"]["40"] = {{"type", "x"}, {"keyslots", Json::array()}}; }, "out of range"},
-      {"kdf extra field", [](Json& j) { j["keyslots"]["0"]["kdf"]["extra"] = 1; }, "exactly"},
-      {"kdf unknown type", [](Json& j) { j["keyslots"]["0"]["kdf"]["type"] = "scrypt"; }, "not supported"},
-      {"kdf zero iterations", [](Json& j) { j["keyslots"]["0"]["kdf"]["iterations"] = 0; }, "iterations"},
+      {"id out of range", [](Json& j) { j["segments"]["40"] = j["segments"]["0"]; j["digests"]["0"]["segments"].push_back("40"); }, "out of range"},
+      {"empty segment cipher", [](Json& j) { j["segments"]["0"]["encryption"] = ""; }, "\"encryption\" must not be empty"},
+      {"empty keyslot type", [](Json& j) { j["keyslots"]["0"]["type"] = ""; }, "\"type\" must not be empty"},
+      {"keyslots_size zero", [](Json& j) { j["config"]["keyslots_size"] = "0"; }, "positive"},
+      {"kdf without iterations", [](Json& j) { j["keyslots"]["0"]["kdf"].erase("iterations"); }, "kdf.iterations"},
       {"kdf iterations as float", [](Json& j) { j["keyslots"]["0"]["kdf"]["iterations"] = 1000.5; }, "iterations"},
-      {"kdf salt not base64", [](Json& j) { j["keyslots"]["0"]["kdf"]["salt"] = "!!!"; }, "salt"},
-      {"af stripes", [](Json& j) { j["keyslots"]["0"]["af"]["stripes"] = 3999; }, "4000"},
+      {"kdf salt not a string", [](Json& j) { j["keyslots"]["0"]["kdf"]["salt"] = 7; }, "kdf.salt"},
+      {"af stripes as string", [](Json& j) { j["keyslots"]["0"]["af"]["stripes"] = "4000"; }, "af.stripes"},
       {"af type", [](Json& j) { j["keyslots"]["0"]["af"]["type"] = "luks9"; }, "af.type"},
-      {"area too small", [](Json& j) { j["keyslots"]["0"]["area"]["size"] = "4096"; }, "smaller than"},
-      {"priority", [](Json& j) { j["keyslots"]["0"]["priority"] = 7; }, "priority"},
-      {"digest bad salt", [](Json& j) { j["digests"]["0"]["salt"] = "%%%"; }, "salt"},
-      {"digest unknown hash", [](Json& j) { j["digests"]["0"]["hash"] = "md99"; }, "hash"},
+      {"area without encryption", [](Json& j) { j["keyslots"]["0"]["area"].erase("encryption"); }, "area.encryption"},
       {"too many digests",
        [](Json& j) {
          for (int i = 1; i <= 8; ++i) {
@@ -143,6 +141,49 @@ TEST_F(ValidationTest, EveryRuleGivesAClearErrorAndNoWrite) {
     EXPECT_NE(s.message().find(c.expect), std::string::npos) << c.name << ": " << s.message();
     EXPECT_EQ(ops, 0u) << c.name;
   }
+}
+
+// A keyslot diskseal cannot use does not make the header unreadable (cryptsetup loads these too):
+// it is read, marked unusable with the reason, and the header's other keyslots stay usable.
+TEST_F(ValidationTest, KeyslotDisksealCannotUseIsKeptAndMarked) {
+  const std::vector<Mutation> cases = {
+      {"kdf spelled argon2", [](Json& j) { j["keyslots"]["0"]["kdf"]["type"] = "argon2"; }, "kdf type 'argon2' is not supported"},
+      {"kdf unknown type", [](Json& j) { j["keyslots"]["0"]["kdf"]["type"] = "scrypt"; }, "not supported"},
+      {"kdf zero iterations", [](Json& j) { j["keyslots"]["0"]["kdf"]["iterations"] = 0; }, "iterations"},
+      {"kdf salt not base64", [](Json& j) { j["keyslots"]["0"]["kdf"]["salt"] = "!!!"; }, "salt"},
+      {"kdf unknown hash", [](Json& j) { j["keyslots"]["0"]["kdf"]["hash"] = "md99"; }, "kdf.hash"},
+      {"af stripes", [](Json& j) { j["keyslots"]["0"]["af"]["stripes"] = 3999; }, "4000"},
+      {"area too small", [](Json& j) { j["keyslots"]["0"]["area"]["size"] = "4096"; }, "smaller than"},
+      {"huge key", [](Json& j) { j["keyslots"]["0"]["key_size"] = 100000; }, "key_size"},
+  };
+  for (const auto& c : cases) {
+    Metadata md = md_;
+    c.edit(md.json);
+    ASSERT_TRUE(Validate(md).ok()) << c.name << ": " << Validate(md).message();
+    auto ks = FindKeyslot(md, 0);
+    ASSERT_TRUE(ks.has_value());
+    EXPECT_NE(ks->unusable.find(c.expect), std::string::npos) << c.name << ": " << ks->unusable;
+    EXPECT_TRUE(ReadMutated(c.edit).ok()) << c.name;
+  }
+  // Leftovers of the other KDF (and other extra fields) are ignored, as cryptsetup ignores them:
+  // the slot stays usable.
+  for (const char* f : {"time", "memory", "cpus", "extra"}) {
+    Metadata md = md_;
+    md.json["keyslots"]["0"]["kdf"][f] = 4;
+    ASSERT_TRUE(Validate(md).ok()) << f;
+    EXPECT_EQ(FindKeyslot(md, 0)->unusable, "") << f;
+    EXPECT_EQ(FindKeyslot(md, 0)->kdf.iterations, md_.json["keyslots"]["0"]["kdf"]["iterations"].get<uint32_t>());
+  }
+  EXPECT_EQ(FindKeyslot(md_, 0)->unusable, "");
+  // A digest diskseal cannot verify with also loads (cryptsetup does not check its fields).
+  for (const auto& [field, value] : std::vector<std::pair<const char*, Json>>{
+           {"salt", "%%%"}, {"hash", "md99"}, {"digest", ""}, {"iterations", -1}}) {
+    Metadata md = md_;
+    md.json["digests"]["0"][field] = value;
+    ASSERT_TRUE(Validate(md).ok()) << field;
+    EXPECT_NE(Digests(md)[0].unusable.find("digest 0"), std::string::npos) << field;
+  }
+  EXPECT_EQ(Digests(md_)[0].unusable, "");
 }
 
 TEST_F(ValidationTest, JsonAreaFraming) {

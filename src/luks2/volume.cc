@@ -248,10 +248,16 @@ Result<Volume::Unlocked> Volume::Unlock(std::span<const uint8_t> passphrase,
                                         std::optional<int> keyslot) const {
   DS_RETURN_IF_ERROR(CheckRequirements());
   std::vector<KeyslotInfo> order;
+  std::string skipped;  // slots diskseal cannot use: never tried, named when nothing unlocks
   for (auto& ks : Keyslots(metadata())) {
     const KeyslotHandler* h = FindKeyslotHandler(ks.type);
     if (!h || !h->unlockable()) continue;
     if (keyslot ? ks.id != *keyslot : ks.priority.value_or(1) == 0) continue;
+    if (!ks.unusable.empty()) {
+      if (keyslot) return Unsupported(name_ + ": " + ks.unusable + "; diskseal cannot use this keyslot");
+      skipped += (skipped.empty() ? "" : "; ") + ks.unusable;
+      continue;
+    }
     order.push_back(ks);
   }
   if (keyslot && order.empty())
@@ -265,7 +271,12 @@ Result<Volume::Unlocked> Volume::Unlock(std::span<const uint8_t> passphrase,
     auto digest = DigestOfKeyslot(metadata(), ks.id);
     if (!digest) continue;
     const DigestHandler* dh = FindDigestHandler(digest->type);
-    if (!dh) continue;
+    if (!dh || !digest->unusable.empty()) {
+      const std::string why = dh ? digest->unusable : "digest " + std::to_string(digest->id) + ": type '" + digest->type + "' is not supported";
+      if (keyslot) return Unsupported(name_ + ": keyslot " + std::to_string(ks.id) + ": " + why);
+      skipped += (skipped.empty() ? "" : "; ") + ("keyslot " + std::to_string(ks.id) + ": " + why);
+      continue;
+    }
     auto key = FindKeyslotHandler(ks.type)->Open(md_dev, ks, passphrase);
     if (!key.ok()) {
       // An unreadable keyslot (I/O, memory, unsupported cipher) is remembered but the next is tried.
@@ -278,14 +289,15 @@ Result<Volume::Unlocked> Volume::Unlock(std::span<const uint8_t> passphrase,
   }
   if (!last.ok() && last.code() != Code::kPermissionDenied && order.size() == 1)
     return last.WithContext(name_ + ": keyslot " + std::to_string(order[0].id));
-  return PermissionDenied(name_ + ": no key available with this passphrase");
+  return PermissionDenied(name_ + ": no key available with this passphrase" +
+                          (skipped.empty() ? "" : " (not tried, unusable: " + skipped + ")"));
 }
 
 Result<std::map<int, SecureBuffer>> Volume::UnlockAll(std::span<const uint8_t> passphrase) const {
   std::map<int, SecureBuffer> out;
   for (const auto& ks : Keyslots(metadata())) {
     const KeyslotHandler* h = FindKeyslotHandler(ks.type);
-    if (!h || !h->unlockable()) continue;
+    if (!h || !h->unlockable() || !ks.unusable.empty()) continue;
     auto digest = DigestOfKeyslot(metadata(), ks.id);
     if (!digest || out.count(digest->id)) continue;
     auto u = Unlock(passphrase, ks.id);
