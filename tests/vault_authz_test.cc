@@ -18,14 +18,6 @@ namespace {
 using json = nlohmann::json;
 using vault::VaultClient;
 
-std::unique_ptr<VaultClient> Client(const VaultProcess& v, const std::string& token_file) {
-  auto c = VaultClient::Create(*PosixEnv(), v.ClientOptions(token_file));
-  if (!c.ok()) throw std::runtime_error(c.status().message());
-  return std::move(*c);
-}
-
-json Body(const vault::HttpReply& r) { return json::parse(r.body, nullptr, false); }
-
 // `vault token create` with extra options (--machine, --expires); returns the token file.
 std::string MakeToken(const VaultProcess& v, const std::string& name, const std::string& perms,
                       std::vector<std::string> extra = {}) {

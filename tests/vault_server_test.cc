@@ -24,14 +24,6 @@ namespace {
 using json = nlohmann::json;
 using vault::VaultClient;
 
-std::unique_ptr<VaultClient> Client(const VaultProcess& v, const std::string& token_file) {
-  auto c = VaultClient::Create(*PosixEnv(), v.ClientOptions(token_file));
-  if (!c.ok()) throw std::runtime_error(c.status().message());
-  return std::move(*c);
-}
-
-json Body(const vault::HttpReply& r) { return json::parse(r.body, nullptr, false); }
-
 class VaultServerTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "testlib.h"
 #include "vault/client.h"
 
@@ -119,5 +121,15 @@ class VaultProcess {
   pid_t pid_ = -1;
   int port_ = 0;
 };
+
+// A client of the server `v` with the token in `token_file`; throws when it cannot be made.
+inline std::unique_ptr<vault::VaultClient> Client(const VaultProcess& v, const std::string& token_file) {
+  auto c = vault::VaultClient::Create(*PosixEnv(), v.ClientOptions(token_file));
+  if (!c.ok()) throw std::runtime_error(c.status().message());
+  return std::move(*c);
+}
+
+// A reply's body as JSON (discarded when it is not JSON).
+inline nlohmann::json Body(const vault::HttpReply& r) { return nlohmann::json::parse(r.body, nullptr, false); }
 
 }  // namespace ds::test
