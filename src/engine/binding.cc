@@ -20,7 +20,7 @@ std::optional<Signature> SignatureOf(std::span<const uint8_t> bytes) {
 }
 
 std::string Describe(const std::optional<Signature>& s) {
-  return s ? s->type + (s->uuid.empty() ? "" : " " + s->uuid) : "no recognisable filesystem";
+  return s ? "filesystem " + s->type + (s->uuid.empty() ? "" : " (UUID " + s->uuid + ")") : "no recognisable filesystem";
 }
 
 bool HasFlag(const Json& seg, const char* flag) {
@@ -209,7 +209,7 @@ Status CheckFingerprint(const luks2::Metadata& md, const std::string& header, co
   // was made anew inside the volume.
   for (const auto& w : views)
     if (w.sig && w.through_cipher) return Status::Ok();
-  return WrongDevice(header, device, "it recorded a " + Describe(b->fs) + " filesystem in the plaintext, and " +
+  return WrongDevice(header, device, "it was made for a plaintext holding " + Describe(b->fs) + ", and " +
                                          device + " read through it shows " + Describe(views.front().sig));
 }
 
