@@ -6,6 +6,7 @@
 #include <set>
 
 #include "util/bytes.h"
+#include "volume/signature.h"
 
 namespace ds::machine {
 
@@ -14,7 +15,7 @@ namespace {
 // Reads bigger than this are not machine state files but a mistake (a device named as a file).
 constexpr uint64_t kMaxStateFile = 16 << 20;
 // Enough of a device to see every signature we recognise: btrfs keeps its superblock at 64 KiB.
-constexpr uint64_t kProbeBytes = 65536 + 4096;
+constexpr uint64_t kProbeBytes = volume::kSignatureProbeBytes;
 
 std::vector<std::string_view> SplitWs(std::string_view line) {
   std::vector<std::string_view> out;
@@ -102,31 +103,6 @@ Result<std::string> ReadOptional(const MachineRoot& root, const std::string& pat
   auto r = root.env->ReadFile(path, kMaxStateFile);
   if (!r.ok() && r.status().code() == Code::kNotFound) return std::string();
   return r;
-}
-
-std::string HexUuid(const uint8_t* p) {
-  static const char* kHex = "0123456789abcdef";
-  std::string out;
-  for (int i = 0; i < 16; ++i) {
-    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
-    out.push_back(kHex[p[i] >> 4]);
-    out.push_back(kHex[p[i] & 15]);
-  }
-  return out;
-}
-
-std::string CString(const uint8_t* p, size_t max) {
-  size_t n = 0;
-  while (n < max && p[n] != 0) ++n;
-  std::string s(reinterpret_cast<const char*>(p), n);
-  while (!s.empty() && s.back() == ' ') s.pop_back();  // FAT pads labels with spaces
-  return s;
-}
-
-uint32_t Le32(const uint8_t* p) { return uint32_t(p[0]) | uint32_t(p[1]) << 8 | uint32_t(p[2]) << 16 | uint32_t(p[3]) << 24; }
-
-bool Has(std::span<const uint8_t> b, size_t off, std::string_view magic) {
-  return b.size() >= off + magic.size() && std::memcmp(b.data() + off, magic.data(), magic.size()) == 0;
 }
 
 }  // namespace
@@ -239,69 +215,10 @@ Result<std::vector<CrypttabEntry>> ParseCrypttab(std::string_view text) {
 }
 
 void ProbeSignature(std::span<const uint8_t> b, BlockInfo& info) {
-  if (Has(b, 0, "LUKS\xba\xbe") && b.size() >= 208) {
-    int version = b[6] << 8 | b[7];
-    info.signature = version == 2 ? "luks2" : version == 1 ? "luks1" : "";
-    info.fs_uuid = CString(b.data() + 168, 40);
-    if (version == 2) info.fs_label = CString(b.data() + 24, 48);
-    return;
-  }
-  for (size_t sector = 0; sector < 4; ++sector) {
-    size_t off = sector * 512;
-    if (Has(b, off, "LABELONE") && Has(b, off + 24, "LVM2 001") && b.size() >= off + 32) {
-      info.signature = "LVM2_member";
-      size_t uuid_at = off + Le32(b.data() + off + 20);  // offset_xl: the pv_header in the sector
-      if (uuid_at + 32 <= b.size() && uuid_at + 32 <= off + 512) {
-        std::string raw(reinterpret_cast<const char*>(b.data() + uuid_at), 32);
-        // lvm prints PV UUIDs in 6-4-4-4-4-4-6 groups
-        static const int kGroups[] = {6, 4, 4, 4, 4, 4, 6};
-        size_t at = 0;
-        for (int g : kGroups) {
-          if (at) info.fs_uuid.push_back('-');
-          info.fs_uuid += raw.substr(at, size_t(g));
-          at += size_t(g);
-        }
-      }
-      return;
-    }
-  }
-  if (Has(b, 0, "XFSB") && b.size() >= 120) {
-    info.signature = "xfs";
-    info.fs_uuid = HexUuid(b.data() + 32);
-    info.fs_label = CString(b.data() + 108, 12);
-    return;
-  }
-  if (Has(b, 4096 - 10, "SWAPSPACE2") || Has(b, 4096 - 10, "SWAP-SPACE")) {
-    info.signature = "swap";
-    info.fs_uuid = HexUuid(b.data() + 1024 + 12);
-    info.fs_label = CString(b.data() + 1024 + 28, 16);
-    return;
-  }
-  if (Has(b, 65536 + 64, "_BHRfS_M") && b.size() >= 65536 + 299 + 256) {
-    info.signature = "btrfs";
-    info.fs_uuid = HexUuid(b.data() + 65536 + 32);
-    info.fs_label = CString(b.data() + 65536 + 299, 256);
-    return;
-  }
-  if (b.size() >= 1024 + 136 && b[1024 + 56] == 0x53 && b[1024 + 57] == 0xEF) {
-    const uint8_t* sb = b.data() + 1024;
-    uint32_t compat = Le32(sb + 92), incompat = Le32(sb + 96);
-    // extents, 64bit or flex_bg make it ext4; a journal without them is ext3 (blkid's rule)
-    info.signature = (incompat & (0x40 | 0x80 | 0x200)) ? "ext4" : (compat & 0x4) ? "ext3" : "ext2";
-    info.fs_uuid = HexUuid(sb + 104);
-    info.fs_label = CString(sb + 120, 16);
-    return;
-  }
-  if (b.size() >= 512 && b[510] == 0x55 && b[511] == 0xAA &&
-      (Has(b, 54, "FAT12") || Has(b, 54, "FAT16") || Has(b, 82, "FAT32"))) {
-    info.signature = "vfat";
-    bool fat32 = Has(b, 82, "FAT32");
-    uint32_t id = Le32(b.data() + (fat32 ? 67 : 39));
-    char buf[10];
-    std::snprintf(buf, sizeof buf, "%04X-%04X", id >> 16, id & 0xffff);
-    info.fs_uuid = buf;
-    info.fs_label = CString(b.data() + (fat32 ? 71 : 43), 11);
-    if (info.fs_label == "NO NAME") info.fs_label.clear();
+  if (auto sig = volume::ProbeSignature(b)) {
+    info.signature = sig->type;
+    info.fs_uuid = sig->uuid;
+    info.fs_label = sig->label;
   }
 }
 

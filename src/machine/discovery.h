@@ -115,7 +115,7 @@ Result<std::vector<Mount>> ParseMountinfo(std::string_view text);
 Result<std::vector<FstabEntry>> ParseFstab(std::string_view text);
 Result<std::vector<CrypttabEntry>> ParseCrypttab(std::string_view text);
 
-// Recognises the signature at the start of a device (`first_bytes` holds up to 68 KiB of it) and
+// volume::ProbeSignature (`first_bytes`: up to 68 KiB from the start of a device) into `info`:
 // fills `info.signature`, `fs_uuid`, `fs_label`; leaves them empty when nothing matches.
 void ProbeSignature(std::span<const uint8_t> first_bytes, BlockInfo& info);
 
