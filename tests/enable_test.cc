@@ -249,6 +249,18 @@ TEST_F(EnableTest, EnableExt4AndXfsEndToEndThenDisable) {
                          "--vault", vp.url(), "--vault-token-file", tok, "--vault-ca", vp.ca()});
     ASSERT_EQ(hdr.exit_code, 0) << hdr.err;
     EXPECT_EQ(nlohmann::json::parse(hdr.out)["tags"]["DisksealHeaderState"], "final");
+    // The detached header knows its device (engine/binding.h): size and the plaintext's filesystem.
+    auto dump = Diskseal({"dump", "--json", devices_[v["mountpoint"].get<std::string>()], "--header",
+                          v["header"].get<std::string>()});
+    ASSERT_EQ(dump.exit_code, 0) << dump.err;
+    bool bound = false;
+    const auto header = nlohmann::json::parse(dump.out);
+    for (const auto& t : header["tokens"])
+      if (t["type"] == "diskseal-device") {
+        bound = true;
+        EXPECT_EQ(t["json"]["fs"]["type"], v["mountpoint"] == e4 ? "ext4" : "xfs") << t.dump();
+      }
+    EXPECT_TRUE(bound) << dump.out;
   }
   // Mounted again from the plaintext view, same place, same options, same files.
   for (const auto& mp : {e4, xf}) {

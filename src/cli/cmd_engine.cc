@@ -522,9 +522,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       if (d->Size() % 512)
         return InvalidArgument(dev + ": size " + std::to_string(d->Size()) + " is not a multiple of 512 bytes");
       // The header records which device it belongs to: the plaintext is the device itself now.
-      binding.size = d->Size();
-      DS_ASSIGN_OR_RETURN(binding.fs, engine::ProbeStart(*d));
-      binding.ids = engine::StableIds(*g.env, dev);
+      DS_ASSIGN_OR_RETURN(binding, engine::PlaintextBinding(*g.env, *d, dev));
     }
     // With a vault and no key file, diskseal makes the passphrase (as ADE does) and escrows it.
     std::unique_ptr<vault::VaultClient> client;

@@ -4,7 +4,7 @@
 #include <filesystem>
 
 #include "luks2/volume.h"
-#include "machine/discovery.h"
+#include "volume/signature.h"
 
 namespace ds::engine {
 
@@ -13,10 +13,9 @@ using luks2::Json;
 namespace {
 
 std::optional<Signature> SignatureOf(std::span<const uint8_t> bytes) {
-  machine::BlockInfo info;
-  machine::ProbeSignature(bytes, info);
-  if (info.signature.empty()) return std::nullopt;
-  return Signature{info.signature, info.fs_uuid};
+  auto sig = volume::ProbeSignature(bytes);
+  if (!sig) return std::nullopt;
+  return Signature{sig->type, sig->uuid};
 }
 
 std::string Describe(const std::optional<Signature>& s) {
@@ -238,6 +237,14 @@ Result<Binding> CurrentBinding(Env& env, luks2::Volume& v, const std::map<int, c
       b.fs = w.sig;
       break;
     }
+  return b;
+}
+
+Result<Binding> PlaintextBinding(Env& env, BlockDevice& dev, const std::string& path) {
+  Binding b;
+  b.size = dev.Size();
+  DS_ASSIGN_OR_RETURN(b.fs, ProbeStart(dev));
+  b.ids = StableIds(env, path);
   return b;
 }
 

@@ -28,6 +28,7 @@
 #include "luks2/metadata.h"
 #include "util/secure_buffer.h"
 #include "util/status.h"
+#include "volume/signature.h"
 
 namespace ds::luks2 { class Volume; }
 
@@ -42,8 +43,8 @@ struct Signature {
   bool operator==(const Signature&) const = default;
 };
 // Bytes ProbeStart reads: enough for every signature machine/discovery.cc knows (btrfs at 64 KiB).
-inline constexpr uint64_t kProbeBytes = 68u << 10;
-// The signature at the start of `dev` (machine::ProbeSignature over its first kProbeBytes).
+inline constexpr uint64_t kProbeBytes = volume::kSignatureProbeBytes;
+// The signature at the start of `dev` (volume::ProbeSignature over its first kProbeBytes).
 Result<std::optional<Signature>> ProbeStart(BlockDevice& dev);
 
 // Bus-independent ids of the device at `path`: /dev/disk/by-id links named wwn-*, nvme-eui.*,
@@ -93,5 +94,8 @@ Status CheckBindingUnlocked(luks2::Volume& v, const std::string& header,
 // ids of the data device, and the fingerprint seen now (a matching recorded one is kept when the
 // plaintext shows none, e.g. a hotzone in flight).
 Result<Binding> CurrentBinding(Env& env, luks2::Volume& v, const std::map<int, const SecureBuffer*>& keys);
+// The binding of a plaintext device about to be encrypted (no header yet): `dev` opened from
+// `path`, its plaintext being its own bytes.
+Result<Binding> PlaintextBinding(Env& env, BlockDevice& dev, const std::string& path);
 
 }  // namespace ds::engine

@@ -11,6 +11,7 @@
 
 #include "dm/dm.h"
 #include "dm/volume_table.h"
+#include "engine/binding.h"
 #include "engine/engine.h"
 #include "fuse/daemon.h"
 #include "fuse/file_server.h"
@@ -187,6 +188,7 @@ class Runner {
 
   Status FormatAndEscrow(VolumeRecord& r, const SecureBuffer& pass, const std::string& tmp) {
     if (env_.Exists(tmp)) DS_RETURN_IF_ERROR(env_.Remove(tmp));
+    engine::Binding binding;
     {
       OpenOptions probe;
       probe.write = true;
@@ -194,6 +196,9 @@ class Runner {
       DS_ASSIGN_OR_RETURN(auto d, env_.Open(r.device, probe));
       DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
       if (luks) return Busy(r.device + ": already a LUKS volume; refusing to encrypt it again");
+      // The header records its device (engine/binding.h), so that a resume after a reboot that
+      // renamed the disks cannot run this header over another one.
+      DS_ASSIGN_OR_RETURN(binding, engine::PlaintextBinding(env_, *d, r.device));
     }
     DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(o_.pbkdf));
     luks2::FormatOptions f;
@@ -202,7 +207,9 @@ class Runner {
     f.offset_sectors = 0;
     SecureBuffer vk;
     auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) -> Status {
-      return engine::InitEncrypt(md, key, o_.resilience, digest_iters);
+      DS_RETURN_IF_ERROR(engine::InitEncrypt(md, key, o_.resilience, digest_iters));
+      engine::WriteBinding(md, binding);
+      return Status::Ok();
     };
     auto v = luks2::Volume::Format(env_, r.device, tmp, f, pass.span(), hook, &vk);
     if (!v.ok()) {
@@ -263,9 +270,12 @@ class Runner {
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
     if (!st) return Status::Ok();  // finished before the record said so
+    // The recorded device may have been renamed since (a reboot): the header must still be its.
+    DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(env_, v, r.header));
     DS_ASSIGN_OR_RETURN(auto unlocked, v.UnlockAll(pass.span()));
     std::map<int, const SecureBuffer*> keys;
     for (auto& [digest, key] : unlocked) keys[digest] = &key;
+    DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, r.header, keys));
     Progress p(o_.log, o_.progress_mode, std::string(op) + " " + r.mountpoint, st->data_size, st->done);
     time_t last = 0;
     Status save_error;
