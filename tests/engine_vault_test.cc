@@ -11,7 +11,7 @@
 
 #include "luks2/volume.h"
 #include "testlib.h"
-#include "vault/volume_escrow.h"
+#include "engine/volume_escrow.h"
 #include "vault_testutil.h"
 
 namespace ds::test {
@@ -87,11 +87,11 @@ TEST(EngineVaultTest, NoEscrowNoEncryption) {
 
 
 // The diskseal-escrow token of a detached header, read as any LUKS2 reader would.
-std::optional<vault::EscrowPin> PinOf(const std::string& img, const std::string& hdr, std::string* uuid = nullptr) {
+std::optional<engine::EscrowPin> PinOf(const std::string& img, const std::string& hdr, std::string* uuid = nullptr) {
   auto v = luks2::Volume::Load(*PosixEnv(), img, hdr, false);
   if (!v.ok()) return std::nullopt;
   if (uuid) *uuid = v->metadata().uuid;
-  auto pin = vault::ReadEscrowPin(v->metadata());
+  auto pin = engine::ReadEscrowPin(v->metadata());
   return pin.ok() ? *pin : std::nullopt;
 }
 
@@ -148,7 +148,7 @@ TEST(EngineVaultTest, RecoverTheHeaderFromTheVaultAloneThenOpenReadsTheFiles) {
                            "--vault-token-file", tok, "--vault-ca", vp.ca()});
   ASSERT_EQ(hs.exit_code, 0) << hs.err;
   auto hj = nlohmann::json::parse(hs.out);
-  EXPECT_EQ(hj["contentType"], vault::kContentTypeHeader);
+  EXPECT_EQ(hj["contentType"], engine::kContentTypeHeader);
   EXPECT_EQ(hj["tags"]["DisksealHeaderState"], "final");
   EXPECT_NE(hj["tags"]["DiskEncryptionKeyEncryptionKeyURL"].get<std::string>().find("/keys/kek/"), std::string::npos);
   EXPECT_LT(hj["value"].get<std::string>().size(), 25u * 1024);

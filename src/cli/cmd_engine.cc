@@ -22,7 +22,7 @@
 #include "cli/claim.h"
 #include "luks2/header_io.h"
 #include "vault/escrow.h"
-#include "vault/volume_escrow.h"
+#include "engine/volume_escrow.h"
 
 #include <algorithm>
 
@@ -102,7 +102,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
     DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
-    if (!d.header.empty() && vault::FinalHeaderEscrowPending(v.metadata()) && vo && vo->enabled()) {
+    if (!d.header.empty() && engine::FinalHeaderEscrowPending(v.metadata()) && vo && vo->enabled()) {
       // The encryption finished but its final header never reached the vault: do that now.
       DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device));
       DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
@@ -145,7 +145,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
     // A new volume key: the header in the vault (if any) opens the old one. Marked, and escrowed
     // again below when the vault flags are here, else the message names the command.
     DS_ASSIGN_OR_RETURN(luks2::Volume done, luks2::Volume::Load(*g.env, d.device, d.header, true));
-    DS_RETURN_IF_ERROR(vault::MarkHeaderEscrowStale(done));
+    DS_RETURN_IF_ERROR(engine::MarkHeaderEscrowStale(done));
   }
   return FinishHeaderEscrow(g, d, vo, keymap);
 }
@@ -190,7 +190,7 @@ std::string MountPointOf(Env& env, const std::string& device) {
 
 // Stores the new passphrase (and, for a detached header, what rebuilds the header) in the vault,
 // checks it against the header in `tmp` and pins the versions in a token there, before the header
-// is put anywhere: if any of it fails, no data block has been touched (vault/volume_escrow.h).
+// is put anywhere: if any of it fails, no data block has been touched (engine/volume_escrow.h).
 Status EscrowNewHeader(Globals& g, const VaultOptions& vo, vault::VaultClient& client, const SecureBuffer& pass,
                        const SecureBuffer& vk, const std::string& dev, const std::string& tmp,
                        const std::string& uuid, bool detached) {
@@ -199,7 +199,7 @@ Status EscrowNewHeader(Globals& g, const VaultOptions& vo, vault::VaultClient& c
   req.secret_name = vo.SecretNameFor(uuid);
   req.kek = vo.kek;
   req.kek_alg = vo.kek_alg;
-  auto rec = vault::EscrowNewVolume(*g.env, client, dev, tmp, detached, pass, vk, req);
+  auto rec = engine::EscrowNewVolume(*g.env, client, dev, tmp, detached, pass, vk, req);
   if (!rec.ok()) return rec.status().WithContext(dev + ": key escrow failed; nothing was written to the device");
   *g.err << dev << ": passphrase " << (detached ? "and header " : "") << "escrowed and verified as "
          << rec->secret_id << "\n";
@@ -211,7 +211,7 @@ Status EscrowNewHeader(Globals& g, const VaultOptions& vo, vault::VaultClient& c
 Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo,
                           const std::map<int, const SecureBuffer*>& keys) {
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
-  if (!vault::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
+  if (!engine::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
   if (!vo || !vo->enabled()) {
     *g.err << d.device << ": the vault holds a header escrowed before this operation finished; run `diskseal resume "
            << d.device << " --header " << d.header << " --vault URL ...` to escrow the final one\n";
@@ -221,7 +221,7 @@ Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* v
   auto key = digest ? keys.find(digest->id) : keys.end();
   if (key == keys.end()) return Internal(d.device + ": no volume key for the final segment");
   DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, *vo));
-  return vault::EscrowFinalHeaderIfPending(*client, v, *key->second, *g.err)
+  return engine::EscrowFinalHeaderIfPending(*client, v, *key->second, *g.err)
       .WithContext(d.device + ": the data is encrypted, but the final header was not escrowed; run `diskseal resume " +
                    d.device + " --header " + d.header + " --vault ...` to escrow it");
 }
@@ -775,7 +775,7 @@ Runner SetupResume(CLI::App& app, Globals& g) {
 namespace ds::cli {
 
 // recover DEVICE --header NEWFILE --vault ... (--uuid U | --vault-secret-name N): the detached
-// header rebuilt from the vault alone (vault/volume_escrow.h), after which `open` works.
+// header rebuilt from the vault alone (engine/volume_escrow.h), after which `open` works.
 Runner SetupRecover(CLI::App& app, Globals& g) {
   struct Opts {
     DeviceArgs dev;
@@ -796,8 +796,8 @@ Runner SetupRecover(CLI::App& app, Globals& g) {
       return InvalidArgument(dev + ": recover needs exactly one of --uuid UUID or --vault-secret-name NAME");
     if (!o->uuid.empty() && !luks2::IsValidUuid(o->uuid)) return InvalidArgument("--uuid " + o->uuid + " is not a UUID");
     DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, o->vault));
-    const std::string secret = vault::HeaderSecretName(o->vault.SecretNameFor(o->uuid));
-    DS_RETURN_IF_ERROR(vault::RecoverHeader(*g.env, *client, dev, secret, o->dev.header, o->pbkdf, *g.err));
+    const std::string secret = engine::HeaderSecretName(o->vault.SecretNameFor(o->uuid));
+    DS_RETURN_IF_ERROR(engine::RecoverHeader(*g.env, *client, dev, secret, o->dev.header, o->pbkdf, *g.err));
     *g.out << dev << ": header rebuilt into " << o->dev.header << "; open it with `diskseal open " << dev << " NAME --header "
            << o->dev.header << " --vault " << o->vault.url << " ...`\n";
     return Status::Ok();

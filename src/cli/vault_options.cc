@@ -1,7 +1,7 @@
 #include "cli/vault_options.h"
 
 #include "vault/escrow.h"
-#include "vault/volume_escrow.h"
+#include "engine/volume_escrow.h"
 
 namespace ds::cli {
 
@@ -42,8 +42,8 @@ Result<SecureBuffer> ObtainPassphrase(Env& env, const KeySource& keys, const Vau
                                       const luks2::Metadata& md, const std::string& device) {
   if (vo && vo->enabled() && keys.key_file.empty()) {
     DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(env, *vo));
-    DS_ASSIGN_OR_RETURN(auto pin, vault::ReadEscrowPin(md));
-    auto p = pin ? vault::FetchPinnedPassphrase(*client, *pin, md.uuid)
+    DS_ASSIGN_OR_RETURN(auto pin, engine::ReadEscrowPin(md));
+    auto p = pin ? engine::FetchPinnedPassphrase(*client, *pin, md.uuid)
                  : vault::FetchEscrowedPassphrase(*client, vo->SecretNameFor(md.uuid));
     if (!p.ok()) return p.status().WithContext(device + ": fetching the escrowed passphrase");
     return std::move(p).value();

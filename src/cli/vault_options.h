@@ -39,7 +39,7 @@ Result<std::unique_ptr<vault::VaultClient>> MakeVaultClient(Env& env, const Vaul
 
 // The passphrase of an existing volume: when --vault is given and no key file is, the escrowed
 // secret fetched from the vault (unwrapped with the KEK when it was wrapped): exactly the version
-// the volume's diskseal-escrow token pins (vault/volume_escrow.h), or, for a volume escrowed
+// the volume's diskseal-escrow token pins (engine/volume_escrow.h), or, for a volume escrowed
 // before pins existed, the newest enabled version of the volume's secret; else from the key
 // options (file, stdin, prompt). `vo` may be null (no vault flags on the command).
 Result<SecureBuffer> ObtainPassphrase(Env& env, const KeySource& keys, const VaultOptions* vo,

@@ -45,7 +45,7 @@ struct FormatOptions {
   std::optional<int> keyslot;              // --key-slot
   bool force = false;                      // overwrite an existing LUKS header
   // The volume key to use (cryptsetup's --volume-key-file), borrowed; null: a random one. Used
-  // to rebuild a lost header from the vault (vault/volume_escrow.h).
+  // to rebuild a lost header from the vault (engine/volume_escrow.h).
   const SecureBuffer* volume_key = nullptr;
 };
 

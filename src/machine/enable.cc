@@ -22,7 +22,7 @@
 #include "machine/mounts.h"
 #include "machine/state.h"
 #include "vault/escrow.h"
-#include "vault/volume_escrow.h"
+#include "engine/volume_escrow.h"
 
 namespace ds::machine {
 
@@ -219,13 +219,13 @@ class Runner {
     if (!o_.vault) return Status::Ok();
     // Escrowed (passphrase and header), read back, unwrapped and checked against this header while
     // it is still a temp file, the versions pinned in it: if any of it fails no data block has
-    // been touched (vault/volume_escrow.h, shared with `encrypt --vault`).
+    // been touched (engine/volume_escrow.h, shared with `encrypt --vault`).
     vault::EscrowRequest req;
     req.luks_uuid = r.name;
     req.secret_name = o_.secret_prefix.empty() ? vault::DefaultSecretName(r.name) : o_.secret_prefix + r.name;
     req.kek = o_.kek;
     req.kek_alg = o_.kek_alg;
-    auto rec = vault::EscrowNewVolume(env_, *o_.vault, r.device, tmp, true, pass, vk, req);
+    auto rec = engine::EscrowNewVolume(env_, *o_.vault, r.device, tmp, true, pass, vk, req);
     if (!rec.ok()) {
       (void)env_.Remove(tmp);
       return rec.status().WithContext(r.device + ": key escrow failed; nothing was written to the device");
@@ -239,14 +239,14 @@ class Runner {
   // the first data block (which cannot tell how far the data got).
   Status EscrowFinalHeader(const VolumeRecord& r, const SecureBuffer& pass) {
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
-    if (!vault::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
+    if (!engine::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
     if (!o_.vault) {
       *o_.log << r.device << ": the vault holds only the header escrowed before the encryption finished; run "
               << "`diskseal enable --volume-type Data --vault URL ...` to escrow the final one\n";
       return Status::Ok();
     }
     DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
-    return vault::EscrowFinalHeaderIfPending(*o_.vault, v, u.key, *o_.log)
+    return engine::EscrowFinalHeaderIfPending(*o_.vault, v, u.key, *o_.log)
         .WithContext(r.device + ": the data is encrypted, but its final header was not escrowed; run `diskseal enable` "
                      "with --vault again to escrow it");
   }

@@ -505,9 +505,9 @@ std::optional<ApiResponse> ClaimCiphertext(VaultStore& store, const std::string&
 
 // The KEK-wrapped value a secret holds, which its owner may unwrap later: the whole value of a
 // "Wrapped BEK" (ADE's passphrase), or the wrapped volume key inside diskseal's escrowed header
-// (contentType kHeaderContentType, see vault/volume_escrow.h: {"volume_key": <base64>,
+// (contentType kHeaderContentType, see engine/volume_escrow.h: {"volume_key": <base64>,
 // "volume_key_kek": <kid>, ...}; an unwrapped key there has no kid and nothing to register).
-// Spelled as vault::kContentTypeHeader in volume_escrow.h (the README walkthrough test escrows a
+// Spelled as engine::kContentTypeHeader in volume_escrow.h (the README walkthrough test escrows a
 // header with a host token, so the two cannot drift apart unnoticed).
 constexpr const char* kHeaderContentType = "application/vnd.diskseal.luks2-header+json";
 std::optional<std::string> WrappedValueOf(const std::string& content_type, const std::string& value) {

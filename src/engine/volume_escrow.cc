@@ -1,4 +1,4 @@
-#include "vault/volume_escrow.h"
+#include "engine/volume_escrow.h"
 
 #include <unistd.h>
 
@@ -10,7 +10,9 @@
 
 #include "luks2/digest.h"
 
-namespace ds::vault {
+namespace ds::engine {
+
+using namespace vault;  // this file speaks the vault client's types throughout
 
 namespace {
 
@@ -366,4 +368,4 @@ Status RecoverHeader(Env& env, VaultClient& client, const std::string& device,
   return Status::Ok();
 }
 
-}  // namespace ds::vault
+}  // namespace ds::engine

@@ -41,7 +41,12 @@
 #include "vault/client.h"
 #include "vault/escrow.h"
 
-namespace ds::vault {
+namespace ds::engine {
+
+// The vault side this builds on (vault/escrow.h, vault/client.h).
+using vault::EscrowRecord;
+using vault::EscrowRequest;
+using vault::VaultClient;
 
 inline constexpr const char* kEscrowTokenType = "diskseal-escrow";
 inline constexpr const char* kContentTypeHeader = "application/vnd.diskseal.luks2-header+json";
@@ -98,4 +103,4 @@ Status RecoverHeader(Env& env, VaultClient& client, const std::string& device,
                      const std::string& header_secret_name, const std::string& new_header,
                      const luks2::PbkdfOptions& pbkdf, std::ostream& log);
 
-}  // namespace ds::vault
+}  // namespace ds::engine
