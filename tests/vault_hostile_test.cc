@@ -242,8 +242,15 @@ class VaultHostileTest : public ::testing::Test {
   }
   void ExpectBoundedMemory() {
     Rss r = ReadRss(vault_->pid());
-    EXPECT_LT(r.hwm_kb, kMaxPeakRssKb) << "peak RSS " << r.hwm_kb << " kB, now " << r.rss_kb;
     std::printf("[ vault RSS ] now %ld kB, peak %ld kB\n", r.rss_kb, r.hwm_kb);
+#if defined(__SANITIZE_ADDRESS__)
+    // Under ASan the server's RSS is the sanitizer's: shadow memory, redzones around every
+    // allocation and a quarantine that keeps freed memory (256 MiB by default) put an idle server
+    // at ~200 MB. The bound is asserted by the normal build's pass of this same test; here the
+    // sanitizer looks for memory errors under the same attacks.
+    return;
+#endif
+    EXPECT_LT(r.hwm_kb, kMaxPeakRssKb) << "peak RSS " << r.hwm_kb << " kB, now " << r.rss_kb;
   }
 
   // Sends `head` then `filler` repeatedly (up to `total` bytes, 64 MiB by default) on one TLS
