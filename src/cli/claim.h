@@ -13,7 +13,12 @@ namespace ds::cli {
 // one detached header are one owner too). `writes_device`: the command writes the device itself
 // (data, or a header at its start), so a read-only device is refused here. The claims are held
 // until the returned vector is destroyed; keep it for the whole command.
+// `online_ok`: the command can run under the volume's own live mapping (online/dm_online.h), so
+// that mapping's hold on the device is not a refusal (the detached header names the volume).
 Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, ClaimMode mode,
-                                             bool writes_device);
+                                             bool writes_device, bool online_ok = false);
+
+// The live mapping of the volume whose detached header is d.header over d.device, or "".
+std::string ActiveMappingOf(Env& env, const DeviceArgs& d);
 
 }  // namespace ds::cli

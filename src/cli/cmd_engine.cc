@@ -23,6 +23,8 @@
 #include "luks2/header_io.h"
 #include "vault/escrow.h"
 #include "engine/volume_escrow.h"
+#include "online/dm_online.h"
+#include "volume/signature.h"
 
 #include <algorithm>
 
@@ -49,9 +51,13 @@ struct EngineArgs {
   bool progress_json = false;
   unsigned threads = 0;
   uint64_t stop_after = 0;
+  bool init_only = false;
 };
 
 void AddEngineOptions(CLI::App& app, EngineArgs& e) {
+  app.add_flag("--init-only", e.init_only,
+               "only write the header with the operation recorded (nothing transformed yet, cryptsetup's "
+               "`reencrypt --init-only`); `open` then activates it and `resume` carries it on, online while it is open");
   AddHotzoneSizeOption(app, e.hotzone, "memory for data buffers (default 32M): two hotzones of half this each (journal mode caps them at its area); with --reduce-device-size R one hotzone of R/2 instead");
   app.add_flag("--progress-json", e.progress_json, "progress as JSON lines on stderr");
   app.add_option("--threads", e.threads, "encryption threads (default: one per core)");
@@ -125,6 +131,13 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   }
   // Before the engine writes anything (its first act may be a hotzone recovery).
   DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, d.header, keymap));
+  if (e.init_only) {
+    *g.out << d.device << ": " << engine::ModeName(st->mode) << " initialised (" << st->done << " of " << st->data_size
+           << " bytes done); open it and run `" << ContinueCommand(d, keys, vo) << "` to carry it on (online while it is open)\n";
+    return Status::Ok();
+  }
+  // The volume's own mapping is live (open, perhaps mounted): the operation runs under it.
+  const std::string active = ActiveMappingOf(*g.env, d);
   CatchStopSignals();
   const uint64_t left = st->data_size - st->done;
   Progress p(g.err, Progress::AutoMode(isatty(2), e.progress_json),
@@ -135,7 +148,10 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   eo.stop = &g_stop;
   eo.stop_after = e.stop_after;
   eo.progress = &p;
-  Status s = engine::RunOperation(v, keymap, eo);
+  if (!active.empty())
+    *g.err << d.device << ": " << engine::ModeName(st->mode) << " runs online under /dev/mapper/" << active << "\n";
+  Status s = active.empty() ? engine::RunOperation(v, keymap, eo)
+                            : online::RunOnline(v, {g.env, d.device, d.header}, active, keymap, eo);
   if (s.code() == Code::kInterrupted) return NameTheContinuation(s, d, keys, vo);
   if (!s.ok()) return s;
   p.Finish();
@@ -488,7 +504,13 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     const std::string& dev = o->dev.device;
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
-    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
+    // --init-only with a detached header writes nothing but the new header file: the device may
+    // be in use (a mounted root filesystem is initialised this way, then opened at the next boot).
+    const bool header_only = o->e.init_only && !o->dev.header.empty() && !g.env->Exists(o->dev.header);
+    std::vector<DeviceClaim> claims;
+    if (!header_only) {
+      DS_ASSIGN_OR_RETURN(claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
+    }
     if (o->dev.header.empty()) {
       if (!o->shift.reduce)
         return Unsupported(dev + ": encrypting in place needs --header FILE (detached header) or "
@@ -514,8 +536,8 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     engine::Binding binding;
     {
       OpenOptions probe;
-      probe.write = true;
-      probe.exclusive = true;
+      probe.write = !header_only;
+      probe.exclusive = !header_only;
       DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, probe));
       DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
       if (luks) return Busy(dev + ": already a LUKS volume; refusing to encrypt it again");
@@ -523,6 +545,17 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
         return InvalidArgument(dev + ": size " + std::to_string(d->Size()) + " is not a multiple of 512 bytes");
       // The header records which device it belongs to: the plaintext is the device itself now.
       DS_ASSIGN_OR_RETURN(binding, engine::PlaintextBinding(*g.env, *d, dev));
+      // Initialised to be opened and encrypted online: the mapping's logical block size becomes
+      // the encryption sector size, and a mounted filesystem must not see it grow past its own
+      // I/O unit (an ext4 with 1 KiB blocks aborts its journal on a 4 KiB device).
+      if (o->e.init_only && !o->f.sector_size) {
+        Bytes first(size_t(std::min<uint64_t>(volume::kSignatureProbeBytes, d->Size())));
+        DS_RETURN_IF_ERROR(d->ReadAt(0, first));
+        auto sig = volume::ProbeSignature(first);
+        const uint32_t unit = sig && sig->io_unit ? sig->io_unit : 512;
+        o->f.sector_size = 512;
+        while (o->f.sector_size * 2 <= std::min<uint32_t>(unit, 4096)) o->f.sector_size *= 2;
+      }
     }
     // With a vault and no key file, diskseal makes the passphrase (as ADE does) and escrows it.
     std::unique_ptr<vault::VaultClient> client;
@@ -595,7 +628,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
       return InvalidArgument(dev + ": --resilience datashift* is chosen by diskseal itself for a header at the start");
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
-    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
     if (!g.env->Exists(o->dev.header)) {
       if (o->resilience != "checksum")
         return InvalidArgument(dev + ": with the header at the start the resilience is datashift-checksum");
@@ -625,6 +658,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, res, iters).WithContext(dev));
     DS_RETURN_IF_ERROR(v.Commit());  // one header write: the plain header or the in-progress one
     DS_RETURN_IF_ERROR(ResumeOperation(g, o->dev, o->keys, o->e, &u.key, u.digest));
+    if (o->e.init_only) return Status::Ok();
     // Verified: the header's binding matched before the first write. Nothing is said of the header
     // file: only the device's state is known here.
     *g.out << dev << " holds plaintext again (verified against " << o->dev.header << " before the first write).\n";
@@ -661,7 +695,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     // offset), the resilience data goes into the header's keyslots area, as cryptsetup does it.
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
-    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
     DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, o->dev.header));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
@@ -765,7 +799,7 @@ Runner SetupResume(CLI::App& app, Globals& g) {
   AddVaultOptions(app, o->vault);
   return [o, &g]() -> Status {
     CatchStopSignals();
-    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
   };
 }

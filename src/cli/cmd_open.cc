@@ -17,6 +17,8 @@
 #include "cli/luks_options.h"
 #include "dm/dm.h"
 #include "dm/volume_table.h"
+#include "engine/engine.h"
+#include "engine/reencrypt_state.h"
 #include "fuse/daemon.h"
 #include "fuse/file_server.h"
 #include "fuse/run_dir.h"
@@ -130,6 +132,19 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
     DS_ASSIGN_OR_RETURN(OpenedVolume ov,
                         LoadAndUnlock(g, o->dev, o->keys, o->slot.get(), !o->read_only, &o->vault));
     luks2::Volume& v = ov.volume;
+    // An in-place operation in progress opens as the header describes it (done part new, the rest
+    // old): the online engine carries it on under the mapping (`diskseal resume`). A hotzone left
+    // flagged by a crash is recovered first, here, while nothing uses the device.
+    if (auto st = engine::ReadState(v.metadata(), v.data_device().Size()); st.ok() && *st && (*st)->hotzone_len) {
+      if (o->read_only)
+        return Busy(o->dev.device + ": an in-place operation was interrupted mid-hotzone; open it read-write once "
+                    "(it is recovered first) or run `diskseal resume`");
+      engine::EngineOptions eo;
+      eo.until_done = (*st)->done + *(*st)->hotzone_len;
+      DS_RETURN_IF_ERROR(engine::RunOperation(v, ov.Keys(), eo).WithContext(o->dev.device + ": recovering the interrupted hotzone"));
+      *g.err << "diskseal: " << o->dev.device << ": recovered the hotzone an interrupted operation left\n";
+    }
+    const std::map<int, const SecureBuffer*> keys = ov.Keys();
     nlohmann::ordered_json j = {{"name", o->name}, {"device", device}};
     if (!userspace) {
       dm::Activation a;
@@ -137,12 +152,11 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
       a.luks_uuid = v.metadata().uuid;
       a.device = device;
       a.read_only = o->read_only;
-      DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, ov.unlocked));
+      DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, keys));
       DS_RETURN_IF_ERROR(dm::Create(a));
       j["mode"] = "kernel";
       j["path"] = "/dev/mapper/" + o->name;
     } else {
-      std::map<int, const SecureBuffer*> keys = {{ov.unlocked.digest, &ov.unlocked.key}};
       DS_ASSIGN_OR_RETURN(std::unique_ptr<BlockDevice> view, v.OpenData(keys));
       fuse::StartRequest req;
       req.name = o->name;

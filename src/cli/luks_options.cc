@@ -1,4 +1,6 @@
 #include "cli/luks_options.h"
+
+#include "engine/reencrypt_state.h"
 #include "engine/binding.h"
 
 #include <unistd.h>
@@ -72,8 +74,14 @@ Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySou
   DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
   DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vault, v.metadata(), d.device));
   DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span(), slot));
-  DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, d.header, {{u.digest, &u.key}}));
-  return OpenedVolume{std::move(v), std::move(u)};
+  std::map<int, SecureBuffer> all;
+  auto st = engine::ReadState(v.metadata(), v.data_device().Size());
+  if (st.ok() && *st) {
+    DS_ASSIGN_OR_RETURN(all, v.UnlockAll(pass.span()));
+  }
+  OpenedVolume ov{std::move(v), std::move(u), std::move(all)};
+  DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(ov.volume, d.header, ov.Keys()));
+  return ov;
 }
 
 }  // namespace ds::cli

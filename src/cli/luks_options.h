@@ -1,6 +1,8 @@
 // Flags several LUKS commands share (format, keyslot, encrypt, open ...), with cryptsetup's names.
 #pragma once
 
+#include <map>
+
 #include <optional>
 #include <string>
 
@@ -30,6 +32,14 @@ void AddSlotOption(CLI::App& app, SlotArg& s, const std::string& help);
 struct OpenedVolume {
   luks2::Volume volume;
   luks2::Volume::Unlocked unlocked;
+  // Every volume key the passphrase unlocks, by digest id: filled only when an in-place
+  // operation is in progress (its segments are under two keys, or one key and plaintext).
+  std::map<int, SecureBuffer> all;
+  std::map<int, const SecureBuffer*> Keys() const {
+    std::map<int, const SecureBuffer*> k = {{unlocked.digest, &unlocked.key}};
+    for (const auto& [d, key] : all) k[d] = &key;
+    return k;
+  }
 };
 // With `vault` enabled and no key file, the passphrase is the one escrowed in the vault.
 Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySource& keys,

@@ -13,6 +13,8 @@
 #include <memory>
 #include <mutex>
 
+#include <openssl/crypto.h>
+
 #include "crypto/crypto.h"
 
 namespace ds::dm {
@@ -85,6 +87,7 @@ std::string MakeUuid(const std::string& luks_uuid, const std::string& name) {
 Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin) {
   const std::span<const uint8_t> key = seg.key;
   std::string tail = " " + device_majmin + " " + std::to_string(seg.device_sector);
+  if (seg.type == Segment::Type::kError) return SecureBuffer(1);  // "": no parameters
   if (seg.type == Segment::Type::kLinear) {
     std::string s = device_majmin + " " + std::to_string(seg.device_sector);
     SecureBuffer out(s.size() + 1);
@@ -137,49 +140,146 @@ bool Available() {
   return dm_driver_version(v, sizeof v) != 0;
 }
 
+namespace {
+
+Result<std::string> MajMin(const std::string& device) {
+  struct stat st;
+  if (::stat(device.c_str(), &st) != 0) return PosixError(device, errno);
+  if (!S_ISBLK(st.st_mode))
+    return InvalidArgument(device + ": not a block device (device-mapper maps block devices)");
+  return std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
+}
+
+// Adds a's segments to t as its table, in locked memory.
+Status AddTable(dm_task* t, const Activation& a) {
+  DS_ASSIGN_OR_RETURN(std::string majmin, MajMin(a.device));
+  // The kernel wipes the ioctl buffer holding the table; libdevmapper wipes its copies.
+  if (!dm_task_secure_data(t)) return Internal("device-mapper: secure data flag refused");
+  if (a.read_only && !dm_task_set_ro(t)) return Internal("device-mapper: read-only refused");
+  uint64_t start = 0;
+  for (const Segment& s : a.segments) {
+    std::string mm = majmin;
+    if (!s.device.empty()) {
+      DS_ASSIGN_OR_RETURN(mm, MajMin(s.device));
+    }
+    DS_ASSIGN_OR_RETURN(SecureBuffer params, TargetParams(s, mm));
+    const char* type = s.type == Segment::Type::kCrypt ? "crypt" : s.type == Segment::Type::kError ? "error" : "linear";
+    if (!dm_task_add_target(t, start, s.sectors, type, reinterpret_cast<const char*>(params.data())))
+      return Internal(a.name + ": cannot add a " + type + " target");
+    start += s.sectors;
+  }
+  return Status::Ok();
+}
+
+uint16_t UdevFlags(bool private_device) {
+  return private_device ? uint16_t(DM_UDEV_DISABLE_DM_RULES_FLAG | DM_UDEV_DISABLE_SUBSYSTEM_RULES_FLAG |
+                                   DM_UDEV_DISABLE_DISK_RULES_FLAG | DM_UDEV_DISABLE_OTHER_RULES_FLAG)
+                        : uint16_t(0);
+}
+
+// Runs t, waiting for udev (or the node operations libdevmapper queued where udev does not run).
+Status RunWithCookie(dm_task* t, const std::string& what, bool private_device) {
+  uint32_t cookie = 0;
+  if (!dm_task_set_cookie(t, &cookie, UdevFlags(private_device)))
+    return Internal(what + ": cannot set up udev synchronisation");
+  g_last_error.clear();
+  g_last_errno = 0;
+  int ok = dm_task_run(t);
+  Status s = ok ? Status::Ok() : RunError(t, what);
+  dm_udev_wait(cookie);
+  return s;
+}
+
+}  // namespace
+
 Status Create(const Activation& a) {
   DS_RETURN_IF_ERROR(Validate(a));
   if (!Available())
     return Unsupported("device-mapper is not available in this kernel (no /dev/mapper/control); "
                        "use --userspace");
-  struct stat st;
-  if (::stat(a.device.c_str(), &st) != 0) return PosixError(a.device, errno);
-  if (!S_ISBLK(st.st_mode))
-    return InvalidArgument(a.device + ": not a block device (device-mapper maps block devices)");
-  const std::string majmin =
-      std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
-
+  DS_RETURN_IF_ERROR(MajMin(a.device).status());
   // libdevmapper creates and loads through inner tasks whose errno does not reach us: look first,
   // so a taken name is reported as such (a race with another creator still fails, as kIOError).
   DS_ASSIGN_OR_RETURN(auto existing, Find(a.name));
   if (existing)
     return Busy(a.name + ": /dev/mapper/" + a.name + " already exists (name in use)");
   DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_CREATE, a.name));
-  const std::string uuid = MakeUuid(a.luks_uuid, a.name);
+  const std::string uuid = a.dm_uuid.empty() ? MakeUuid(a.luks_uuid, a.name) : a.dm_uuid;
   if (!dm_task_set_uuid(t.get(), uuid.c_str()))
     return InvalidArgument(a.name + ": invalid dm uuid " + uuid);
-  // The kernel wipes the ioctl buffer holding the table; libdevmapper wipes its copies.
-  if (!dm_task_secure_data(t.get())) return Internal("device-mapper: secure data flag refused");
-  if (a.read_only && !dm_task_set_ro(t.get())) return Internal("device-mapper: read-only refused");
-  uint64_t start = 0;
-  for (const Segment& s : a.segments) {
-    DS_ASSIGN_OR_RETURN(SecureBuffer params, TargetParams(s, majmin));
-    const char* type = s.type == Segment::Type::kCrypt ? "crypt" : "linear";
-    if (!dm_task_add_target(t.get(), start, s.sectors, type,
-                            reinterpret_cast<const char*>(params.data())))
-      return Internal(a.name + ": cannot add a " + type + " target");
-    start += s.sectors;
-  }
-  uint32_t cookie = 0;
-  if (!dm_task_set_cookie(t.get(), &cookie, 0))
-    return Internal(a.name + ": cannot set up udev synchronisation");
+  DS_RETURN_IF_ERROR(AddTable(t.get(), a));
+  return RunWithCookie(t.get(), a.name, a.private_device);
+}
+
+Status Reload(const Activation& a) {
+  DS_RETURN_IF_ERROR(Validate(a));
+  DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_RELOAD, a.name));
+  DS_RETURN_IF_ERROR(AddTable(t.get(), a));
   g_last_error.clear();
   g_last_errno = 0;
-  int ok = dm_task_run(t.get());
-  Status s = ok ? Status::Ok() : RunError(t.get(), a.name);
-  // Always wait: this also runs the node operations libdevmapper queued when udev is absent.
-  dm_udev_wait(cookie);
-  return s;
+  if (!dm_task_run(t.get())) return RunError(t.get(), a.name + ": loading a table");
+  return Status::Ok();
+}
+
+Status Suspend(const std::string& name) {
+  DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_SUSPEND, name));
+  // No filesystem freeze (it would write the filesystem's dirty data into a device being
+  // switched, and freeze the root filesystem of the machine we run on) and no flush of queued
+  // I/O: the kernel still waits for the I/O in flight, which is what the switch needs.
+  if (!dm_task_skip_lockfs(t.get()) || !dm_task_no_flush(t.get()))
+    return Internal(name + ": cannot set suspend flags");
+  g_last_error.clear();
+  g_last_errno = 0;
+  if (!dm_task_run(t.get())) return RunError(t.get(), name + ": suspend");
+  return Status::Ok();
+}
+
+Status Resume(const std::string& name, bool private_device) {
+  DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_RESUME, name));
+  return RunWithCookie(t.get(), name + ": resume", private_device);
+}
+
+Result<std::vector<TargetInfo>> LiveTargets(const std::string& name) {
+  DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_TABLE, name));
+  if (!dm_task_secure_data(t.get())) return Internal("device-mapper: secure data flag refused");
+  g_last_error.clear();
+  g_last_errno = 0;
+  if (!dm_task_run(t.get())) return RunError(t.get(), name + ": reading the table");
+  std::vector<TargetInfo> out;
+  void* next = nullptr;
+  do {
+    uint64_t start = 0, length = 0;
+    char* type = nullptr;
+    char* params = nullptr;
+    next = dm_get_next_target(t.get(), next, &start, &length, &type, &params);
+    if (!type) break;
+    TargetInfo ti;
+    ti.start = start;
+    ti.sectors = length;
+    ti.type = type;
+    if (params) {
+      // crypt: "<cipher> <key> <iv_offset> <maj:min> <offset> ..."; linear: "<maj:min> <offset>".
+      const size_t field = ti.type == "crypt" ? 3 : ti.type == "linear" ? 0 : size_t(-1);
+      std::string_view p(params);
+      size_t i = 0, at = 0;
+      while (field != size_t(-1) && at < p.size()) {
+        size_t end = p.find(' ', at);
+        if (end == std::string_view::npos) end = p.size();
+        if (i == field) {
+          unsigned ma = 0, mi = 0;
+          if (std::sscanf(std::string(p.substr(at, end - at)).c_str(), "%u:%u", &ma, &mi) == 2)
+            ti.device = makedev(ma, mi);
+          break;
+        }
+        ++i;
+        at = end + 1;
+      }
+      // The parameters hold the key for crypt targets: wipe them before the task is freed.
+      OPENSSL_cleanse(params, std::strlen(params));
+    }
+    out.push_back(std::move(ti));
+  } while (next);
+  return out;
 }
 
 Status Remove(const std::string& name) {
@@ -214,6 +314,7 @@ Result<std::optional<MappingInfo>> Find(const std::string& name) {
   if (!info.exists) return std::optional<MappingInfo>();
   MappingInfo m;
   m.name = name;
+  m.dev = makedev(unsigned(info.major), unsigned(info.minor));
   if (const char* u = dm_task_get_uuid(t.get())) m.uuid = u;
   m.live_table = info.live_table != 0;
   m.suspended = info.suspended != 0;

@@ -22,7 +22,7 @@ namespace ds::dm {
 
 // One piece of the plaintext device. Sizes and offsets in 512-byte sectors, as dm tables count.
 struct Segment {
-  enum class Type { kCrypt, kLinear };
+  enum class Type { kCrypt, kLinear, kError };  // kError: every I/O fails (no device)
   Type type = Type::kCrypt;
   uint64_t sectors = 0;         // length in the plaintext device
   uint64_t device_sector = 0;   // where the segment starts on the data device
@@ -31,6 +31,9 @@ struct Segment {
   uint64_t iv_offset = 0;       // LUKS2 iv_tweak (512-byte units)
   uint32_t sector_size = 512;   // encryption sector size, 512..4096
   std::span<const uint8_t> key; // volume key of this segment's digest (borrowed)
+  // The device under this segment when not the Activation's (a block device path): the online
+  // engine routes its hotzone through a device of its own (online/dm_gate.h).
+  std::string device;
 };
 
 struct Activation {
@@ -39,6 +42,10 @@ struct Activation {
   std::string device;           // data device: a block device path
   std::vector<Segment> segments;  // in plaintext order; starts follow from the lengths
   bool read_only = false;
+  std::string dm_uuid;          // when set, used instead of MakeUuid(luks_uuid, name)
+  // A helper device of diskseal's own: udev rules are told to leave it alone (no probing, no
+  // /dev/disk links), as cryptsetup does for its temporary devices.
+  bool private_device = false;
 };
 
 // cryptsetup's dm UUID for a LUKS2 mapping: CRYPT-LUKS2-<uuid without dashes>-<name>.
@@ -62,11 +69,29 @@ bool Available();
 // ioctl buffer; libdevmapper wipes its own).
 Status Create(const Activation& a);
 
+// Loads `a`'s table as NAME's inactive table (it becomes live at the next Resume). Validates first.
+Status Reload(const Activation& a);
+// Suspends NAME without flushing queued I/O or freezing the filesystem on it (skip lockfs): it
+// waits only for the I/O already in flight below it; new I/O waits until Resume.
+Status Suspend(const std::string& name);
+// Resumes NAME, making a loaded inactive table live. `private_device` as in Activation.
+Status Resume(const std::string& name, bool private_device = false);
+
+// One target of a live table, without its parameters beyond the device it maps to (a crypt
+// table's key is read into locked memory and wiped).
+struct TargetInfo {
+  uint64_t start = 0, sectors = 0;  // in NAME, 512-byte sectors
+  std::string type;                 // "crypt", "linear", "error"
+  dev_t device = 0;                 // 0 when the target has none
+};
+Result<std::vector<TargetInfo>> LiveTargets(const std::string& name);
+
 // Removes /dev/mapper/NAME. kBusy when it is open (mounted, held); kNotFound when absent.
 Status Remove(const std::string& name);
 
 struct MappingInfo {
   std::string name;
+  dev_t dev = 0;             // /dev/mapper/NAME's device number
   std::string uuid;          // dm UUID ("" when none)
   bool live_table = false;   // false: created but never loaded (a crash mid-activation)
   bool suspended = false;

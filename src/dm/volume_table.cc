@@ -7,6 +7,10 @@
 namespace ds::dm {
 
 Result<std::vector<Segment>> VolumeSegments(luks2::Volume& v, const luks2::Volume::Unlocked& u) {
+  return VolumeSegments(v, {{u.digest, &u.key}});
+}
+
+Result<std::vector<Segment>> VolumeSegments(luks2::Volume& v, const std::map<int, const SecureBuffer*>& keys) {
   std::vector<Segment> out;
   const uint64_t dev_size = v.data_device().Size();
   for (const auto& seg : luks2::Segments(v.metadata())) {
@@ -24,14 +28,14 @@ Result<std::vector<Segment>> VolumeSegments(luks2::Volume& v, const luks2::Volum
       d.type = Segment::Type::kLinear;
     } else if (seg.type == "crypt") {
       auto digest = luks2::DigestOfSegment(v.metadata(), seg.id);
-      if (!digest || digest->id != u.digest)
-        return Unsupported(v.name() + ": segment " + std::to_string(seg.id) +
-                           " uses another volume key than the unlocked one (a re-encryption "
-                           "between keys); diskseal cannot open it yet");
+      auto key = digest ? keys.find(digest->id) : keys.end();
+      if (key == keys.end())
+        return PermissionDenied(v.name() + ": segment " + std::to_string(seg.id) +
+                                " is under a volume key the passphrase does not unlock");
       d.cipher = seg.cipher;
       d.iv_offset = seg.iv_tweak;
       d.sector_size = seg.sector_size;
-      d.key = u.key.span();
+      d.key = key->second->span();
     } else {
       return Unsupported(v.name() + ": segment " + std::to_string(seg.id) + " has type '" +
                          seg.type + "', which diskseal cannot open");

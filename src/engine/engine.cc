@@ -104,7 +104,8 @@ class Runner {
     const uint64_t hz = HotzoneLimit();
     const uint64_t run_start = st_.done;
     bool have = false;  // buf_ already holds the next hotzone (read ahead by the previous step)
-    while (st_.done < st_.data_size) {
+    const uint64_t end = o_.until_done ? std::min(o_.until_done, st_.data_size) : st_.data_size;
+    while (st_.done < end) {
       // No read is in flight here: every Step joins its read-ahead before it returns.
       if ((o_.stop && o_.stop->load()) || (o_.stop_after && st_.done - run_start >= o_.stop_after)) {
         if (done_uncommitted_) DS_RETURN_IF_ERROR(Commit(st_.done, std::nullopt));
@@ -112,13 +113,19 @@ class Runner {
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
       }
-      DS_RETURN_IF_ERROR(Step(NextLength(st_.done, hz), hz, have));
+      DS_RETURN_IF_ERROR(Step(std::min(NextLength(st_.done, hz), end - st_.done), hz, have));
+    }
+    if (end < st_.data_size) {
+      if (done_uncommitted_) DS_RETURN_IF_ERROR(Commit(st_.done, std::nullopt));
+      return Status::Ok();
     }
     // A header whose every byte was already new (cryptsetup stores that state just before its
     // final commit) still needs the final layout.
     if (!finished_) DS_RETURN_IF_ERROR(Commit(st_.data_size, std::nullopt));
     return Status::Ok();
   }
+
+  bool finished() const { return finished_; }
 
   // Idempotent and safe at any time after the final commit: the area is no longer referenced.
   Status Scrub(uint64_t off, uint64_t size) {
@@ -271,8 +278,10 @@ class Runner {
       if (o_.progress) o_.progress->Advance(len);
       return Status::Ok();
     }
+    if (o_.gate) DS_RETURN_IF_ERROR(o_.gate->Hold(pos, len, done + len));
     if (!have) {
       buf_.resize(len);
+      if (o_.in_use) data_.DropCache(st_.OldAt(pos), len);
       DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
     }
     have = false;
@@ -287,7 +296,7 @@ class Runner {
     // without it.
     ReadAhead ra;
     const uint64_t ndone = done + len;
-    if (ndone < st_.data_size) {
+    if (ndone < st_.data_size && !o_.in_use) {
       const uint64_t nlen = NextLength(ndone, hz), from = st_.OldAt(st_.StepOffset(ndone, nlen));
       const uint64_t to = st_.NewAt(pos);
       if (from + nlen <= to || to + len <= from) {
@@ -321,6 +330,7 @@ class Runner {
     const bool ahead_ok = ra.Wait();
     DS_RETURN_IF_ERROR(s);
     st_.done = ndone;
+    if (o_.gate) DS_RETURN_IF_ERROR(o_.gate->Release(v_.metadata()));
     if (o_.progress) o_.progress->Advance(len);
     if (read_ahead && ahead_ok) {
       std::swap(buf_, next_);
@@ -356,6 +366,8 @@ class Runner {
   Status Recover(uint64_t len) {
     const uint64_t done = st_.done, pos = st_.StepOffset(done, len);
     const uint64_t at = st_.NewAt(pos);
+    if (o_.gate) DS_RETURN_IF_ERROR(o_.gate->Hold(pos, len, done + len));
+    if (o_.in_use) data_.DropCache(at, len);
     auto type = st_.area.type;
     if (st_.decrypt_shift()) type = pos >= st_.shift ? Resilience::kDatashift : Resilience::kChecksum;
     if (type == Resilience::kJournal || type == Resilience::kChecksum) buf_.resize(len);
@@ -394,6 +406,7 @@ class Runner {
     DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));
     st_.done = done + len;
     st_.hotzone_len.reset();
+    if (o_.gate) DS_RETURN_IF_ERROR(o_.gate->Release(v_.metadata()));
     if (o_.progress) o_.progress->Advance(len);
     return Status::Ok();
   }
@@ -452,6 +465,9 @@ Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffe
     return PermissionDenied(volume.name() + ": the passphrase does not open a key this operation needs");
   DS_RETURN_IF_ERROR(CheckVerificationDigest(volume.metadata(), *st, old_key, new_key)
                          .WithContext(volume.name()));
+  if ((opts.in_use || opts.gate) && (st->moved || st->shift || st->decrypt_shift()))
+    return Unsupported(volume.name() + ": an operation that moves the data (header at the start of the device) "
+                       "cannot run while the volume is in use; close it first");
   unsigned threads = opts.threads ? opts.threads : std::max(1u, std::thread::hardware_concurrency());
   DS_ASSIGN_OR_RETURN(Transformer tf, Transformer::Create(*st, old_key, new_key, threads));
   // Areas that hold nothing of value once the operation is done: the reencryption area (it held
@@ -464,6 +480,7 @@ Status RunOperation(luks2::Volume& volume, const std::map<int, const SecureBuffe
     }
   Runner r(volume, *st, std::move(tf), opts, threads);
   DS_RETURN_IF_ERROR(r.Go());
+  if (!r.finished()) return Status::Ok();  // stopped at opts.until_done
   for (auto [off, size] : scrub) DS_RETURN_IF_ERROR(r.Scrub(off, size));
   return FinishPendingWipe(volume);
 }

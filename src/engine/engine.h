@@ -30,6 +30,25 @@
 
 namespace ds::engine {
 
+// The engine's side of a volume that stays in use while it runs (online: the filesystem stays
+// mounted on a mapping of the volume). The engine calls Hold before it reads a hotzone and Release
+// after the commit that records it done; between the two, the gate guarantees that no write of the
+// volume's users reaches the hotzone's bytes on the data device, and that what users write there
+// meanwhile lands after the engine's rewrite in the new layout (dm: queued in a suspended device).
+// Outside a Hold/Release pair users' I/O follows the header's segments, which the gate makes the
+// mapping follow. Threading: called on the engine's calling thread only. An error from either
+// stops the operation with that error (the header is consistent; the gate's owner restores the
+// mapping).
+class ZoneGate {
+ public:
+  virtual ~ZoneGate() = default;
+  // The hotzone is plaintext bytes [offset, offset + len); `done_after` is the engine's progress
+  // (State::done) once it is finished.
+  virtual Status Hold(uint64_t offset, uint64_t len, uint64_t done_after) = 0;
+  // The hotzone is committed done; `md` is the header as committed.
+  virtual Status Release(const luks2::Metadata& md) = 0;
+};
+
 struct EngineOptions {
   // Bounds memory: two buffers of half this (the hotzone being written and the next one, read
   // ahead). Datashift needs none of hotzone size: a few MiB per thread, whatever the shift.
@@ -40,6 +59,15 @@ struct EngineOptions {
   // (0: no limit), as if `stop` were set: the work can be spread over maintenance windows.
   uint64_t stop_after = 0;
   Progress* progress = nullptr;
+  // The volume is in use by others while the engine runs (online): the data device is read only
+  // after dropping its page cache for the range (users write through another device, whose writes
+  // that cache does not see), and no hotzone is read ahead (only a held zone is stable).
+  // Operations that move data (data shift) are refused.
+  bool in_use = false;
+  ZoneGate* gate = nullptr;  // not owned; with in_use, wraps every hotzone
+  // Stop (ok, not kInterrupted) once the progress reaches this many bytes (State::done); no
+  // step crosses it. 0: run to the end. Used to finish exactly one hotzone (online recovery).
+  uint64_t until_done = 0;
 };
 
 // `keys` maps digest id -> volume key for the keys the operation needs (the new key to encrypt).

@@ -9,6 +9,7 @@
 #include "engine/datashift.h"
 #include "engine/reencrypt_state.h"
 #include "io/mem_device.h"
+#include "luks2/header_io.h"
 #include "luks2/test_util.h"
 #include "testlib.h"
 
@@ -182,6 +183,86 @@ TEST(Engine, ProgressIsRecordedInCryptsetupsLayout) {
   EXPECT_EQ((*again)->done, 3 * kHotzone);
   EXPECT_EQ((*again)->hotzone_len, kHotzone);
   EXPECT_TRUE(luks2::Validate(md).ok());
+}
+
+// A gate that checks the online protocol: every data write happens between a Hold and its
+// Release, zones are held in order and cover the data exactly once, the header on disk says the
+// zone is not yet done at Hold and done at Release.
+class RecordingGate : public ZoneGate {
+ public:
+  RecordingGate(MemDevice& hdr, FaultDevice& data) : hdr_(hdr), data_(data) {}
+  Status Hold(uint64_t off, uint64_t len, uint64_t done_after) override {
+    EXPECT_FALSE(held_) << "a zone held twice";
+    EXPECT_EQ(data_.ops(), ops_at_release_) << "data written outside a held zone";
+    held_ = true;
+    zones.emplace_back(off, len);
+    auto st = StateOnDisk();
+    EXPECT_TRUE(st && st->done + len == done_after) << "header progress at Hold";
+    done_after_ = done_after;
+    return Status::Ok();
+  }
+  Status Release(const luks2::Metadata&) override {
+    EXPECT_TRUE(held_);
+    held_ = false;
+    ops_at_release_ = data_.ops();
+    auto st = StateOnDisk();
+    EXPECT_TRUE(!st || st->done >= done_after_) << "Release before the done commit";
+    if (st) {
+      EXPECT_FALSE(st->hotzone_len.has_value());
+    }
+    return Status::Ok();
+  }
+  std::vector<std::pair<uint64_t, uint64_t>> zones;
+
+ private:
+  std::optional<State> StateOnDisk() {
+    auto read = luks2::ReadHeader(hdr_);
+    EXPECT_TRUE(read.ok());
+    if (!read.ok()) return std::nullopt;
+    auto st = ReadState(read->md, data_.Size());
+    EXPECT_TRUE(st.ok());
+    return st.ok() ? *st : std::nullopt;
+  }
+  MemDevice& hdr_;
+  FaultDevice& data_;
+  bool held_ = false;
+  uint64_t ops_at_release_ = 0, done_after_ = 0;
+};
+
+TEST(Engine, OnlineGateWrapsEveryHotzoneAndUntilDoneStopsAtAZoneEnd) {
+  for (bool decrypt : {false, true}) {
+    Fixture f = decrypt ? MakeDecryptInitialised(Resilience::kChecksum, 4096) : MakeInitialised(Resilience::kChecksum, 4096);
+    MemDevice h("hdr", f.header);
+    FaultDevice d("data", f.data);
+    auto v = Open(&h, &d);
+    ASSERT_TRUE(v.ok());
+    RecordingGate gate(h, d);
+    EngineOptions eo;
+    eo.hotzone_bytes = 2 * kHotzone;  // zones of kHotzone
+    eo.threads = 2;
+    eo.in_use = true;
+    eo.gate = &gate;
+    // First only three zones: the run stops ok with exactly that much done, nothing flagged.
+    eo.until_done = 3 * kHotzone;
+    ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+    auto st = ReadState(v->metadata(), d.Size());
+    ASSERT_TRUE(st.ok() && st->has_value());
+    EXPECT_EQ((*st)->done, 3 * kHotzone);
+    EXPECT_FALSE((*st)->hotzone_len.has_value());
+    EXPECT_EQ(gate.zones.size(), 3u);
+    eo.until_done = 0;
+    ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+    ASSERT_EQ(gate.zones.size(), kDataSize / kHotzone);
+    for (size_t i = 0; i < gate.zones.size(); ++i) {
+      const uint64_t want = decrypt ? kDataSize - (i + 1) * kHotzone : i * kHotzone;  // backward when decrypting
+      EXPECT_EQ(gate.zones[i], std::make_pair(want, kHotzone)) << i;
+    }
+    auto plain = v->OpenData({{0, &f.key}});
+    ASSERT_TRUE(plain.ok());
+    Bytes out((*plain)->Size());
+    ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
+    EXPECT_EQ(out, f.plain) << (decrypt ? "decrypt" : "encrypt");
+  }
 }
 
 TEST(Engine, TamperedReencryptionMetadataIsRefusedBeforeAnyWrite) {

@@ -31,6 +31,11 @@ class BlockDevice {
   // rather than when the kernel gets round to it, so that the next Sync waits for less. Only
   // Sync makes anything durable; devices without a page cache ignore it.
   virtual void StartWriteback(uint64_t /*offset*/, uint64_t /*len*/) {}
+  // Drops this device's cached pages of [offset, offset+len) that are clean, so that the next read
+  // comes from the medium: needed when others write the medium through another device (a
+  // device-mapper table over this one), whose writes this device's page cache never sees.
+  // Precondition: this process's own writes there are synced. No effect without a page cache.
+  virtual void DropCache(uint64_t /*offset*/, uint64_t /*len*/) {}
   virtual uint64_t Size() const = 0;
   // The path or a label, for messages ("disk.img: ...").
   virtual const std::string& name() const = 0;

@@ -266,10 +266,24 @@ Result<DeviceIdentity> IdentifyDevice(const std::string& path) {
   return id;
 }
 
-Result<std::string> KernelUse(const std::string& path) {
+// True when block device `rdev` is held only by mappings named in `allowed` (at least one).
+bool HeldOnlyBy(dev_t rdev, const std::vector<std::string>& allowed) {
+  if (allowed.empty()) return false;
+  const std::string sys = "/sys/dev/block/" + DevNum(rdev);
+  const auto holders = List(sys + "/holders");
+  if (holders.empty()) return false;
+  for (const auto& h : holders) {
+    const std::string dm = ReadSmall("/sys/block/" + h + "/dm/name");
+    if (std::find(allowed.begin(), allowed.end(), dm) == allowed.end()) return false;
+  }
+  return true;
+}
+
+Result<std::string> KernelUse(const std::string& path, const std::vector<std::string>& allowed) {
   DS_ASSIGN_OR_RETURN(DeviceIdentity id, IdentifyDevice(path));
   if (id.block) {
     std::string use = BlockUse(path, id.rdev);
+    if (!use.empty() && use.rfind("held by ", 0) == 0 && HeldOnlyBy(id.rdev, allowed)) use.clear();
     if (!use.empty()) return use;
     if (id.backing.empty()) return std::string();
   } else {
@@ -351,7 +365,7 @@ Result<DeviceClaim> DeviceClaim::Acquire(const std::string& path, const ClaimOpt
     ::close(fd);
     return Busy(name + ": in use by " + who + "; diskseal allows one owner per device");
   }
-  auto use = KernelUse(path);
+  auto use = KernelUse(path, opts.allowed_holders);
   if (!use.ok() || !use->empty()) {
     ::close(fd);
     if (!use.ok()) return use.status();

@@ -52,6 +52,10 @@ struct ClaimOptions {
   // (losetup -r, blockdev --setro, a read-only filesystem or file) is refused here, before any
   // key derivation or header file.
   bool write_device = false;
+  // Device-mapper devices (by name) whose hold on the device is expected: the volume's own live
+  // mapping while an online operation runs under it (online/dm_online.h). The device is still
+  // refused when anything else holds it or it is mounted itself.
+  std::vector<std::string> allowed_holders;
 };
 
 // A held claim. Move-only; released when the last DeviceClaim of this identity in this process is
@@ -93,6 +97,6 @@ std::string ProcessCommandLine(int pid, size_t max = 160);
 
 // Why the kernel holds `path` (mount point, swap, holder mapping, a loop device over the file),
 // or "" when it does not. The same checks as Acquire, without taking any lock.
-Result<std::string> KernelUse(const std::string& path);
+Result<std::string> KernelUse(const std::string& path, const std::vector<std::string>& allowed_holders = {});
 
 }  // namespace ds

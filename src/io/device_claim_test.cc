@@ -88,13 +88,13 @@ TEST(DeviceClaim, ExclusiveKeepsOtherProcessesOutUntilReleased) {
   test::MakeRandomImage(dir / "img", 1 << 20, 1);
   const std::string lock = LockFile(dir / "img");
   {
-    auto c = DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, true});
+    auto c = DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, true, {}});
     ASSERT_TRUE(c.ok()) << c.status().message();
     EXPECT_EQ(TryFlock(lock, "-x"), 1);
     EXPECT_EQ(TryFlock(lock, "-s"), 1);
     {
       // The same process claiming again (a command that then opens a view) shares its lock.
-      auto again = DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, false});
+      auto again = DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, false, {}});
       ASSERT_TRUE(again.ok()) << again.status().message();
     }
     EXPECT_EQ(TryFlock(lock, "-s"), 1) << "the first claim still holds it";
@@ -106,11 +106,11 @@ TEST(DeviceClaim, SharedAdmitsReadersOnly) {
   TempDir dir;
   test::MakeRandomImage(dir / "img", 1 << 20, 1);
   const std::string lock = LockFile(dir / "img");
-  auto c = DeviceClaim::Acquire(dir / "img", {ClaimMode::kShared, false});
+  auto c = DeviceClaim::Acquire(dir / "img", {ClaimMode::kShared, false, {}});
   ASSERT_TRUE(c.ok()) << c.status().message();
   EXPECT_EQ(TryFlock(lock, "-s"), 0);
   EXPECT_EQ(TryFlock(lock, "-x"), 1);
-  auto up = DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, false});
+  auto up = DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, false, {}});
   ASSERT_FALSE(up.ok());
   EXPECT_EQ(up.status().code(), Code::kBusy);
   EXPECT_NE(up.status().message().find(dir / "img"), std::string::npos) << up.status().message();
@@ -142,7 +142,7 @@ TEST(DeviceClaim, RefusalNamesTheHolderWhateverPathItUsed) {
   while (std::chrono::steady_clock::now() < deadline &&
          (::stat(lock.c_str(), &st) != 0 || FlockHolderPids(st.st_dev, st.st_ino).empty()))
     ::usleep(1000);
-  auto c = DeviceClaim::Acquire(dir / "link", {ClaimMode::kShared, false});
+  auto c = DeviceClaim::Acquire(dir / "link", {ClaimMode::kShared, false, {}});
   ::close(in[1]);  // cat ends, flock releases
   int status = 0;
   ::waitpid(pid, &status, 0);
@@ -151,7 +151,7 @@ TEST(DeviceClaim, RefusalNamesTheHolderWhateverPathItUsed) {
   const std::string& m = c.status().message();
   EXPECT_EQ(m.rfind(dir / "link", 0), 0u) << m;
   EXPECT_NE(m.find("in use by flock -x " + lock + " cat (pid " + std::to_string(pid) + ")"), std::string::npos) << m;
-  EXPECT_TRUE(DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, true}).ok()) << "free again";
+  EXPECT_TRUE(DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, true, {}}).ok()) << "free again";
 }
 
 TEST(DeviceClaim, MountedLoopRefusesItAndItsBackingFile) {
@@ -166,13 +166,13 @@ TEST(DeviceClaim, MountedLoopRefusesItAndItsBackingFile) {
     Loop used(img);
     ASSERT_EQ(test::Run({"mount", used.dev(), mnt}).exit_code, 0);
     for (const std::string& p : {img, idle.dev()}) {
-      auto c = DeviceClaim::Acquire(p, {ClaimMode::kExclusive, true});
+      auto c = DeviceClaim::Acquire(p, {ClaimMode::kExclusive, true, {}});
       ASSERT_FALSE(c.ok()) << p;
       EXPECT_EQ(c.status().code(), Code::kBusy);
       EXPECT_NE(c.status().message().find(used.dev() + ", which is mounted on " + mnt), std::string::npos)
           << c.status().message();
     }
-    auto direct = DeviceClaim::Acquire(used.dev(), {ClaimMode::kShared, false});
+    auto direct = DeviceClaim::Acquire(used.dev(), {ClaimMode::kShared, false, {}});
     ASSERT_FALSE(direct.ok());
     EXPECT_EQ(direct.status().message(), used.dev() + ": mounted on " + mnt + "; refusing to touch it");
     auto why = KernelUse(img);
@@ -181,7 +181,7 @@ TEST(DeviceClaim, MountedLoopRefusesItAndItsBackingFile) {
     ASSERT_EQ(test::Run({"umount", mnt}).exit_code, 0);
   }
   // Attached but unused loop devices do not make the file busy.
-  auto c = DeviceClaim::Acquire(img, {ClaimMode::kExclusive, true});
+  auto c = DeviceClaim::Acquire(img, {ClaimMode::kExclusive, true, {}});
   EXPECT_TRUE(c.ok()) << c.status().message();
 }
 
@@ -191,19 +191,19 @@ TEST(DeviceClaim, ReadOnlyDeviceRefusedForWriters) {
   test::MakeRandomImage(dir / "img", 1 << 20, 1);
   {
     Loop ro(dir / "img", true);
-    auto w = DeviceClaim::Acquire(ro.dev(), {ClaimMode::kExclusive, true});
+    auto w = DeviceClaim::Acquire(ro.dev(), {ClaimMode::kExclusive, true, {}});
     ASSERT_FALSE(w.ok());
     EXPECT_EQ(w.status().code(), Code::kPermissionDenied);
     EXPECT_EQ(w.status().message().rfind(ro.dev() + ": the device is read-only", 0), 0u) << w.status().message();
     // A reader, or a command that writes only a detached header, may use it.
-    EXPECT_TRUE(DeviceClaim::Acquire(ro.dev(), {ClaimMode::kExclusive, false}).ok());
+    EXPECT_TRUE(DeviceClaim::Acquire(ro.dev(), {ClaimMode::kExclusive, false, {}}).ok());
   }
   Loop rw(dir / "img");
   ASSERT_EQ(test::Run({"blockdev", "--setro", rw.dev()}).exit_code, 0);
-  auto w = DeviceClaim::Acquire(rw.dev(), {ClaimMode::kExclusive, true});
+  auto w = DeviceClaim::Acquire(rw.dev(), {ClaimMode::kExclusive, true, {}});
   EXPECT_EQ(w.status().code(), Code::kPermissionDenied) << w.status().message();
   ASSERT_EQ(test::Run({"blockdev", "--setrw", rw.dev()}).exit_code, 0);
-  EXPECT_TRUE(DeviceClaim::Acquire(rw.dev(), {ClaimMode::kExclusive, true}).ok());
+  EXPECT_TRUE(DeviceClaim::Acquire(rw.dev(), {ClaimMode::kExclusive, true, {}}).ok());
 }
 
 }  // namespace

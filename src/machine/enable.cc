@@ -76,7 +76,7 @@ class Runner {
     // encryption, and through the view started below; taken once the volume is unmounted.
     std::optional<DeviceClaim> claim;
     if (r.step < Step::kEncrypted) {
-      DS_ASSIGN_OR_RETURN(DeviceClaim c, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true}));
+      DS_ASSIGN_OR_RETURN(DeviceClaim c, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true, {}}));
       claim.emplace(std::move(c));
     }
     if (r.step == Step::kUnmounted) {
@@ -131,7 +131,7 @@ class Runner {
     }
     std::optional<DeviceClaim> claim;
     if (r.step == Step::kClosed || r.step == Step::kDecrypting) {
-      DS_ASSIGN_OR_RETURN(DeviceClaim c, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true}));
+      DS_ASSIGN_OR_RETURN(DeviceClaim c, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true, {}}));
       claim.emplace(std::move(c));
       if (r.step == Step::kClosed) DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
       r.rate = Rate{};
@@ -343,7 +343,7 @@ class Runner {
       if (rec) DS_RETURN_IF_ERROR(run_.CleanupStale(*rec));
       DS_RETURN_IF_ERROR(fuse::CheckFuseAvailable());
       // The daemon inherits this claim and keeps the device for its whole life.
-      DS_ASSIGN_OR_RETURN(DeviceClaim view_claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, false}));
+      DS_ASSIGN_OR_RETURN(DeviceClaim view_claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, false, {}}));
       DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
       DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
       std::map<int, const SecureBuffer*> keys = {{u.digest, &u.key}};

@@ -66,18 +66,21 @@ std::optional<Signature> ProbeSignature(std::span<const uint8_t> b) {
   }
   if (Has(b, 0, "XFSB") && b.size() >= 120) {
     info.type = "xfs";
+    info.io_unit = uint32_t(b[102]) << 8 | b[103];  // sb_sectsize, big-endian
     info.uuid = HexUuid(b.data() + 32);
     info.label = CString(b.data() + 108, 12);
     return info;
   }
   if (Has(b, 4096 - 10, "SWAPSPACE2") || Has(b, 4096 - 10, "SWAP-SPACE")) {
     info.type = "swap";
+    info.io_unit = 4096;
     info.uuid = HexUuid(b.data() + 1024 + 12);
     info.label = CString(b.data() + 1024 + 28, 16);
     return info;
   }
   if (Has(b, 65536 + 64, "_BHRfS_M") && b.size() >= 65536 + 299 + 256) {
     info.type = "btrfs";
+    info.io_unit = Le32(b.data() + 65536 + 0x90);  // sectorsize
     info.uuid = HexUuid(b.data() + 65536 + 32);
     info.label = CString(b.data() + 65536 + 299, 256);
     return info;
@@ -87,6 +90,8 @@ std::optional<Signature> ProbeSignature(std::span<const uint8_t> b) {
     uint32_t compat = Le32(sb + 92), incompat = Le32(sb + 96);
     // extents, 64bit or flex_bg make it ext4; a journal without them is ext3 (blkid's rule)
     info.type = (incompat & (0x40 | 0x80 | 0x200)) ? "ext4" : (compat & 0x4) ? "ext3" : "ext2";
+    const uint32_t log = Le32(sb + 24);
+    info.io_unit = log <= 6 ? 1024u << log : 0;
     info.uuid = HexUuid(sb + 104);
     info.label = CString(sb + 120, 16);
     return info;
@@ -94,6 +99,7 @@ std::optional<Signature> ProbeSignature(std::span<const uint8_t> b) {
   if (b.size() >= 512 && b[510] == 0x55 && b[511] == 0xAA &&
       (Has(b, 54, "FAT12") || Has(b, 54, "FAT16") || Has(b, 82, "FAT32"))) {
     info.type = "vfat";
+    info.io_unit = uint32_t(b[11]) | uint32_t(b[12]) << 8;
     bool fat32 = Has(b, 82, "FAT32");
     uint32_t id = Le32(b.data() + (fat32 ? 67 : 39));
     char buf[10];

@@ -1,0 +1,326 @@
+#include "online/dm_online.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+
+#include "dm/dm.h"
+#include "dm/volume_table.h"
+#include "engine/reencrypt_state.h"
+#include "volume/signature.h"
+
+namespace ds::online {
+
+namespace {
+
+constexpr uint64_t kSector = 512;
+
+std::string HzPath(const std::string& name) { return "/dev/mapper/" + HotzoneName(name); }
+
+// `s` without its first `d` sectors: the same mapping further on.
+dm::Segment Skip(dm::Segment s, uint64_t d) {
+  s.device_sector += d;
+  if (s.type == dm::Segment::Type::kCrypt) s.iv_offset += d;
+  s.sectors -= d;
+  return s;
+}
+
+// `segs` (plaintext order) with sectors [from, from + n) replaced by `hot`.
+std::vector<dm::Segment> Overlay(const std::vector<dm::Segment>& segs, uint64_t from, uint64_t n,
+                                 const dm::Segment& hot) {
+  std::vector<dm::Segment> out;
+  uint64_t at = 0;
+  bool placed = false;
+  for (const auto& s : segs) {
+    const uint64_t s0 = at, s1 = at + s.sectors;
+    at = s1;
+    if (s0 < from) {
+      dm::Segment a = s;
+      a.sectors = std::min(s1, from) - s0;
+      out.push_back(a);
+    }
+    if (!placed && s1 > from) {
+      out.push_back(hot);
+      placed = true;
+    }
+    if (s1 > from + n) {
+      const uint64_t b0 = std::max(s0, from + n);
+      dm::Segment b = Skip(s, b0 - s0);
+      out.push_back(b);
+    }
+  }
+  return out;
+}
+
+// NAME's table for the header `v` holds, with plaintext bytes [off, off+len) in the new layout
+// over the helper device when len > 0.
+Result<dm::Activation> TableFor(luks2::Volume& v, const std::string& name, const std::string& device,
+                                const std::map<int, const SecureBuffer*>& keys, uint64_t off = 0,
+                                uint64_t len = 0) {
+  dm::Activation a;
+  a.name = name;
+  a.luks_uuid = v.metadata().uuid;
+  a.device = device;
+  DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, keys));
+  if (len == 0) return a;
+  DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+  if (!st) return Internal(name + ": no operation in progress to route a hotzone for");
+  dm::Segment hot;
+  hot.sectors = len / kSector;
+  hot.device = HzPath(name);
+  hot.device_sector = st->NewAt(off) / kSector;
+  if (st->new_seg.type == "crypt") {
+    auto k = keys.find(st->digest_new);
+    if (k == keys.end()) return PermissionDenied(name + ": the new volume key is not unlocked");
+    hot.type = dm::Segment::Type::kCrypt;
+    hot.cipher = st->new_seg.cipher;
+    hot.iv_offset = st->new_seg.iv_tweak + off / kSector;
+    hot.sector_size = st->new_seg.sector_size;
+    hot.key = k->second->span();
+  } else {
+    hot.type = dm::Segment::Type::kLinear;
+  }
+  a.segments = Overlay(a.segments, off / kSector, len / kSector, hot);
+  return a;
+}
+
+Result<luks2::Volume> LoadFresh(const VolumeRef& ref) {
+  return luks2::Volume::Load(*ref.env, ref.device, ref.header, true);
+}
+
+// Switches NAME to the table `a` (loaded, then suspend/resume: only the I/O in flight is waited for).
+Status Switch(const dm::Activation& a) {
+  DS_RETURN_IF_ERROR(dm::Reload(a));
+  DS_RETURN_IF_ERROR(dm::Suspend(a.name));
+  return dm::Resume(a.name);
+}
+
+// Finishes the zone [off, off+len) whose users' writes are queued, new, in the suspended helper.
+Status FinishZone(const VolumeRef& ref, const std::map<int, const SecureBuffer*>& keys,
+                  uint64_t hotzone_bytes, uint64_t off, uint64_t len) {
+  DS_ASSIGN_OR_RETURN(luks2::Volume v, LoadFresh(ref));
+  DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+  if (!st) return Status::Ok();  // finished: every zone is new
+  const uint64_t until = st->backward ? st->data_size - off : off + len;
+  if (st->done >= until) return Status::Ok();
+  engine::EngineOptions eo;
+  eo.hotzone_bytes = hotzone_bytes;
+  eo.in_use = true;
+  eo.until_done = until;
+  return engine::RunOperation(v, keys, eo);
+}
+
+// See the file comment of dm_online.h: brings NAME back to the plain table of the header on disk
+// and removes the helper, whatever state a run left them in.
+Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int, const SecureBuffer*>& keys,
+               uint64_t hotzone_bytes) {
+  const std::string hz_name = HotzoneName(name);
+  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(hz_name));
+  DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
+  if (!top) return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation");
+  if (hz && hz->suspended) {
+    if (!top->suspended) {
+      // Which range of NAME goes over the helper: the zone that was held.
+      DS_ASSIGN_OR_RETURN(auto targets, dm::LiveTargets(name));
+      for (const auto& t : targets) {
+        if (t.device != hz->dev) continue;
+        Status fin = FinishZone(ref, keys, hotzone_bytes, t.start * kSector, t.sectors * kSector);
+        if (!fin.ok()) {
+          // The queued writes are in the new layout over a zone that is not: they must never
+          // land. Fail them (and everything else there) rather than let the users wait forever.
+          dm::Activation err;
+          err.name = hz_name;
+          err.device = ref.device;
+          dm::Segment e;
+          e.type = dm::Segment::Type::kError;
+          DS_ASSIGN_OR_RETURN(auto v, LoadFresh(ref));
+          e.sectors = v.data_device().Size() / kSector;
+          err.segments = {e};
+          (void)dm::Reload(err);
+          (void)dm::Resume(hz_name, true);
+          return fin.WithContext(name + ": the hotzone at byte " + std::to_string(t.start * kSector) +
+                                 " could not be finished; its I/O now fails until `diskseal resume` finishes it");
+        }
+      }
+    }
+    DS_RETURN_IF_ERROR(dm::Resume(hz_name, true));
+  }
+  {
+    DS_ASSIGN_OR_RETURN(luks2::Volume v, LoadFresh(ref));
+    DS_ASSIGN_OR_RETURN(dm::Activation a, TableFor(v, name, ref.device, keys));
+    a.read_only = top->read_only;
+    DS_RETURN_IF_ERROR(Switch(a));
+  }
+  if (hz) DS_RETURN_IF_ERROR(dm::Remove(hz_name));
+  return Status::Ok();
+}
+
+// The engine's gate over the dm stack; the guardian behind it.
+class DmGate final : public engine::ZoneGate {
+ public:
+  DmGate(luks2::Volume& v, const VolumeRef& ref, std::string name, const std::map<int, const SecureBuffer*>& keys,
+         bool read_only)
+      : v_(v), ref_(ref), name_(std::move(name)), keys_(keys), read_only_(read_only) {}
+  ~DmGate() override { (void)Finish(); }
+
+  // Creates the helper device and forks the guardian. Precondition: single-threaded caller.
+  Status Start(uint64_t hotzone_bytes) {
+    dm::Activation hz;
+    hz.name = HotzoneName(name_);
+    hz.device = ref_.device;
+    hz.dm_uuid = "DISKSEAL-HOTZONE-" + v_.metadata().uuid + "-" + name_;
+    hz.private_device = true;
+    dm::Segment lin;
+    lin.type = dm::Segment::Type::kLinear;
+    lin.sectors = v_.data_device().Size() / kSector;
+    hz.segments = {lin};
+    DS_RETURN_IF_ERROR(dm::Create(hz));
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) return PosixError("pipe", errno);
+    std::cout.flush();
+    std::cerr.flush();
+    const pid_t pid = ::fork();
+    if (pid < 0) {
+      const int e = errno;
+      ::close(fds[0]);
+      ::close(fds[1]);
+      return PosixError("fork (the online guardian)", e);
+    }
+    if (pid == 0) {
+      // The guardian: waits for the run to end (its write end closes, also when it is killed),
+      // then restores the mapping. Ignores the signals a terminal sends the whole group.
+      ::close(fds[1]);
+      ::signal(SIGINT, SIG_IGN);
+      ::signal(SIGTERM, SIG_IGN);
+      ::signal(SIGHUP, SIG_IGN);
+      (void)::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT);
+      char c;
+      while (::read(fds[0], &c, 1) != 0) {
+        if (errno != EINTR && errno != EAGAIN) break;
+      }
+      Status s = Restore(ref_, name_, keys_, hotzone_bytes);
+      if (!s.ok()) std::fprintf(stderr, "diskseal: %s\n", s.message().c_str());
+      ::_exit(s.ok() ? 0 : 1);
+    }
+    ::close(fds[0]);
+    pipe_ = fds[1];
+    guardian_ = pid;
+    return Status::Ok();
+  }
+
+  Status Hold(uint64_t off, uint64_t len, uint64_t) override {
+    DS_ASSIGN_OR_RETURN(dm::Activation a, TableFor(v_, name_, ref_.device, keys_, off, len));
+    a.read_only = read_only_;
+    DS_RETURN_IF_ERROR(dm::Reload(a));
+    DS_RETURN_IF_ERROR(dm::Suspend(name_));
+    // Top to bottom: the helper is suspended while NAME is, so no I/O can be in it half-way.
+    Status s = dm::Suspend(HotzoneName(name_));
+    Status r = dm::Resume(name_);
+    DS_RETURN_IF_ERROR(s);
+    return r;
+  }
+
+  Status Release(const luks2::Metadata&) override { return dm::Resume(HotzoneName(name_), true); }
+
+  // Ends the run: the guardian restores the mapping; returns its verdict.
+  Status Finish() {
+    if (guardian_ <= 0) return Status::Ok();
+    ::close(pipe_);
+    int status = 0;
+    pid_t r;
+    while ((r = ::waitpid(guardian_, &status, 0)) < 0 && errno == EINTR) {
+    }
+    guardian_ = -1;
+    if (r < 0) return PosixError("waiting for the online guardian", errno);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+      return IOError(name_ + ": restoring /dev/mapper/" + name_ + " after the operation failed (see above)");
+    return Status::Ok();
+  }
+
+ private:
+  luks2::Volume& v_;
+  VolumeRef ref_;
+  std::string name_;
+  std::map<int, const SecureBuffer*> keys_;
+  bool read_only_;
+  int pipe_ = -1;
+  pid_t guardian_ = -1;
+};
+
+// The new layout's encryption sector becomes the mapping's logical block size as zones switch:
+// it must not exceed the smallest I/O of the filesystem on it (which would break while mounted).
+Status CheckSectorFits(Env& env, luks2::Volume& v, const std::string& name) {
+  DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+  if (!st || st->new_seg.type != "crypt") return Status::Ok();
+  const uint32_t now = st->old_seg.type == "crypt" ? st->old_seg.sector_size : 512;
+  if (st->new_seg.sector_size <= now) return Status::Ok();
+  DS_ASSIGN_OR_RETURN(auto top, env.Open("/dev/mapper/" + name, OpenOptions{}));
+  Bytes first(size_t(std::min<uint64_t>(volume::kSignatureProbeBytes, top->Size())));
+  DS_RETURN_IF_ERROR(top->ReadAt(0, first));
+  auto sig = volume::ProbeSignature(first);
+  const uint32_t unit = sig && sig->io_unit ? sig->io_unit : 512;
+  if (st->new_seg.sector_size > unit)
+    return InvalidArgument(name + ": the new encryption sector size " + std::to_string(st->new_seg.sector_size) +
+                           " is larger than the " + (sig ? sig->type : std::string("data")) + "'s I/O unit (" +
+                           std::to_string(unit) + " bytes): the mounted filesystem would fail; close it and run offline, "
+                           "or initialise with --sector-size " + std::to_string(unit));
+  return Status::Ok();
+}
+
+}  // namespace
+
+std::string HotzoneName(const std::string& name) { return name + "-dshz"; }
+
+Result<std::optional<std::string>> ActiveMapping(const std::string& luks_uuid, const std::string& data_device) {
+  if (!dm::Available()) return std::optional<std::string>();
+  struct stat st;
+  if (::stat(data_device.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return std::optional<std::string>();
+  DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
+  for (const auto& m : holders)
+    if (m.uuid == dm::MakeUuid(luks_uuid, m.name)) return std::optional<std::string>(m.name);
+  return std::optional<std::string>();
+}
+
+Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
+                        const std::map<int, const SecureBuffer*>& keys, uint64_t hotzone_bytes) {
+  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
+  DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
+  if (!hz && !(top && top->suspended)) return Status::Ok();
+  std::cerr << "diskseal: " << name << ": restoring the mapping an interrupted online run left behind\n";
+  return Restore(ref, name, keys, hotzone_bytes);
+}
+
+Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
+                 const std::map<int, const SecureBuffer*>& keys, engine::EngineOptions eo) {
+  DS_RETURN_IF_ERROR(RestoreLeftovers(ref, name, keys, eo.hotzone_bytes));
+  DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
+  if (!top) return NotFound(name + ": /dev/mapper/" + name + " is not open");
+  DS_RETURN_IF_ERROR(CheckSectorFits(*ref.env, v, name));
+  // Every page this process will touch stays in memory: a fault on a page of a file on the volume
+  // being switched (the binary itself, for a root volume) would wait for a device we suspended.
+  if (::mlockall(MCL_CURRENT) != 0 || ::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0)
+    return PosixError(name + ": locking memory for the online run (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)", errno);
+  DmGate gate(v, ref, name, keys, top->read_only);
+  Status started = gate.Start(eo.hotzone_bytes);
+  if (!started.ok()) {
+    (void)munlockall();
+    return started;
+  }
+  eo.in_use = true;
+  eo.gate = &gate;
+  Status run = engine::RunOperation(v, keys, eo);
+  Status fin = gate.Finish();
+  (void)munlockall();
+  if (!run.ok()) return fin.ok() ? run : run.WithContext(fin.message());
+  return fin;
+}
+
+}  // namespace ds::online

@@ -1,0 +1,198 @@
+// Online in-place operations against the real kernel (QEMU guest): encrypt, decrypt and
+// re-encrypt a mounted filesystem under its live mapping while a workload writes, fsyncs and
+// re-reads checksummed files; kill -9 of the run mid-hotzone; cryptsetup carrying on what
+// diskseal started online.
+#include <gtest/gtest.h>
+
+#include "guest.h"
+#include "testlib.h"
+
+namespace ds::test {
+namespace {
+
+// Shell functions shared by the guest scripts. The workload writes files with fsync (dd
+// conv=fsync), records each checksum only after the fsync returned, re-reads older files, and
+// drops the page cache now and then so that reads come from the device through the mapping. It
+// stops when /tmp/stop exists; any mismatch ends it with status 1.
+const char kCommon[] = R"SH(
+set -e
+printf secret > /tmp/pw
+fail() {
+  echo "FAIL: $*"
+  echo "--- workload log"; cat /tmp/wl.log 2>/dev/null | tail -5
+  echo "--- dm"; dmsetup info -c 2>&1; dmsetup status 2>&1
+  echo "--- run log"; tail -5 /tmp/run.log 2>/dev/null
+  exit 1
+}
+workload() {
+  mkdir -p /mnt/w
+  i=0
+  while [ ! -e /tmp/stop ]; do
+    i=$((i + 1))
+    dd if=/dev/urandom of=/mnt/w/f$i bs=16k count=$((1 + i % 8)) conv=fsync 2>/dev/null
+    sha256sum /mnt/w/f$i >> /tmp/sums
+    if [ $((i % 10)) = 0 ]; then echo 1 > /proc/sys/vm/drop_caches; fi
+    j=$(( (i * 7919) % i + 1 ))
+    if grep " /mnt/w/f$j\$" /tmp/sums > /tmp/one; then
+      sha256sum -c /tmp/one > /dev/null 2>&1 || { echo "WORKLOAD: f$j changed"; exit 1; }
+    fi
+    echo $i > /tmp/progress
+  done
+  echo "workload wrote $i files"
+}
+start_workload() { rm -f /tmp/stop /tmp/progress; : > /tmp/sums; workload > /tmp/wl.log 2>&1 & WL=$!; }
+# Waits (bounded) until the workload has written at least $1 files.
+wait_workload() {
+  n=0
+  while [ "$(cat /tmp/progress 2>/dev/null || echo 0)" -lt "$1" ]; do
+    kill -0 $WL 2>/dev/null || fail "workload ended"
+    n=$((n + 1)); [ $n -lt 1200 ] || fail "workload made no progress"; sleep 0.1
+  done
+}
+stop_workload() {
+  touch /tmp/stop
+  wait $WL || { cat /tmp/wl.log; fail "workload failed"; }
+  cat /tmp/wl.log
+}
+verify_all() {
+  echo 3 > /proc/sys/vm/drop_caches
+  sha256sum -c /tmp/sums > /tmp/check.log 2>&1 || { grep -v ': OK$' /tmp/check.log | head; fail "files differ"; }
+  (cd /mnt && sha256sum -c /tmp/seed.sums > /dev/null) || fail "seed files differ"
+  echo "verified $(wc -l < /tmp/sums) workload files and the seed files"
+}
+remount_check() {
+  umount /mnt
+  e2fsck -fn /dev/mapper/vol > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck"; }
+  mount /dev/mapper/vol /mnt
+  verify_all
+}
+tables() { dmsetup table vol | awk '{print $3}' | sort | uniq -c | tr '\n' ' '; echo; }
+seed() {
+  mkfs.ext4 -q -F /dev/vda
+  mount /dev/vda /mnt
+  dd if=/dev/urandom of=/mnt/seed1 bs=1M count=6 2>/dev/null
+  dd if=/dev/urandom of=/mnt/seed2 bs=64k count=5 2>/dev/null
+  (cd /mnt && sha256sum seed1 seed2) > /tmp/seed.sums
+  umount /mnt
+}
+DS="--key-file /tmp/pw --header /hdr"
+)SH";
+
+GuestOptions Options(TempDir& dir) {
+  ds::test::Run({"truncate", "-s", "64M", dir / "data.img"});
+  GuestOptions o;
+  o.disks = {dir / "data.img"};
+  o.bins = {DisksealBinary()};
+  o.timeout_s = 600;
+  return o;
+}
+
+TEST(VmOnline, EncryptDecryptReencryptWhileMountedAndWritten) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+seed
+# Initialise only: the header records the operation, the device is untouched.
+diskseal encrypt /dev/vda $DS --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+cryptsetup luksDump --header /hdr /dev/vda | grep -q 'online-reencrypt' || fail "no reencryption requirement"
+diskseal open /dev/vda vol $DS
+echo "after open: $(tables)"
+mount /dev/mapper/vol /mnt
+start_workload
+wait_workload 5
+diskseal resume /dev/vda $DS --hotzone-size 2M --progress-json 2> /tmp/run.log || { cat /tmp/run.log; fail "online encrypt"; }
+grep -q 'runs online under /dev/mapper/vol' /tmp/run.log || fail "did not run online"
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+stop_workload
+echo "after encrypt: $(tables)"
+test "$(tables)" = "      1 crypt " || fail "table is not one crypt target"
+dmsetup info vol-dshz 2>/dev/null && fail "helper device left"
+verify_all
+remount_check
+cryptsetup open --test-passphrase --header /hdr --key-file /tmp/pw /dev/vda || fail "cryptsetup refuses the header"
+echo ONLINE-ENCRYPT-OK
+
+# Online re-encryption to a new key (journal resilience), with the workload.
+start_workload
+wait_workload 3
+diskseal reencrypt /dev/vda $DS --resilience journal --hotzone-size 2M --pbkdf pbkdf2 --pbkdf-force-iterations 1000 2> /tmp/run.log || { cat /tmp/run.log; fail "online reencrypt"; }
+grep -q 'runs online' /tmp/run.log || fail "reencrypt did not run online"
+stop_workload
+test "$(tables)" = "      1 crypt " || fail "table after reencrypt"
+remount_check
+echo ONLINE-REENCRYPT-OK
+
+# Online decryption, with the workload.
+start_workload
+wait_workload 3
+diskseal decrypt /dev/vda $DS --hotzone-size 2M 2> /tmp/run.log || { cat /tmp/run.log; fail "online decrypt"; }
+grep -q 'runs online' /tmp/run.log || fail "decrypt did not run online"
+stop_workload
+echo "after decrypt: $(tables)"
+test "$(tables)" = "      1 linear " || fail "table after decrypt"
+remount_check
+umount /mnt
+dmsetup remove vol
+e2fsck -fn /dev/vda > /dev/null || fail "plaintext fsck"
+mount -o ro /dev/vda /mnt
+verify_all
+umount /mnt
+echo ONLINE-DECRYPT-OK
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("ONLINE-ENCRYPT-OK"), std::string::npos) << g.console;
+  EXPECT_NE(g.console.find("ONLINE-REENCRYPT-OK"), std::string::npos) << g.console;
+  EXPECT_NE(g.console.find("ONLINE-DECRYPT-OK"), std::string::npos) << g.console;
+}
+
+TEST(VmOnline, KillNineMidHotzoneLeavesTheMappingUsableAndCryptsetupCarriesOn) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+seed
+diskseal encrypt /dev/vda $DS --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+diskseal open /dev/vda vol $DS
+mount /dev/mapper/vol /mnt
+start_workload
+wait_workload 3
+
+# 1. kill -9 of the run mid-hotzone: its guardian finishes the zone and restores the mapping.
+diskseal resume /dev/vda $DS --hotzone-size 1M --progress-json 2> /tmp/run.log &
+RUN=$!
+n=0
+until grep -q '"done":[1-9][0-9]\{6,\}' /tmp/run.log 2>/dev/null; do
+  n=$((n + 1)); [ $n -lt 3000 ] || { cat /tmp/run.log; fail "no progress"; }; sleep 0.05
+done
+kill -9 $RUN
+wait $RUN || true
+# The guardian removes the helper device when it is done: wait for that state.
+n=0
+while dmsetup info vol-dshz > /dev/null 2>&1; do
+  n=$((n + 1)); [ $n -lt 3000 ] || fail "helper device never removed"; sleep 0.1
+done
+dmsetup info vol | grep -q 'State: *ACTIVE' || fail "mapping not active after the kill"
+echo "after kill: $(tables)"
+wait_workload $(( $(cat /tmp/progress) + 5 ))
+verify_all
+echo KILL-OK
+
+# 2. A stop at a commit point, then cryptsetup carries the operation on under the same mapping.
+diskseal resume /dev/vda $DS --hotzone-size 1M --stop-after 4M 2> /tmp/run.log && fail "stop-after did not stop"
+grep -q 'continue with' /tmp/run.log || { cat /tmp/run.log; fail "no continuation named"; }
+cryptsetup reencrypt --resume-only --header /hdr --active-name vol --key-file /tmp/pw || fail "cryptsetup resume-only"
+stop_workload
+echo "after cryptsetup: $(tables)"
+test "$(tables)" = "      1 crypt " || fail "table after cryptsetup"
+remount_check
+diskseal dump /dev/vda --header /hdr | grep -q 'no operation\|Segments' || true
+echo CRYPTSETUP-CARRIES-ON-OK
+umount /mnt
+diskseal close vol
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("KILL-OK"), std::string::npos) << g.console;
+  EXPECT_NE(g.console.find("CRYPTSETUP-CARRIES-ON-OK"), std::string::npos) << g.console;
+}
+
+}  // namespace
+}  // namespace ds::test
