@@ -3,6 +3,7 @@
 // re-reads checksummed files; kill -9 of the run mid-hotzone; cryptsetup carrying on what
 // diskseal started online.
 #include <cstdlib>
+#include <iostream>
 
 #include <gtest/gtest.h>
 
@@ -26,16 +27,17 @@ fail() {
   echo "--- run log"; tail -5 /tmp/run.log 2>/dev/null
   exit 1
 }
+WDIR=/mnt/w
 workload() {
-  mkdir -p /mnt/w
+  mkdir -p $WDIR
   i=0
   while [ ! -e /tmp/stop ]; do
     i=$((i + 1))
-    dd if=/dev/urandom of=/mnt/w/f$i bs=16k count=$((1 + i % 8)) conv=fsync 2>/dev/null
-    sha256sum /mnt/w/f$i >> /tmp/sums
+    dd if=/dev/urandom of=$WDIR/f$i bs=16k count=$((1 + i % 8)) conv=fsync 2>/dev/null
+    sha256sum $WDIR/f$i >> /tmp/sums
     if [ $((i % 10)) = 0 ]; then echo 1 > /proc/sys/vm/drop_caches; fi
     j=$(( (i * 7919) % i + 1 ))
-    if grep " /mnt/w/f$j\$" /tmp/sums > /tmp/one; then
+    if grep " $WDIR/f$j\$" /tmp/sums > /tmp/one; then
       sha256sum -c /tmp/one > /dev/null 2>&1 || { echo "WORKLOAD: f$j changed"; exit 1; }
     fi
     echo $i > /tmp/progress
@@ -286,6 +288,7 @@ echo b > /proc/sysrq-trigger
     ASSERT_NE(g1.exit_code, 0) << "the guest was meant to lose power: " << g1.console;
     const std::string second = common + R"SH(
 mkdir -p /rec && mount /dev/vdb /rec
+cp /rec/seed.sums /tmp/seed.sums
 diskseal open /dev/vda vol $DS 2> /tmp/open.log || { cat /tmp/open.log; fail "open after the cut"; }
 cat /tmp/open.log
 e2fsck -fn /dev/mapper/vol > /tmp/fsck.log 2>&1 || echo "fsck -n before journal replay: $(tail -2 /tmp/fsck.log)"
@@ -294,6 +297,7 @@ check_records
 umount /mnt
 e2fsck -fn /dev/mapper/vol > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck after the cut"; }
 mount /dev/mapper/vol /mnt
+WDIR=/mnt/w2
 start_workload
 wait_workload 2
 diskseal resume /dev/vda $DS --hotzone-size 2M 2> /tmp/run.log || { cat /tmp/run.log; fail "resume after the cut"; }
@@ -310,6 +314,10 @@ echo CUT-RECOVERED-OK
     GuestResult g2 = RunInGuest(second, o);
     ASSERT_EQ(g2.exit_code, 0) << "cut at " << at << " bytes:\n" << g1.console << "\n---- after the cut:\n" << g2.console;
     ASSERT_NE(g2.console.find("CUT-RECOVERED-OK"), std::string::npos) << g2.console;
+    std::cout << "cut " << c << " after " << at << " bytes: "
+              << (g2.console.find("recovered the hotzone") != std::string::npos ? "mid-hotzone, recovered at open"
+                                                                                : "between hotzones")
+              << "\n";
     // A stranger agrees: the host's cryptsetup reads the final header and the passphrase opens it.
     RunResult x = ds::test::Run({"debugfs", "-R", "dump /hdr " + std::string(dir / "hdr"), dir / "rec.img"});
     ASSERT_EQ(x.exit_code, 0) << x.err;
