@@ -3,6 +3,7 @@
 // completion words, and the completion script completes commands and flags in bash.
 #include <gtest/gtest.h>
 
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -28,8 +29,11 @@ std::vector<std::string> CommandsFromHelp() {
   return out;
 }
 
-// The long flags a command's --help shows.
+// The long flags a command's --help shows (each command's help read once per test binary: the
+// sanitizer build starts slowly).
 std::set<std::string> FlagsFromHelp(const std::string& command) {
+  static std::map<std::string, std::set<std::string>> cache;
+  if (auto it = cache.find(command); it != cache.end()) return it->second;
   RunResult r = Diskseal({command, "--help"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   std::set<std::string> out;
@@ -42,6 +46,7 @@ std::set<std::string> FlagsFromHelp(const std::string& command) {
     for (auto it = std::sregex_iterator(col.begin(), col.end(), flag); it != std::sregex_iterator(); ++it)
       out.insert(it->str());
   }
+  cache[command] = out;
   return out;
 }
 
