@@ -90,6 +90,13 @@ grep -q '^ExecStart=/usr/sbin/diskseal vault serve ' "$root/lib/systemd/system/d
 [ -L "$root/etc/systemd/system/multi-user.target.wants/diskseal-resume.service" ] || fail "diskseal-resume.service is not enabled"
 [ ! -e "$root/etc/systemd/system/multi-user.target.wants/diskseal-vault.service" ] || fail "diskseal-vault.service is enabled"
 in_root getent passwd diskseal-vault >/dev/null || fail "system user diskseal-vault missing"
+# Upgrades restart the units where they run (a resume in progress stops at a commit point and the
+# new binary continues it); remove stops them. systemd is not running here, so the scripts say it.
+info=$root/var/lib/dpkg/info
+for u in diskseal-vault diskseal-resume; do
+  grep -q "deb-systemd-invoke try-restart '$u.service'" "$info/diskseal.postinst" || fail "postinst does not try-restart $u"
+done
+grep -q "deb-systemd-invoke stop diskseal-vault.service diskseal-resume.service" "$info/diskseal.prerm" || fail "prerm does not stop the units on remove"
 [ "$(stat -c %a "$root/var/lib/diskseal")" = 700 ] || fail "/var/lib/diskseal is not 0700"
 # A man page for diskseal and each command, as the binary's own table lists them.
 mkdir "$work/man"
