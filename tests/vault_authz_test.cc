@@ -280,9 +280,10 @@ TEST(VaultSystemdUnit, VerifiesAndRestartsOnFailureHardened) {
   std::string unit = ReadFileOrDie(std::string(DISKSEAL_SOURCE_DIR) + "/packaging/systemd/diskseal-vault.service");
   for (const char* line : {"\nRestart=on-failure\n", "\nProtectSystem=strict\n", "\nNoNewPrivileges=yes\n",
                            "\nPrivateTmp=yes\n", "\nReadWritePaths=/var/lib/diskseal-vault\n",
-                           "\nUMask=0077\n", "\nLimitCORE=0\n", "vault serve --dir /var/lib/diskseal-vault"})
+                           "\nUMask=0077\n", "\nLimitCORE=0\n", "vault serve --dir /var/lib/diskseal-vault",
+                           "\nUser=diskseal-vault\n", "\nEnvironmentFile=-/etc/diskseal/vault.conf\n"})
     EXPECT_NE(unit.find(line), std::string::npos) << line;
-  std::string exec = "ExecStart=/usr/local/bin/diskseal ";
+  std::string exec = "ExecStart=/usr/sbin/diskseal ";
   size_t at = unit.find(exec);
   ASSERT_NE(at, std::string::npos);
   unit.replace(at, exec.size(), std::string("ExecStart=") + DISKSEAL_BIN + " ");
@@ -290,6 +291,28 @@ TEST(VaultSystemdUnit, VerifiesAndRestartsOnFailureHardened) {
   std::string copy = tmp / "diskseal-vault.service";
   WriteFile(copy, unit);
   RunResult r = RunProgram({"systemd-analyze", "verify", copy});
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_EQ(r.err, "") << "systemd-analyze warns about the unit";
+}
+
+// The boot-time unit that resumes interrupted in-place operations (packaging/systemd/
+// diskseal-resume.service): accepted by systemd, ordered after the volumes are opened and
+// mounted, stopped cleanly at a commit point (exit 9 is success).
+TEST(ResumeSystemdUnit, VerifiesAndIsOrderedAfterTheVolumes) {
+  ASSERT_TRUE(HaveProgram("systemd-analyze")) << "needs systemd-analyze (Debian package systemd, scripts/setup)";
+  std::string unit = ReadFileOrDie(std::string(DISKSEAL_SOURCE_DIR) + "/packaging/systemd/diskseal-resume.service");
+  for (const char* line : {"\nExecStart=/usr/sbin/diskseal resume --all\n", "\nAfter=local-fs.target cryptsetup.target network-online.target\n",
+                           "\nSuccessExitStatus=9\n", "\nKillSignal=SIGTERM\n", "\nLimitCORE=0\n", "\nWantedBy=multi-user.target\n"})
+    EXPECT_NE(unit.find(line), std::string::npos) << line;
+  std::string exec = "ExecStart=/usr/sbin/diskseal ";
+  size_t at = unit.find(exec);
+  ASSERT_NE(at, std::string::npos);
+  unit.replace(at, exec.size(), std::string("ExecStart=") + DISKSEAL_BIN + " ");
+  TempDir tmp;
+  std::string copy = tmp / "diskseal-resume.service";
+  WriteFile(copy, unit);
+  // Documentation= names man:diskseal-resume(8), which the package installs (not this host).
+  RunResult r = RunProgram({"systemd-analyze", "verify", "--man=no", copy});
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_EQ(r.err, "") << "systemd-analyze warns about the unit";
 }

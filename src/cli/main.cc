@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/docgen.h"
+#include "cli/machine_config.h"
 #include "util/secure_buffer.h"
 
 namespace {
@@ -88,15 +90,27 @@ int main(int argc, char** argv) {
   ds::HardenProcess();
   CLI::App app{"diskseal: encrypt Linux disks in place into standard LUKS2"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "diskseal 0.1.0");
+  app.set_version_flag("--version", "diskseal " DISKSEAL_VERSION);
   ds::cli::Globals g;
   g.env = ds::PosixEnv();
   g.out = &std::cout;
   g.err = &std::cerr;
   std::vector<std::pair<CLI::App*, ds::cli::Runner>> runners;
+  std::string config_path;  // --config of the one command parsed
   for (const auto& c : ds::cli::CommandTable()) {
     CLI::App* sub = app.add_subcommand(c.name, c.summary);
     runners.emplace_back(sub, c.setup(*sub, g));
+    if (ds::cli::ReadsMachineConfig(c.name)) ds::cli::AddConfigOption(*sub, config_path);
+  }
+  // Hidden: the man pages and bash completion, from this same tree (scripts/package).
+  if (argc == 3 && std::string(argv[1]) == "--help-man") {
+    ds::Status s = ds::cli::WriteManPages(*g.env, app, DISKSEAL_VERSION, argv[2]);
+    if (!s.ok()) std::cerr << "diskseal: " << s.message() << "\n";
+    return ds::ExitCode(s);
+  }
+  if (argc == 2 && std::string(argv[1]) == "--help-bash-completion") {
+    std::cout << ds::cli::BashCompletion(app);
+    return 0;
   }
   try {
     app.parse(argc, argv);
@@ -116,7 +130,11 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 1;
   }
-  ds::Status s = ds::cli::Dispatch(std::move(runners))();
+  // /etc/diskseal/diskseal.conf (or --config) fills the flags the command line did not give.
+  ds::Status s = ds::Status::Ok();
+  for (CLI::App* sub : app.get_subcommands())
+    if (s.ok() && ds::cli::ReadsMachineConfig(sub->get_name())) s = ds::cli::ApplyMachineConfig(*g.env, *sub, config_path);
+  if (s.ok()) s = ds::cli::Dispatch(std::move(runners))();
   std::cout.flush();
   if (s.ok()) return 0;
   std::cerr << "diskseal: " << s.message() << "\n";
