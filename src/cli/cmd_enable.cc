@@ -32,7 +32,7 @@ struct MachineArgs {
   std::string etc_dir;
   std::string run_dir = "/run/diskseal";
   std::vector<std::string> only;
-  bool progress_json = false, no_wait = false, userspace = false, no_escrow = false;
+  bool progress_json = false, no_wait = false, userspace = false, no_escrow = false, offline = false;
   std::string resilience = "checksum";
   uint64_t hotzone = 32u << 20;
   luks2::PbkdfOptions pbkdf;
@@ -51,6 +51,8 @@ void AddMachineArgs(CLI::App& app, Globals& g, MachineArgs& a, bool enable) {
   app.add_flag("--json", g.json, "print the result as JSON");
   app.add_flag("--progress-json", a.progress_json, "progress as JSON lines on stderr");
   app.add_flag("--userspace", a.userspace, "open through FUSE even where device-mapper exists");
+  app.add_flag("--offline", a.offline, "keep the volume unmounted for the whole encryption (default: online where "
+                                       "device-mapper exists: one remount of seconds, then encrypted while mounted)");
   AddHotzoneSizeOption(app, a.hotzone, "bytes per engine step (default 32M)");
   AddPbkdfOptions(app, a.pbkdf);
   if (enable) {
@@ -82,6 +84,7 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
   o.hotzone_bytes = a.hotzone;
   o.pbkdf = a.pbkdf;
   o.userspace = a.userspace;
+  o.offline = a.offline;
   if (a.vault.enabled()) {
     DS_ASSIGN_OR_RETURN(client, MakeVaultClient(*g.env, a.vault));
     o.vault = client.get();
@@ -95,6 +98,7 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
   if (a.run_dir != "/run/diskseal") o.command += " --run-dir " + a.run_dir;
   for (const auto& m : a.only) o.command += " --only " + m;
   if (a.userspace) o.command += " --userspace";
+  if (a.offline) o.command += " --offline";
   if (a.vault.enabled()) {
     o.command += " --vault " + a.vault.url;
     if (!a.vault.token_file.empty()) o.command += " --vault-token-file " + a.vault.token_file;
@@ -194,6 +198,22 @@ Runner SetupEnable(CLI::App& app, Globals& g) {
     if (a->volume_type == "All") *g.err << "diskseal: OS volume: " << kOsNotSupported << "\n";
     return Status::Ok();
   };
+}
+
+Status ResumeAll(Globals& g, const std::string& state_dir, const VaultOptions& vault, uint64_t hotzone,
+                 bool progress_json) {
+  MachineArgs a;
+  a.volume_type = "Data";
+  a.state_dir = state_dir;
+  a.vault = vault;
+  a.hotzone = hotzone;
+  a.progress_json = progress_json;
+  std::unique_ptr<vault::VaultClient> client;
+  DS_ASSIGN_OR_RETURN(machine::EnableOptions o, MakeOptions(g, a, "resume --all", client));
+  o.command = "diskseal resume --all" + std::string(state_dir != "/var/lib/diskseal" ? " --state-dir " + state_dir : "");
+  DS_ASSIGN_OR_RETURN(auto vols, machine::ResumeRecordedVolumes(*g.env, o));
+  Print(g, vols, nullptr);
+  return Status::Ok();
 }
 
 Runner SetupDisable(CLI::App& app, Globals& g) {

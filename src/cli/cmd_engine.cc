@@ -791,13 +791,29 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
 }
 
 Runner SetupResume(CLI::App& app, Globals& g) {
-  struct Opts { DeviceArgs dev; KeySource keys; EngineArgs e; VaultOptions vault; };
+  struct Opts {
+    DeviceArgs dev;
+    KeySource keys;
+    EngineArgs e;
+    VaultOptions vault;
+    bool all = false;
+    std::string state_dir = "/var/lib/diskseal";
+  };
   auto o = std::make_shared<Opts>();
-  AddDeviceArgs(app, o->dev);
+  AddDeviceArgs(app, o->dev, false);
   AddKeyOptions(app, o->keys);
   AddEngineOptions(app, o->e);
   AddVaultOptions(app, o->vault);
+  app.add_flag("--all", o->all, "every volume `enable` recorded in --state-dir (the boot-time unit runs this): "
+                                "interrupted operations continue, online where the kernel has device-mapper");
+  app.add_option("--state-dir", o->state_dir, "with --all: the machine state (default /var/lib/diskseal)");
   return [o, &g]() -> Status {
+    if (o->all) {
+      if (!o->dev.device.empty() || !o->dev.header.empty())
+        return InvalidArgument("resume --all takes no DEVICE or --header: it resumes what " + o->state_dir + " records");
+      return ResumeAll(g, o->state_dir, o->vault, o->e.hotzone, o->e.progress_json);
+    }
+    if (o->dev.device.empty()) return InvalidArgument("resume needs a DEVICE (or --all)");
     CatchStopSignals();
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);

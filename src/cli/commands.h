@@ -3,6 +3,7 @@
 #pragma once
 
 #include "cli/command.h"
+#include "cli/vault_options.h"
 
 namespace ds::cli {
 
@@ -35,5 +36,8 @@ Runner SetupDoctor(CLI::App& app, Globals& g);
 Runner SetupEnable(CLI::App& app, Globals& g);
 Runner SetupDisable(CLI::App& app, Globals& g);
 Runner SetupStatus(CLI::App& app, Globals& g);
+// resume --all: every volume the state directory records (cmd_enable.cc).
+Status ResumeAll(Globals& g, const std::string& state_dir, const VaultOptions& vault, uint64_t hotzone,
+                 bool progress_json);
 
 }  // namespace ds::cli

@@ -9,8 +9,8 @@
 
 namespace ds::cli {
 
-void AddDeviceArgs(CLI::App& app, DeviceArgs& d) {
-  app.add_option("device", d.device, "the device or image file")->required();
+void AddDeviceArgs(CLI::App& app, DeviceArgs& d, bool required) {
+  app.add_option("device", d.device, "the device or image file")->required(required);
   app.add_option("--header", d.header, "detached LUKS2 header file");
 }
 

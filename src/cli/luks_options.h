@@ -17,7 +17,8 @@ struct DeviceArgs {
   std::string device;
   std::string header;  // --header: detached header file
 };
-void AddDeviceArgs(CLI::App& app, DeviceArgs& d);
+// `required`: false where another flag can stand for the device (resume --all).
+void AddDeviceArgs(CLI::App& app, DeviceArgs& d, bool required = true);
 
 void AddPbkdfOptions(CLI::App& app, luks2::PbkdfOptions& p);
 

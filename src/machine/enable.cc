@@ -21,6 +21,8 @@
 #include "machine/config.h"
 #include "machine/mounts.h"
 #include "machine/state.h"
+#include "online/dm_online.h"
+#include "volume/signature.h"
 #include "vault/escrow.h"
 #include "engine/volume_escrow.h"
 
@@ -59,7 +61,13 @@ class Runner {
 
   // --- enable ----------------------------------------------------------------------------------
 
+  // Online where the kernel has device-mapper (README "Online"): the filesystem moves onto its
+  // mapping with one remount of seconds and stays mounted while the data is encrypted.
+  bool Online() const { return !o_.userspace && !o_.offline && dm::Available(); }
+
   Status Enable(VolumeRecord& r) {
+    // A volume started offline (unmounted first) finishes offline.
+    if (Online() && r.step != Step::kUnmounted) return EnableOnline(r);
     if (r.step == Step::kPlanned) {
       // The passphrase exists on disk before anything irreversible: a crash after the header is
       // placed must find the key that opens it.
@@ -112,6 +120,66 @@ class Runner {
     if (r.step < Step::kOpened) DS_RETURN_IF_ERROR(Advance(r, Step::kOpened));
     DS_RETURN_IF_ERROR(EnsureMounted(r, Plaintext(r)));
     if (r.step < Step::kMounted) DS_RETURN_IF_ERROR(Advance(r, Step::kMounted));
+    if (r.step < Step::kConfigured) {
+      DS_RETURN_IF_ERROR(Configure(r));
+      DS_RETURN_IF_ERROR(Advance(r, Step::kConfigured));
+    }
+    return Status::Ok();
+  }
+
+  // planned -> (key file) escrowed -> header-placed -> [remount onto /dev/mapper/NAME, crypttab
+  // and fstab] encrypting (online) -> encrypted -> configured. Until the header is placed the
+  // plaintext filesystem is untouched and mounted; from the remount on, boot opens the mapping
+  // (crypttab with header=, the in-progress header opens as it is) and `resume --all` carries on.
+  Status EnableOnline(VolumeRecord& r) {
+    const std::string tmp = r.header + ".diskseal-new";
+    if (r.step == Step::kPlanned) {
+      if (!env_.Exists(r.key_file)) {
+        DS_ASSIGN_OR_RETURN(SecureBuffer pass, vault::GeneratePassphrase());
+        DS_RETURN_IF_ERROR(env_.WriteFileAtomic(r.key_file, pass.view(), 0400));
+      }
+      if (env_.Exists(r.header)) {
+        DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));  // crash between rename and record
+      } else {
+        DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+        DS_RETURN_IF_ERROR(FormatAndEscrow(r, pass, tmp, true));
+        DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
+      }
+    }
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+    if (r.step == Step::kEscrowed) {
+      if (env_.Exists(tmp)) {
+        DS_RETURN_IF_ERROR(env_.Rename(tmp, r.header));
+      } else if (!env_.Exists(r.header)) {
+        return Corrupt(r.header + ": neither the header nor its temp file exists after escrow; "
+                       "the state directory was changed by hand");
+      }
+      DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));
+    }
+    if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
+      // The one interruption: unmount the plaintext device (refused, naming who holds it, while
+      // busy: nothing has changed then), open the mapping, mount it at the same place.
+      DS_ASSIGN_OR_RETURN(std::string src, MountedSource(r.mountpoint));
+      if (!src.empty() && Canonical(src) == Canonical(r.device)) {
+        *o_.log << r.mountpoint << ": moving onto /dev/mapper/" << r.name << " (one remount)\n";
+        DS_RETURN_IF_ERROR(UnmountFs(r.mountpoint));
+      }
+      DS_RETURN_IF_ERROR(EnsureOpen(r, pass));
+      DS_RETURN_IF_ERROR(EnsureMounted(r, Plaintext(r)));
+      DS_RETURN_IF_ERROR(Configure(r));
+      // The device is held by its own mapping now; this run is its one owner.
+      DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
+                                                                             {r.name, online::HotzoneName(r.name)}}));
+      r.rate = Rate{};
+      r.rate.pid = ::getpid();
+      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypting));
+      DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt"));
+      DS_RETURN_IF_ERROR(EscrowFinalHeader(r, pass));
+      r.rate = Rate{};
+      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypted));
+    }
+    DS_RETURN_IF_ERROR(EnsureOpen(r, pass));
+    DS_RETURN_IF_ERROR(EnsureMounted(r, Plaintext(r)));
     if (r.step < Step::kConfigured) {
       DS_RETURN_IF_ERROR(Configure(r));
       DS_RETURN_IF_ERROR(Advance(r, Step::kConfigured));
@@ -186,25 +254,36 @@ class Runner {
     return MountFs(source, r.mountpoint, r.fstype, r.mount_options, r.fstab ? r.fstab->options : "");
   }
 
-  Status FormatAndEscrow(VolumeRecord& r, const SecureBuffer& pass, const std::string& tmp) {
+  // `mounted`: the plaintext stays mounted from the device (online): the device is only read here,
+  // and the encryption sector is chosen so that the mounted filesystem keeps working on the mapping.
+  Status FormatAndEscrow(VolumeRecord& r, const SecureBuffer& pass, const std::string& tmp, bool mounted = false) {
     if (env_.Exists(tmp)) DS_RETURN_IF_ERROR(env_.Remove(tmp));
     engine::Binding binding;
+    uint32_t sector = 0;  // Format's choice
     {
       OpenOptions probe;
-      probe.write = true;
-      probe.exclusive = true;  // fails while anything still mounts or holds the device
+      probe.write = !mounted;
+      probe.exclusive = !mounted;  // offline: fails while anything still mounts or holds the device
       DS_ASSIGN_OR_RETURN(auto d, env_.Open(r.device, probe));
       DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
       if (luks) return Busy(r.device + ": already a LUKS volume; refusing to encrypt it again");
       // The header records its device (engine/binding.h), so that a resume after a reboot that
       // renamed the disks cannot run this header over another one.
       DS_ASSIGN_OR_RETURN(binding, engine::PlaintextBinding(env_, *d, r.device));
+      if (mounted) {
+        Bytes first(size_t(std::min<uint64_t>(volume::kSignatureProbeBytes, d->Size())));
+        DS_RETURN_IF_ERROR(d->ReadAt(0, first));
+        auto sig = volume::ProbeSignature(first);
+        const uint32_t unit = sig && sig->io_unit ? std::min<uint32_t>(sig->io_unit, 4096) : 512;
+        for (sector = 512; sector * 2 <= unit;) sector *= 2;
+      }
     }
     DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(o_.pbkdf));
     luks2::FormatOptions f;
     f.pbkdf = o_.pbkdf;
     f.uuid = r.name;
     f.offset_sectors = 0;
+    f.sector_size = sector;
     SecureBuffer vk;
     auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) -> Status {
       DS_RETURN_IF_ERROR(engine::InitEncrypt(md, key, o_.resilience, digest_iters));
@@ -300,14 +379,16 @@ class Runner {
     eo.threads = o_.threads;
     eo.stop = o_.stop;
     eo.progress = &p;
-    Status ran = engine::RunOperation(v, keys, eo);
+    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(r.name, Canonical(r.device)));
+    Status ran = live ? online::RunOnline(v, {&env_, Canonical(r.device), r.header}, *live, keys, eo)
+                      : engine::RunOperation(v, keys, eo);
     if (ran.code() == Code::kInterrupted) {
       // The engine names a generic `diskseal resume`; this volume belongs to the machine run.
       std::string m = ran.message();
       const std::string generic = " and resumes with `diskseal resume`";
       if (size_t at = m.rfind(generic); at != std::string::npos) m.erase(at);
-      return Status(Code::kInterrupted, m + "; " + r.mountpoint + " stays unmounted until it finishes: continue with `" +
-                                            o_.command + "`");
+      return Status(Code::kInterrupted, m + "; " + r.mountpoint + (live ? " stays mounted; " : " stays unmounted until it finishes: ") +
+                                            "continue with `" + o_.command + "`");
     }
     DS_RETURN_IF_ERROR(ran.WithContext(r.device));
     p.Finish();
@@ -321,13 +402,24 @@ class Runner {
       DS_ASSIGN_OR_RETURN(auto m, dm::Find(r.name));
       if (m && !dm::IsStale(*m)) return Status::Ok();
       if (m) DS_RETURN_IF_ERROR(dm::Remove(r.name));
-      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, false));
-      DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
+      // Every key the passphrase opens: an operation in progress maps two layouts.
+      DS_ASSIGN_OR_RETURN(auto unlocked, v.UnlockAll(pass.span()));
+      std::map<int, const SecureBuffer*> keys;
+      for (auto& [digest, key] : unlocked) keys[digest] = &key;
+      DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
+      if (st && st->hotzone_len) {
+        // A crash mid-hotzone: recovered here, while nothing uses the device.
+        DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(env_, v, r.header));
+        engine::EngineOptions eo;
+        eo.until_done = st->done + *st->hotzone_len;
+        DS_RETURN_IF_ERROR(engine::RunOperation(v, keys, eo).WithContext(r.device + ": recovering the interrupted hotzone"));
+      }
       dm::Activation a;
       a.name = r.name;
       a.luks_uuid = r.name;
       a.device = Canonical(r.device);
-      DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, u));
+      DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, keys));
       DS_RETURN_IF_ERROR(dm::Create(a));
       if (!r.loop.empty()) {
         r.loop.clear();
@@ -568,6 +660,33 @@ Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOpti
   DS_RETURN_IF_ERROR(RunEach(state, work, *o.log, "Decrypting", [&](VolumeRecord& r) { return run.Disable(r); }));
   std::vector<VolumeOutcome> out;
   for (const auto& r : work) out.push_back(Outcome(r, r.device, "Decrypted"));
+  return out;
+}
+
+Result<std::vector<VolumeOutcome>> ResumeRecordedVolumes(Env& env, const EnableOptions& o) {
+  StateDir state(env, o.state_dir);
+  DS_ASSIGN_OR_RETURN(auto records, state.List());
+  EnableOptions enable = o, disable = o;
+  enable.only.clear();
+  disable.only.clear();
+  enable.preflight = nullptr;
+  disable.preflight = nullptr;
+  for (const auto& r : records) {
+    if (r.step == Step::kDisabled) continue;
+    (InDisableFlow(r.step) ? disable : enable).only.push_back(r.mountpoint);
+  }
+  std::vector<VolumeOutcome> out;
+  if (enable.only.empty() && disable.only.empty()) {
+    *o.log << "No volume recorded in " << o.state_dir << ": nothing to resume\n";
+    return out;
+  }
+  if (!enable.only.empty()) {
+    DS_ASSIGN_OR_RETURN(out, EnableDataVolumes(env, enable));
+  }
+  if (!disable.only.empty()) {
+    DS_ASSIGN_OR_RETURN(auto more, DisableDataVolumes(env, disable));
+    for (auto& v : more) out.push_back(std::move(v));
+  }
   return out;
 }
 

@@ -44,6 +44,7 @@ struct EnableOptions {
   unsigned threads = 0;
   luks2::PbkdfOptions pbkdf;               // for the keyslot of the generated passphrase
   bool userspace = false;                  // open through FUSE even where device-mapper exists
+  bool offline = false;                    // unmount for the whole run even where online works
   vault::VaultClient* vault = nullptr;     // escrow when set
   std::string kek, kek_alg = "RSA-OAEP";   // wrap the escrowed passphrase with this vault key
   std::string secret_prefix;               // secret names: <prefix><LUKS uuid>; "" = diskseal-
@@ -76,6 +77,11 @@ struct VolumeOutcome {
 
 Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptions& o);
 Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o);
+// `diskseal resume --all` (the boot-time unit): carries on every volume the state directory
+// records, and nothing else: an interrupted enable or disable continues (online where it can),
+// and a finished volume whose plaintext is not open or mounted (a userspace view lost at reboot)
+// is opened and mounted again. `o.only` and `o.preflight` are ignored. No records: nothing to do.
+Result<std::vector<VolumeOutcome>> ResumeRecordedVolumes(Env& env, const EnableOptions& o);
 
 // Why discovery's data volume `v` cannot be encrypted by enable, or "" when it can.
 std::string NotEncryptableReason(const Volume& v);

@@ -330,5 +330,98 @@ echo CUT-RECOVERED-OK
   }
 }
 
+// The machine workflow online: `enable --volume-type Data` moves the mounted filesystem onto its
+// mapping with one remount and encrypts it while the workload runs; a run killed with kill -9 at a
+// known point (the test freeze) is carried on by `resume --all`, the boot-time unit's command.
+TEST(VmOnline, EnableIsOnlineAndResumeAllCarriesOnAfterKillNine) {
+  TempDir dir;
+  ds::test::Run({"truncate", "-s", "64M", dir / "data.img"});
+  ds::test::Run({"truncate", "-s", "48M", dir / "data2.img"});
+  const std::string script = std::string(kCommon) + R"SH(
+mkdir -p /etc /data /data2 /var/lib
+for d in vda vdb; do mkfs.ext4 -q -F /dev/$d; done
+mount /dev/vda /data
+mount /dev/vdb /data2
+dd if=/dev/urandom of=/data/seed1 bs=1M count=4 2>/dev/null
+dd if=/dev/urandom of=/data2/seed2 bs=1M count=4 2>/dev/null
+sha256sum /data/seed1 /data2/seed2 > /tmp/machine.sums
+printf '/dev/vda /data ext4 defaults 0 2\n/dev/vdb /data2 ext4 defaults 0 2\n' > /etc/fstab
+: > /etc/crypttab
+# The remount needs the files closed for a moment (it names who holds them otherwise): the
+# workload starts once the filesystem is on its mapping, while the run is frozen at 5% (test hook).
+wait_frozen() {
+  n=0
+  until grep -q 'State:.*T' /proc/$1/status 2>/dev/null; do
+    n=$((n + 1)); [ $n -lt 3000 ] || { cat $2; fail "the run never reached its freeze point"; }; sleep 0.05
+  done
+}
+diskseal enable --volume-type Data --no-escrow --only /data --hotzone-size 2M --pbkdf pbkdf2 \
+  --pbkdf-force-iterations 1000 --test-freeze-at-percent 5 2> /tmp/run.log &
+EN=$!
+wait_frozen $EN /tmp/run.log
+echo "enable frozen at its test point: $(dmsetup info -c --noheadings -o name,attr | tr '\n' ' ')"
+WDIR=/data/w
+start_workload
+wait_workload 3
+echo "workload running on the mapping"
+kill -CONT $EN
+wait $EN || { cat /tmp/run.log; fail "enable"; }
+cat /tmp/run.log | grep -v progress
+grep -q 'one remount' /tmp/run.log || fail "enable did not move the filesystem online"
+grep -q 'runs online\|encrypt /data' /tmp/run.log || true
+stop_workload
+src=$(awk '$2 == "/data" {print $1}' /proc/mounts)
+echo "/data is mounted from $src"
+case "$src" in /dev/mapper/*) ;; *) fail "/data not on its mapping";; esac
+name=${src#/dev/mapper/}
+dmsetup table $name | grep -q ' crypt ' || fail "not dm-crypt"
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c /tmp/sums > /dev/null || fail "workload files"
+grep -q "$name" /etc/crypttab || fail "no crypttab line"
+diskseal status --json | grep -q '"DataVolumesEncrypted"' || fail "status"
+echo ENABLE-ONLINE-OK
+
+# A second volume: the run freezes itself at 40% (test hook), is killed with kill -9, and the
+# boot-time command carries it on; the filesystem stays mounted and usable all along.
+diskseal enable --volume-type Data --no-escrow --only /data2 --hotzone-size 1M --pbkdf pbkdf2 \
+  --pbkdf-force-iterations 1000 --test-freeze-at-percent 30 2> /tmp/run2.log &
+EN=$!
+wait_frozen $EN /tmp/run2.log
+WDIR=/data2/w
+start_workload
+wait_workload 3
+kill -9 $EN
+wait $EN || true
+n=0
+until ! ls /dev/mapper/ | grep -q dshz; do
+  n=$((n + 1)); [ $n -lt 3000 ] || fail "helper device never removed"; sleep 0.1
+done
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+diskseal status 2>&1 | head -5
+diskseal resume --all --hotzone-size 1M 2> /tmp/run3.log || { cat /tmp/run3.log; fail "resume --all"; }
+stop_workload
+src=$(awk '$2 == "/data2" {print $1}' /proc/mounts)
+case "$src" in /dev/mapper/*) ;; *) fail "/data2 not on its mapping";; esac
+dmsetup table ${src#/dev/mapper/} | grep -q ' crypt ' || fail "data2 not dm-crypt"
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c /tmp/sums > /dev/null || fail "workload files of data2"
+sha256sum -c /tmp/machine.sums || fail "seed files"
+diskseal status
+for m in /data /data2; do
+  s=$(awk -v m=$m '$2 == m {print $1}' /proc/mounts); umount $m
+  e2fsck -fn $s > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck $m"; }
+done
+echo RESUME-ALL-OK
+)SH";
+  GuestOptions o;
+  o.disks = {dir / "data.img", dir / "data2.img"};
+  o.bins = {DisksealBinary()};
+  o.timeout_s = 600;
+  GuestResult g = RunInGuest(script, o);
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("ENABLE-ONLINE-OK"), std::string::npos) << g.console;
+  EXPECT_NE(g.console.find("RESUME-ALL-OK"), std::string::npos) << g.console;
+}
+
 }  // namespace
 }  // namespace ds::test
