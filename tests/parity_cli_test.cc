@@ -33,6 +33,12 @@ class ParityCliTest : public ::testing::Test {
     for (const auto& a : args) argv.push_back(a);
     return RunProgram(argv);
   }
+  // img_ as cryptsetup formats it: passphrase "first pass" (k1), fast PBKDF.
+  void FormatK1() {
+    std::vector<std::string> f = {"luksFormat", "-q", "--type", "luks2", img_, dir_ / "k1"};
+    f.insert(f.end(), kFast.begin(), kFast.end());
+    ASSERT_EQ(Cryptsetup(f).exit_code, 0);
+  }
   const std::string kCryptsetup = "cryptsetup";
   TempDir dir_;
   std::string img_;
@@ -90,6 +96,151 @@ TEST_F(ParityCliTest, KeyslotDisksealCannotUseKeepsTheHeaderReadable) {
   EXPECT_EQ(named.exit_code, 7) << named.err;
   EXPECT_NE(named.err.find("diskseal cannot use this keyslot"), std::string::npos) << named.err;
   EXPECT_EQ(Sha256File(img_), before) << "dump and test-key must not write";
+}
+
+std::vector<std::string> Cat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+int DisksealLines(const std::string& out) {
+  int n = 0;
+  for (size_t at = out.find("diskseal: "); at != std::string::npos; at = out.find("diskseal: ", at + 1)) ++n;
+  return n;
+}
+
+// -y/--verify-passphrase: on a terminal both tools ask twice and refuse a mismatch (exit 2,
+// nothing written); without -y, -q formats after one prompt; off a terminal there is nothing to
+// verify and the one line of stdin is used.
+TEST_F(ParityCliTest, VerifyPassphraseAsksTwiceOnATerminal) {
+  if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup is not installed";
+  const std::string cs_img = dir_ / "cs.img", ds_img = dir_ / "ds.img";
+  MakeRandomImage(cs_img, 20u << 20, 1);
+  MakeRandomImage(ds_img, 20u << 20, 2);
+  const std::string cs_before = Sha256File(cs_img), ds_before = Sha256File(ds_img);
+  const std::vector<std::string> cs_format = Cat({"cryptsetup", "luksFormat", "-q", "--type", "luks2"}, kFast);
+  const std::vector<std::string> ds_format = Cat({DISKSEAL_BIN, "format", "-q"}, kFast);
+
+  TerminalResult c = RunOnTerminal(Cat(cs_format, {"-y", cs_img}), {"one", "two"});
+  EXPECT_EQ(c.exit_code, 2) << c.out;
+  EXPECT_EQ(c.prompts, 2) << c.out;
+  EXPECT_NE(c.out.find("Passphrases do not match"), std::string::npos) << c.out;
+  TerminalResult d = RunOnTerminal(Cat(ds_format, {"-y", ds_img}), {"one", "two"});
+  EXPECT_EQ(d.exit_code, 2) << d.out;
+  EXPECT_EQ(d.prompts, 2) << d.out;
+  EXPECT_NE(d.out.find("passphrases do not match"), std::string::npos) << d.out;
+  EXPECT_EQ(DisksealLines(d.out), 1) << d.out;
+  EXPECT_EQ(Sha256File(cs_img), cs_before);
+  EXPECT_EQ(Sha256File(ds_img), ds_before);
+
+  // -q alone: one prompt (batch mode turns verification off in both).
+  c = RunOnTerminal(Cat(cs_format, {cs_img}), {"same"});
+  EXPECT_EQ(c.exit_code, 0) << c.out;
+  EXPECT_EQ(c.prompts, 1) << c.out;
+  d = RunOnTerminal(Cat(ds_format, {ds_img}), {"same"});
+  EXPECT_EQ(d.exit_code, 0) << d.out;
+  EXPECT_EQ(d.prompts, 1) << d.out;
+
+  // Unlocking with -y: asked twice, then the passphrase is tried; each tool on both images.
+  for (const std::string& img : {cs_img, ds_img}) {
+    c = RunOnTerminal({"cryptsetup", "open", "--test-passphrase", "-y", img}, {"same", "same"});
+    EXPECT_EQ(c.exit_code, 0) << c.out;
+    EXPECT_EQ(c.prompts, 2) << c.out;
+    d = RunOnTerminal({DISKSEAL_BIN, "test-key", "-y", img}, {"same", "same"});
+    EXPECT_EQ(d.exit_code, 0) << d.out;
+    EXPECT_EQ(d.prompts, 2) << d.out;
+    c = RunOnTerminal({"cryptsetup", "open", "--test-passphrase", "--verify-passphrase", img}, {"same", "other"});
+    EXPECT_EQ(c.exit_code, 2) << c.out;
+    d = RunOnTerminal({DISKSEAL_BIN, "test-key", "--verify-passphrase", img}, {"same", "other"});
+    EXPECT_EQ(d.exit_code, 2) << d.out;
+    // Off a terminal: one line of stdin, nothing to verify against.
+    EXPECT_EQ(RunProgram({"cryptsetup", "open", "--test-passphrase", "-y", img}, "same\n").exit_code, 0);
+    RunResult p = Diskseal({"test-key", "-y", img}, "same\n");
+    EXPECT_EQ(p.exit_code, 0) << p.err;
+  }
+}
+
+// -T/--tries: a wrong passphrase typed at a terminal is asked again, 3 times in all by default;
+// a pipe or a key file gets one try. Both tools, the same answers.
+TEST_F(ParityCliTest, TriesAtATerminal) {
+  if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup is not installed";
+  ASSERT_NO_FATAL_FAILURE(FormatK1());
+  struct Case {
+    std::vector<std::string> flags;
+    std::vector<std::string> answers;
+    int exit_code, prompts;
+  } cases[] = {
+      {{}, {"bad1", "bad2", "first pass"}, 0, 3},
+      {{}, {"bad1", "bad2", "bad3", "first pass"}, 2, 3},
+      {{"-T", "1"}, {"bad", "first pass"}, 2, 1},
+      {{"--tries", "5"}, {"b1", "b2", "b3", "b4", "first pass"}, 0, 5},
+  };
+  for (const auto& c : cases) {
+    TerminalResult cs = RunOnTerminal(Cat(Cat({"cryptsetup", "open", "--test-passphrase"}, c.flags), {img_}), c.answers);
+    EXPECT_EQ(cs.exit_code, c.exit_code) << cs.out;
+    EXPECT_EQ(cs.prompts, c.prompts) << cs.out;
+    TerminalResult ds = RunOnTerminal(Cat(Cat({DISKSEAL_BIN, "test-key"}, c.flags), {img_}), c.answers);
+    EXPECT_EQ(ds.exit_code, c.exit_code) << ds.out;
+    EXPECT_EQ(ds.prompts, c.prompts) << ds.out;
+    // Each wrong passphrase said once, on one line naming the device.
+    const int wrong = c.exit_code == 0 ? c.prompts - 1 : c.prompts;
+    EXPECT_EQ(DisksealLines(ds.out), wrong) << ds.out;
+  }
+  // One try off a terminal, whatever -T says.
+  EXPECT_EQ(RunProgram({"cryptsetup", "open", "--test-passphrase", "-T", "3", img_}, "bad\nfirst pass\n").exit_code, 2);
+  EXPECT_EQ(Diskseal({"test-key", "-T", "3", img_}, "bad\nfirst pass\n").exit_code, 2);
+  EXPECT_EQ(RunProgram({"cryptsetup", "open", "--test-passphrase", "-T", "3", "-d", dir_ / "k2", img_}).exit_code, 2);
+  EXPECT_EQ(Diskseal({"test-key", "-T", "3", "-d", dir_ / "k2", img_}).exit_code, 2);
+  RunResult zero = Diskseal({"test-key", "-T", "0", img_});
+  EXPECT_EQ(zero.exit_code, 1) << zero.err;
+  EXPECT_NE(zero.err.find("--tries"), std::string::npos) << zero.err;
+}
+
+// -l is --keyfile-size; keyslot add reads the new key from --new-keyfile (cryptsetup 2.6.1's
+// name; --new-key-file still works), with --new-keyfile-size. What one tool adds the other opens.
+TEST_F(ParityCliTest, KeyfileFlagsHaveCryptsetupsNames) {
+  if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup is not installed";
+  WriteFile(dir_ / "long", "first pass and the rest of a long file");
+  std::vector<std::string> f = {"luksFormat", "-q", "--type", "luks2", img_, dir_ / "long", "-l", "10"};
+  ASSERT_EQ(Cryptsetup(Cat(f, kFast)).exit_code, 0);
+  EXPECT_EQ(Cryptsetup({"open", "--test-passphrase", "-d", dir_ / "long", "-l", "10", img_}).exit_code, 0);
+  EXPECT_EQ(Diskseal({"test-key", img_, "-d", dir_ / "long", "-l", "10"}).exit_code, 0);
+  EXPECT_EQ(Diskseal({"test-key", img_, "-d", dir_ / "long", "--keyfile-size", "10"}).exit_code, 0);
+  EXPECT_EQ(Diskseal({"test-key", img_, "-d", dir_ / "long"}).exit_code, 2);
+  EXPECT_EQ(Diskseal({"test-key", img_, "-d", dir_ / "k1"}).exit_code, 0);
+
+  // diskseal adds with cryptsetup's flag names, cryptsetup opens; and the reverse.
+  RunResult a = Diskseal(Cat({"keyslot", "add", img_, "-d", dir_ / "k1", "--new-keyfile", dir_ / "long",
+                              "--new-keyfile-size", "5", "--json"}, kFast));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  const int added = Json::parse(a.out)["keyslot"].get<int>();
+  WriteFile(dir_ / "first", "first");
+  EXPECT_EQ(Cryptsetup({"open", "--test-passphrase", "-d", dir_ / "first", "--key-slot", std::to_string(added), img_}).exit_code, 0);
+  a = Diskseal(Cat({"keyslot", "add", img_, "-d", dir_ / "k1", "--new-key-file", dir_ / "k2"}, kFast));
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(Cryptsetup({"open", "--test-passphrase", "-d", dir_ / "k2", img_}).exit_code, 0);
+  ASSERT_EQ(Cryptsetup(Cat({"luksAddKey", "-q", "-d", dir_ / "k1", "--new-keyfile", dir_ / "k3", img_}, kFast)).exit_code, 0);
+  EXPECT_EQ(Diskseal({"test-key", img_, "-d", dir_ / "k3"}).exit_code, 0);
+}
+
+// -i is --iter-time (cryptsetup's meaning, and diskseal's everywhere else): import takes its input
+// as --input, and the old `import -i FILE` is refused with the new spelling named, writing nothing.
+TEST_F(ParityCliTest, ImportInputIsNotDashI) {
+  if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup is not installed";
+  ASSERT_NO_FATAL_FAILURE(FormatK1());
+  WriteFile(dir_ / "plain", std::string(8192, 'p'));
+  const std::string before = Sha256File(img_);
+  RunResult old = Diskseal({"import", img_, "-d", dir_ / "k1", "-i", dir_ / "plain"});
+  EXPECT_EQ(old.exit_code, 1) << old.err;
+  EXPECT_EQ(std::count(old.err.begin(), old.err.end(), '\n'), 1) << old.err;
+  EXPECT_NE(old.err.find("--input FILE"), std::string::npos) << old.err;
+  EXPECT_NE(old.err.find("--iter-time"), std::string::npos) << old.err;
+  EXPECT_EQ(Sha256File(img_), before);
+  RunResult ok = Diskseal({"import", img_, "-d", dir_ / "k1", "--input", dir_ / "plain"});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  RunResult out = Diskseal({"export", img_, "-d", dir_ / "k1", "-o", "-"});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_EQ(out.out.substr(0, 8192), std::string(8192, 'p'));
 }
 
 TEST_F(ParityCliTest, NonsenseHotzoneSizeIsAUsageError) {

@@ -120,7 +120,8 @@ Runner SetupFormat(CLI::App& app, Globals& g) {
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
     DS_RETURN_IF_ERROR(ConfirmOverwrite(g, o->dev.header.empty() ? o->dev.device : o->dev.header, o->f.force,
                                         o->batch));
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + o->dev.device + ": ", true));
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + o->dev.device + ": ",
+                                                   !o->batch));  // -q: no verify unless -y (cryptsetup)
     auto v = luks2::Volume::Format(*g.env, o->dev.device, o->dev.header, o->f, pass.span());
     if (!v.ok()) return v.status().WithContext(o->dev.device + ": format");
     const auto segs = luks2::Segments(v->metadata());
@@ -382,7 +383,15 @@ Runner SetupImport(CLI::App& app, Globals& g) {
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev);
   AddKeyOptions(app, o->keys);
-  app.add_option("--input,-i", o->input, "plaintext file to write at the start of the data")->required();
+  app.add_option("--input", o->input, "plaintext file to write at the start of the data")->required();
+  // -i is --iter-time everywhere else (as in cryptsetup): the old spelling is refused, not guessed.
+  app.add_option_function<std::string>(
+         "-i",
+         [](const std::string&) {
+           throw CLI::ValidationError("-i", "import's input is --input FILE (-i is --iter-time, as in cryptsetup)");
+         },
+         "")
+      ->group("");
   app.add_flag("--progress-json", o->progress_json, "progress as JSON lines on stderr");
   return [o, &g]() -> Status {
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));

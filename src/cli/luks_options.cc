@@ -70,8 +70,11 @@ Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySou
   // A detached header used with another device is refused before the PBKDF (size, ids) and
   // before anything is written (the plaintext's filesystem through the header's key).
   DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
-  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vault, v.metadata(), d.device));
-  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span(), slot));
+  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u,
+                      WithTries<luks2::Volume::Unlocked>(
+                          *g.err, keys, vault && vault->enabled(),
+                          [&] { return ObtainPassphrase(*g.env, keys, vault, v.metadata(), d.device); },
+                          [&](const SecureBuffer& pass) { return v.Unlock(pass.span(), slot); }));
   DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, d.header, {{u.digest, &u.key}}));
   return OpenedVolume{std::move(v), std::move(u)};
 }
