@@ -3,7 +3,14 @@
 // sizes are usage errors, and a mistyped command or flag is named with the nearest one.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "luks2/header_io.h"
@@ -241,6 +248,190 @@ TEST_F(ParityCliTest, ImportInputIsNotDashI) {
   RunResult out = Diskseal({"export", img_, "-d", dir_ / "k1", "-o", "-"});
   ASSERT_EQ(out.exit_code, 0) << out.err;
   EXPECT_EQ(out.out.substr(0, 8192), std::string(8192, 'p'));
+}
+
+// A usage error is exit 1 in both tools: a keyslot or token id already taken, a header backup
+// over an existing file, encrypt without a place for the header, datashift with --header.
+TEST_F(ParityCliTest, UsageErrorsExitOneAsInCryptsetup) {
+  if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup is not installed";
+  ASSERT_NO_FATAL_FAILURE(FormatK1());
+  WriteFile(dir_ / "tok.json", R"({"type":"vendor","keyslots":[]})");
+  ASSERT_EQ(Cryptsetup({"token", "import", "--token-id", "0", "--json-file", dir_ / "tok.json", img_}).exit_code, 0);
+  const std::string before = Sha256File(img_);
+  WriteFile(dir_ / "exists", "x");
+  struct Case {
+    std::vector<std::string> cs, ds;
+    const char* says;
+  } cases[] = {
+      {Cat({"luksAddKey", "-q", "-S", "0", "-d", dir_ / "k1", img_, dir_ / "k2"}, kFast),
+       Cat({"keyslot", "add", img_, "-d", dir_ / "k1", "--new-keyfile", dir_ / "k2", "--key-slot", "0"}, kFast),
+       "keyslot 0 is already in use"},
+      {{"token", "import", "--token-id", "0", "--json-file", dir_ / "tok.json", img_},
+       {"token", "import", img_, "--token-id", "0", "--json-file", dir_ / "tok.json"},
+       "token 0 already exists"},
+      {{"luksHeaderBackup", img_, "--header-backup-file", dir_ / "exists"},
+       {"header", "backup", img_, "--header-backup-file", dir_ / "exists"},
+       "already exists"},
+      {Cat({"reencrypt", "--encrypt", "-q", "-d", dir_ / "k1", dir_ / "plain.img"}, kFast),
+       Cat({"encrypt", dir_ / "plain.img", "-d", dir_ / "k1"}, kFast),
+       "needs --header FILE (detached header) or --reduce-device-size SIZE"},
+  };
+  MakeRandomImage(dir_ / "plain.img", 8u << 20, 3);
+  const std::string plain_before = Sha256File(dir_ / "plain.img");
+  for (const auto& c : cases) {
+    RunResult cs = Cryptsetup(c.cs);
+    EXPECT_EQ(cs.exit_code, 1) << c.cs[0] << ": " << cs.err;
+    RunResult ds = Diskseal(c.ds);
+    EXPECT_EQ(ds.exit_code, 1) << c.ds[0] << ": " << ds.err;
+    EXPECT_NE(ds.err.find(c.says), std::string::npos) << ds.err;
+  }
+  RunResult shift = Diskseal({"encrypt", dir_ / "plain.img", "--header", dir_ / "h", "-d", dir_ / "k1",
+                              "--resilience", "datashift"});
+  EXPECT_EQ(shift.exit_code, 1) << shift.err;
+  EXPECT_EQ(Sha256File(img_), before);
+  EXPECT_EQ(Sha256File(dir_ / "plain.img"), plain_before);
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "h"));
+}
+
+// Every error is one line with one "diskseal: " in front, naming the device, without a prefix
+// said twice ("diskseal: diskseal doctor: doctor: ..."); the minimum for --reduce-device-size is
+// stated in bytes.
+TEST_F(ParityCliTest, ErrorsHaveOnePrefixAndNameTheDevice) {
+  ASSERT_NO_FATAL_FAILURE(FormatK1());
+  MakeRandomImage(dir_ / "small.img", 4u << 20, 4);
+  MakeRandomImage(dir_ / "plain.img", 8u << 20, 5);
+  struct Case {
+    std::vector<std::string> args;
+    std::string names;  // the device or object the line must name
+    const char* says;
+  } cases[] = {
+      {{"test-key", img_, "-d", dir_ / "k2"}, img_, "no key available"},
+      {{"dump", dir_ / "plain.img"}, dir_ / "plain.img", "not a LUKS2 device"},
+      {{"dump", dir_ / "missing.img"}, dir_ / "missing.img", "No such file"},
+      {{"encrypt", dir_ / "plain.img", "-d", dir_ / "k1", "--reduce-device-size", "64k"}, dir_ / "plain.img",
+       "--reduce-device-size 65536 must be a multiple of 8 KiB of at least 196608 bytes"},
+      {{"encrypt", dir_ / "small.img", "-d", dir_ / "k1", "--reduce-device-size", "4M"}, dir_ / "small.img",
+       "4194304 bytes is too small for --reduce-device-size 4194304: the device needs at least 6291456 bytes"},
+      {{"keyslot", "remove", img_, "5"}, img_, "keyslot 5 does not exist"},
+      {{"token", "export", img_, "--token-id", "3"}, img_, "token 3 does not exist"},
+      {{"decrypt", img_, "-d", dir_ / "k1"}, img_, "decrypt needs --header FILE"},
+      {{"reencrypt", dir_ / "plain.img", "-d", dir_ / "k1"}, dir_ / "plain.img", "not a LUKS2 device"},
+      {{"open", img_, "v", "--userspace", "--run-dir", dir_ / "run", "-d", dir_ / "k2"}, img_, "no key available"},
+      {{"close", "nosuch", "--run-dir", dir_ / "run"}, "nosuch", "no open volume of this name"},
+      {{"format", img_, "-d", dir_ / "k1"}, img_, "already holds a LUKS header"},
+      {{"import", img_, "-d", dir_ / "k1", "--input", dir_ / "missing.bin"}, dir_ / "missing.bin", "No such file"},
+      {{"doctor", "--root", dir_ / "noroot"}, dir_ / "noroot", "No such file"},
+  };
+  const std::string before = Sha256File(img_);
+  for (const auto& c : cases) {
+    RunResult r = Diskseal(c.args);
+    EXPECT_NE(r.exit_code, 0) << c.args[0];
+    ASSERT_FALSE(r.err.empty()) << c.args[0];
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_EQ(r.err.rfind("diskseal: ", 0), 0u) << r.err;
+    EXPECT_EQ(DisksealLines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(c.names), std::string::npos) << "names " << c.names << ": " << r.err;
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
+    // No part said twice in a row ("doctor: doctor:", "img: img:").
+    std::vector<std::string> parts;
+    for (size_t at = 0, next; at < r.err.size(); at = next + 2) {
+      next = r.err.find(": ", at);
+      if (next == std::string::npos) next = r.err.size();
+      parts.push_back(r.err.substr(at, next - at));
+    }
+    for (size_t i = 1; i < parts.size(); ++i) EXPECT_NE(parts[i], parts[i - 1]) << r.err;
+  }
+  EXPECT_EQ(Sha256File(img_), before);
+}
+
+// open (and every unlock, and resume) while cryptsetup reencrypt works on the volume: diskseal's
+// device claims do not see cryptsetup, its reencryption lock does. Said as such, not as an
+// interrupted operation to resume (which would run the two at once).
+TEST_F(ParityCliTest, CryptsetupReencryptRunningIsNamedNotInterrupted) {
+  if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup is not installed";
+  const std::string img = dir_ / "big.img", hdr = dir_ / "big.hdr";
+  MakeRandomImage(img, 64u << 20, 6);
+  std::vector<std::string> argv = Cat({"cryptsetup", "reencrypt", "--encrypt", "-q", "--header", hdr, "-d",
+                                       dir_ / "k1", "--hotzone-size", "64k", img}, kFast);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(a.data());
+  args.push_back(nullptr);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_RDWR);
+    dup2(null, 0), dup2(null, 1), dup2(null, 2);
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  // Wait (bounded) until cryptsetup holds its reencryption lock, then freeze it there.
+  std::string lock;
+  bool held = false;
+  for (int i = 0; i < 20000 && !held; ++i) {
+    auto dev = PosixEnv()->Open(hdr, OpenOptions{});
+    if (dev.ok()) {
+      auto r = luks2::ReadHeader(**dev);
+      if (r.ok()) {
+        lock = "/run/cryptsetup/LN_LUKS2-reencryption-" + r->md.uuid;
+        const int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+          held = ::flock(fd, LOCK_SH | LOCK_NB) != 0;
+          ::close(fd);
+        }
+      }
+    }
+    if (held) kill(pid, SIGSTOP);
+    else usleep(500);
+  }
+  ASSERT_TRUE(held) << "cryptsetup never held " << lock;
+  const std::string hdr_before = Sha256File(hdr);
+  for (const std::vector<std::string>& a : std::vector<std::vector<std::string>>{
+           {"open", img, "v", "--userspace", "--run-dir", dir_ / "run", "--header", hdr, "-d", dir_ / "k1"},
+           {"test-key", img, "--header", hdr, "-d", dir_ / "k1"},
+           {"resume", img, "--header", hdr, "-d", dir_ / "k1"}}) {
+    RunResult r = Diskseal(a);
+    EXPECT_EQ(r.exit_code, 5) << a[0] << ": " << r.err;
+    EXPECT_NE(r.err.find(img + ": cryptsetup reencrypt is working on it now (it holds " + lock), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("interrupted"), std::string::npos) << r.err;
+  }
+  Diskseal({"close", "v", "--run-dir", dir_ / "run"});  // only if the open above wrongly worked
+  EXPECT_EQ(Sha256File(hdr), hdr_before);
+  kill(pid, SIGCONT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  RunResult after = Diskseal({"test-key", img, "--header", hdr, "-d", dir_ / "k1"});
+  EXPECT_EQ(after.exit_code, 0) << after.err;
+}
+
+// Views opened with another --run-dir: list and close without --run-dir find them through their
+// mounts; with --run-dir only that directory is looked at.
+TEST_F(ParityCliTest, ListAndCloseFindViewsOfAnotherRunDir) {
+  if (!HaveProgram("cryptsetup")) GTEST_SKIP() << "cryptsetup is not installed";
+  if (!std::filesystem::exists("/dev/fuse")) GTEST_SKIP() << "no FUSE";
+  ASSERT_NO_FATAL_FAILURE(FormatK1());
+  const std::string name = "parity-" + std::to_string(getpid());
+  const std::string run = dir_ / "run", other = dir_ / "other";
+  RunResult o = Diskseal({"open", "--userspace", "--run-dir", run, "-d", dir_ / "k1", img_, name});
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  auto listed = [&](const std::vector<std::string>& extra) {
+    RunResult l = Diskseal(Cat({"list", "--json"}, extra));
+    EXPECT_EQ(l.exit_code, 0) << l.err;
+    for (const auto& e : Json::parse(l.out))
+      if (e["name"] == name) return e["path"].get<std::string>();
+    return std::string();
+  };
+  EXPECT_EQ(listed({}), run + "/" + name);
+  EXPECT_EQ(listed({"--run-dir", run}), run + "/" + name);
+  EXPECT_EQ(listed({"--run-dir", other}), "");
+  RunResult wrong = Diskseal({"close", name, "--run-dir", other});
+  EXPECT_EQ(wrong.exit_code, 4) << wrong.err;
+  EXPECT_NE(wrong.err.find("without --run-dir, close looks in every run directory"), std::string::npos) << wrong.err;
+  RunResult c = Diskseal({"close", name});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  EXPECT_NE(c.out.find("Closed " + name + " (--run-dir " + run + ")"), std::string::npos) << c.out;
+  EXPECT_EQ(listed({}), "");
+  EXPECT_EQ(Diskseal({"close", name}).exit_code, 4);
 }
 
 TEST_F(ParityCliTest, NonsenseHotzoneSizeIsAUsageError) {

@@ -1,5 +1,11 @@
 #include "cli/claim.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 namespace ds::cli {
 
 Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, ClaimMode mode,
@@ -12,6 +18,20 @@ Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, Clai
     held.push_back(std::move(hdr));
   }
   return held;
+}
+
+Status CheckCryptsetupReencrypt(const luks2::Metadata& md, const std::string& device) {
+  // Held from cryptsetup's start (before the header shows any operation) to its end. Only a
+  // lock probe: nothing is read or written through this descriptor.
+  const std::string lock = "/run/cryptsetup/LN_LUKS2-reencryption-" + md.uuid;
+  const int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) return Status::Ok();  // no lock file: cryptsetup is not running on it
+  const bool held = ::flock(fd, LOCK_SH | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+  ::close(fd);
+  if (held)
+    return Busy(device + ": cryptsetup reencrypt is working on it now (it holds " + lock +
+                "); wait until it finishes, or stop it and then run `diskseal resume`");
+  return Status::Ok();
 }
 
 }  // namespace ds::cli

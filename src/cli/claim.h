@@ -16,4 +16,10 @@ namespace ds::cli {
 Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, ClaimMode mode,
                                              bool writes_device);
 
+// cryptsetup's own owner: while `cryptsetup reencrypt` works on a volume it holds an flock on
+// /run/cryptsetup/LN_LUKS2-reencryption-<UUID> (cryptsetup 2.6.1's reencryption lock), which
+// diskseal's claims do not see. kBusy naming that lock while it is held: the header then shows an
+// operation in progress (or none yet), not an interrupted one.
+Status CheckCryptsetupReencrypt(const luks2::Metadata& md, const std::string& device);
+
 }  // namespace ds::cli

@@ -98,6 +98,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
                                       "; if `encrypt --reduce-device-size` was interrupted while it placed the header, "
                                       "run that same command again (it finds the staged header; resume cannot know the size)");
   DS_ASSIGN_OR_RETURN(luks2::Volume v, std::move(loaded));
+  DS_RETURN_IF_ERROR(CheckCryptsetupReencrypt(v.metadata(), d.device));
   DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
@@ -116,11 +117,14 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   if (known_key) {
     keymap[known_digest] = known_key;
   } else {
-    SecureBuffer read;
-    if (!known_pass) {
-      DS_ASSIGN_OR_RETURN(read, ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device));
+    if (known_pass) {
+      DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll(known_pass->span()));
+    } else {
+      DS_ASSIGN_OR_RETURN(unlocked, (WithTries<std::map<int, SecureBuffer>>(
+                                        *g.err, keys, vo && vo->enabled(),
+                                        [&] { return ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device); },
+                                        [&](const SecureBuffer& pass) { return v.UnlockAll(pass.span()); })));
     }
-    DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll((known_pass ? *known_pass : read).span()));
     for (auto& [digest, key] : unlocked) keymap[digest] = &key;
   }
   // Before the engine writes anything (its first act may be a hotzone recovery).
@@ -238,9 +242,11 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
                     const EngineArgs& e, const ShiftArgs& sa, VaultOptions& vault_opts) {
   const std::string& dev = da.device;
   const uint64_t r = sa.reduce, shift = r / 2;
-  if (r % 8192 || shift < 2 * f.metadata_size + (64u << 10))
-    return InvalidArgument("--reduce-device-size must be a multiple of 8 KiB and leave room for the header "
-                           "(at least twice the metadata size plus a keyslot, e.g. 8M or 32M)");
+  const uint64_t min_r = 2 * (2 * f.metadata_size + (64u << 10));
+  if (r % 8192 || r < min_r)
+    return InvalidArgument(dev + ": --reduce-device-size " + std::to_string(r) + " must be a multiple of 8 KiB of at least " +
+                           std::to_string(min_r) + " bytes (" + std::to_string(min_r >> 10) +
+                           "k: half of it holds the header, two metadata copies and a keyslot; e.g. 8M or 32M)");
   if (std::string mp = MountPointOf(*g.env, dev); !mp.empty())
     return Busy(dev + ": mounted on " + mp + "; unmount it first");
   OpenOptions rw;
@@ -254,7 +260,8 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
       return InvalidArgument(dev + ": size " + std::to_string(size) + " is not a multiple of 4096 bytes");
     if (size < r + shift)
       return InvalidArgument(dev + ": " + std::to_string(size) + " bytes is too small for --reduce-device-size " +
-                             std::to_string(r) + " (the data must be at least half of it)");
+                             std::to_string(r) + ": the device needs at least " + std::to_string(r + shift) +
+                             " bytes (the reduction plus half of it again, which the data keeps)");
     DS_ASSIGN_OR_RETURN(engine::ShiftStart start, engine::RecoverShiftHeader(*d, shift));
     if (start != engine::ShiftStart::kNothing) {
       d.reset();
@@ -422,8 +429,11 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   if (shift == 0 || size <= 2 * shift)
     return InvalidArgument(dev + ": the data offset " + std::to_string(shift) + " leaves no room to move the data back");
   DS_RETURN_IF_ERROR(v.CheckRequirements());
-  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata(), dev));
-  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u,
+                      WithTries<luks2::Volume::Unlocked>(
+                          *g.err, keys, vault_opts.enabled(),
+                          [&] { return ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata(), dev); },
+                          [&](const SecureBuffer& pass) { return v.Unlock(pass.span()); }));
   DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(pbkdf));
   // The exported header will be detached: it records the device it belongs to.
   DS_ASSIGN_OR_RETURN(engine::Binding binding, engine::CurrentBinding(*g.env, v, {{u.digest, &u.key}}));
@@ -491,7 +501,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));
     if (o->dev.header.empty()) {
       if (!o->shift.reduce)
-        return Unsupported(dev + ": encrypting in place needs --header FILE (detached header) or "
+        return InvalidArgument(dev + ": encrypting in place needs --header FILE (detached header) or "
                                  "--reduce-device-size SIZE (header at the start of the device)");
       if (res_opt->count() && res != engine::Resilience::kDatashift)
         return InvalidArgument(dev + ": with the header at the start of the device the resilience is datashift");
@@ -500,7 +510,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     if (o->shift.reduce)
       return InvalidArgument("--reduce-device-size puts the header at the start of the device; it does not go with --header");
     if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
-      return Unsupported(dev + ": resilience datashift (data shift) needs --reduce-device-size, not --header");
+      return InvalidArgument(dev + ": resilience datashift (data shift) needs --reduce-device-size, not --header");
     // Running the original command again resumes an interrupted run.
     if (g.env->Exists(o->dev.header)) {
       auto v = luks2::Volume::Load(*g.env, dev, o->dev.header, false);
@@ -615,8 +625,11 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     if (luks2::Segments(v.metadata()).front().type == "linear")
       return Busy(dev + ": already decrypted (the header describes plaintext)");
     DS_RETURN_IF_ERROR(v.CheckRequirements());
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev));
-    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u,
+                        WithTries<luks2::Volume::Unlocked>(
+                            *g.err, o->keys, o->vault.enabled(),
+                            [&] { return ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev); },
+                            [&](const SecureBuffer& pass) { return v.Unlock(pass.span()); }));
     const std::map<int, const SecureBuffer*> keymap = {{u.digest, &u.key}};
     DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, o->dev.header, keymap));
     DS_ASSIGN_OR_RETURN(engine::Binding binding, engine::CurrentBinding(*g.env, v, keymap));

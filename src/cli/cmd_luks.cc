@@ -311,7 +311,7 @@ Runner SetupHeader(CLI::App& app, Globals& g) {
   AddDeviceArgs(*bk, o->dev);
   bk->add_option("--header-backup-file", o->file, "the backup file (must not exist)")->required();
   subs.emplace_back(bk, [o, &g]() -> Status {
-    if (g.env->Exists(o->file)) return Busy(o->file + ": already exists; refusing to overwrite a backup");
+    if (g.env->Exists(o->file)) return InvalidArgument(o->file + ": already exists; refusing to overwrite a backup");
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, o->dev.device, o->dev.header, false));
     const uint64_t n = v.metadata().areas_end();
     Bytes data(n);

@@ -1,4 +1,5 @@
 #include "cli/luks_options.h"
+#include "cli/claim.h"
 #include "engine/binding.h"
 
 #include <unistd.h>
@@ -67,6 +68,7 @@ Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySou
                                    std::optional<int> slot, bool writable, const VaultOptions* vault) {
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, writable));
   DS_RETURN_IF_ERROR(v.CheckRequirements());
+  DS_RETURN_IF_ERROR(CheckCryptsetupReencrypt(v.metadata(), d.device));
   // A detached header used with another device is refused before the PBKDF (size, ids) and
   // before anything is written (the plaintext's filesystem through the header's key).
   DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
