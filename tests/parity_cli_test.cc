@@ -434,6 +434,75 @@ TEST_F(ParityCliTest, ListAndCloseFindViewsOfAnotherRunDir) {
   EXPECT_EQ(Diskseal({"close", name}).exit_code, 4);
 }
 
+// A block device given as --header (an empty partition or disk): an all-zero one takes the header,
+// as in cryptsetup, through format and encrypt, and cryptsetup reads the result; one holding a
+// signature is refused without --force and left as it was.
+TEST_F(ParityCliTest, HeaderDeviceIsUsedWhenEmptyAndRefusedWithASignature) {
+  if (!HaveProgram("cryptsetup") || !HaveProgram("losetup") || !HaveProgram("mkfs.ext4"))
+    GTEST_SKIP() << "needs cryptsetup, losetup and mkfs.ext4";
+  struct Loops {
+    std::vector<std::string> devs;
+    ~Loops() {
+      for (const auto& d : devs) RunProgram({"losetup", "-d", d});
+    }
+  } loops;
+  auto loop = [&](const std::string& name) {
+    const std::string file = dir_ / name;
+    WriteFile(file, std::string(16u << 20, '\0'));
+    RunResult r = RunProgram({"losetup", "-f", "--show", file});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::string dev = r.out.substr(0, r.out.find('\n'));
+    if (!dev.empty()) loops.devs.push_back(dev);
+    return dev;
+  };
+  const std::string data = dir_ / "data.img", plain = dir_ / "data.orig";
+  MakeRandomImage(data, 8u << 20, 7);
+  const std::string plain_sum = Sha256File(data);
+
+  // cryptsetup takes an all-zero header device; so does diskseal, for encrypt and format.
+  const std::string zero_cs = loop("zero-cs");
+  ASSERT_FALSE(zero_cs.empty());
+  MakeRandomImage(dir_ / "cs.img", 8u << 20, 8);
+  ASSERT_EQ(Cryptsetup(Cat({"luksFormat", "-q", "--type", "luks2", "--header", zero_cs, dir_ / "cs.img", dir_ / "k1"}, kFast)).exit_code, 0);
+  const std::string zero = loop("zero");
+  ASSERT_FALSE(zero.empty());
+  RunResult e = Diskseal(Cat({"encrypt", data, "--header", zero, "-d", dir_ / "k1"}, kFast));
+  ASSERT_EQ(e.exit_code, 0) << e.err;
+  EXPECT_EQ(Cryptsetup({"luksDump", zero}).exit_code, 0);
+  EXPECT_EQ(Cryptsetup({"open", "--test-passphrase", "--header", zero, data, "-d", dir_ / "k1"}).exit_code, 0);
+  RunResult out = Diskseal({"export", data, "--header", zero, "-d", dir_ / "k1", "-o", plain});
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_EQ(Sha256File(plain), plain_sum);
+  RunResult again = Diskseal(Cat({"encrypt", data, "--header", zero, "-d", dir_ / "k1"}, kFast));
+  EXPECT_EQ(again.exit_code, 5) << again.err;  // the header device now holds this volume's header
+  EXPECT_NE(again.err.find("already encrypted"), std::string::npos) << again.err;
+
+  const std::string zero2 = loop("zero2");
+  RunResult f = Diskseal(Cat({"format", "-q", dir_ / "cs.img", "--header", zero2, "-d", dir_ / "k1"}, kFast));
+  ASSERT_EQ(f.exit_code, 0) << f.err;
+  EXPECT_EQ(Cryptsetup({"luksDump", zero2}).exit_code, 0);
+
+  // A header device holding a filesystem: refused without --force, nothing written anywhere.
+  const std::string fsdev = loop("fs");
+  ASSERT_EQ(RunProgram({"mkfs.ext4", "-q", fsdev}).exit_code, 0);
+  MakeRandomImage(dir_ / "d2.img", 8u << 20, 9);
+  const std::string d2_sum = Sha256File(dir_ / "d2.img"), fs_sum = Sha256File(fsdev);
+  for (const std::vector<std::string>& a : std::vector<std::vector<std::string>>{
+           Cat({"encrypt", dir_ / "d2.img", "--header", fsdev, "-d", dir_ / "k1"}, kFast),
+           Cat({"format", "-q", dir_ / "d2.img", "--header", fsdev, "-d", dir_ / "k1"}, kFast)}) {
+    RunResult r = Diskseal(a);
+    EXPECT_EQ(r.exit_code, 1) << a[0] << ": " << r.err;
+    EXPECT_NE(r.err.find(fsdev + ": the header device holds a 'ext4' signature"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+    EXPECT_EQ(Sha256File(fsdev), fs_sum);
+    EXPECT_EQ(Sha256File(dir_ / "d2.img"), d2_sum);
+  }
+  RunResult forced = Diskseal(Cat({"encrypt", dir_ / "d2.img", "--header", fsdev, "-d", dir_ / "k1", "--force"}, kFast));
+  ASSERT_EQ(forced.exit_code, 0) << forced.err;
+  EXPECT_EQ(Cryptsetup({"luksDump", fsdev}).exit_code, 0);
+  EXPECT_EQ(Cryptsetup({"open", "--test-passphrase", "--header", fsdev, dir_ / "d2.img", "-d", dir_ / "k1"}).exit_code, 0);
+}
+
 TEST_F(ParityCliTest, NonsenseHotzoneSizeIsAUsageError) {
   const std::string before = Sha256File(img_);
   struct Bad {

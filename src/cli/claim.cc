@@ -2,9 +2,12 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+
+#include "engine/binding.h"
 
 namespace ds::cli {
 
@@ -32,6 +35,21 @@ Status CheckCryptsetupReencrypt(const luks2::Metadata& md, const std::string& de
     return Busy(device + ": cryptsetup reencrypt is working on it now (it holds " + lock +
                 "); wait until it finishes, or stop it and then run `diskseal resume`");
   return Status::Ok();
+}
+
+bool IsBlockDevice(const std::string& path) {
+  struct stat st;
+  return ::stat(path.c_str(), &st) == 0 && S_ISBLK(st.st_mode);
+}
+
+Result<bool> HeaderDeviceIsNew(Env& env, const std::string& header, bool force) {
+  DS_ASSIGN_OR_RETURN(auto d, env.Open(header, OpenOptions{}));
+  DS_ASSIGN_OR_RETURN(std::optional<engine::Signature> sig, engine::ProbeStart(*d));
+  if (!sig) return true;
+  if (sig->type == "luks2" || sig->type == "luks1") return false;
+  if (force) return true;
+  return InvalidArgument(header + ": the header device holds a '" + sig->type +
+                         "' signature; refusing to write a header over it (use --force if it is not needed)");
 }
 
 }  // namespace ds::cli

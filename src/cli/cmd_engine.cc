@@ -463,6 +463,37 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   return ResumeOperation(g, da, keys, e, &u.key, u.digest);
 }
 
+// A file of this process's own in $TMPDIR (default /tmp), for a header built before it is copied
+// onto a header device. 0600; removed by the caller.
+std::string PrivateTempPath(const std::string& what) {
+  std::error_code ec;
+  std::string dir = std::filesystem::temp_directory_path(ec).string();
+  if (ec || dir.empty()) dir = "/tmp";
+  return dir + "/diskseal-" + what + "-" + std::to_string(::getpid()) + ".new";
+}
+
+// Puts the header built in `tmp` onto header device `dev`: everything but the first 4 KiB (the
+// primary copy's binary header, whose magic makes the device a header), a sync, then those 4 KiB
+// and a sync. Cut in between, the device holds the complete secondary copy, which loads and tells
+// the truth (nothing of the data device is written before this returns).
+Status PlaceHeaderOnDevice(Env& env, const std::string& tmp, const std::string& dev) {
+  DS_ASSIGN_OR_RETURN(auto src, env.Open(tmp, OpenOptions{}));
+  OpenOptions rw;
+  rw.write = true;
+  DS_ASSIGN_OR_RETURN(auto dst, env.Open(dev, rw));
+  const uint64_t n = src->Size();
+  if (dst->Size() < n)
+    return InvalidArgument(dev + ": the header device has " + std::to_string(dst->Size()) + " bytes, the header needs " +
+                           std::to_string(n));
+  Bytes all(n);
+  DS_RETURN_IF_ERROR(src->ReadAt(0, all));
+  constexpr uint64_t kFirst = 4096;
+  DS_RETURN_IF_ERROR(dst->WriteAt(kFirst, std::span<const uint8_t>(all.data() + kFirst, n - kFirst)));
+  DS_RETURN_IF_ERROR(dst->Sync());
+  DS_RETURN_IF_ERROR(dst->WriteAt(0, std::span<const uint8_t>(all.data(), kFirst)));
+  return dst->Sync();
+}
+
 }  // namespace
 
 Runner SetupEncrypt(CLI::App& app, Globals& g) {
@@ -493,6 +524,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
   app.add_flag("--resize-fs", o->shift.resize_fs, "with --reduce-device-size: shrink an ext2/3/4 filesystem first (e2fsck + resize2fs)");
   app.add_option("--label", o->f.label, "LUKS2 label");
   app.add_option("--uuid", o->f.uuid, "use this UUID");
+  app.add_flag("--force", o->f.force, "write the header onto a header device that holds a signature");
   return [o, &g, res_opt]() -> Status {
     CatchStopSignals();  // before anything is written: a signal from now on stops at a commit point
     const std::string& dev = o->dev.device;
@@ -511,8 +543,13 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       return InvalidArgument("--reduce-device-size puts the header at the start of the device; it does not go with --header");
     if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
       return InvalidArgument(dev + ": resilience datashift (data shift) needs --reduce-device-size, not --header");
+    // A header device (an empty partition or disk) takes a new header unless it holds one.
+    bool new_header_device = false;
+    if (IsBlockDevice(o->dev.header)) {
+      DS_ASSIGN_OR_RETURN(new_header_device, HeaderDeviceIsNew(*g.env, o->dev.header, o->f.force));
+    }
     // Running the original command again resumes an interrupted run.
-    if (g.env->Exists(o->dev.header)) {
+    if (!new_header_device && g.env->Exists(o->dev.header)) {
       auto v = luks2::Volume::Load(*g.env, dev, o->dev.header, false);
       if (!v.ok())
         return Busy(o->dev.header + ": exists but holds no readable LUKS2 header (" + v.status().message() +
@@ -549,7 +586,8 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     // The header is built completely in a temporary file, with the operation already recorded
     // in it, and then renamed into place: the header file either does not exist or tells the
     // truth (cryptsetup's second power-cut lesson).
-    const std::string tmp = o->dev.header + ".diskseal-new";
+    // (A header device gets it copied in instead: see PlaceHeaderOnDevice.)
+    const std::string tmp = new_header_device ? PrivateTempPath("header") : o->dev.header + ".diskseal-new";
     if (g.env->Exists(tmp)) DS_RETURN_IF_ERROR(g.env->Remove(tmp));
     SecureBuffer vk;
     int digest = -1;
@@ -574,7 +612,13 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
         }
       }
     }
-    DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
+    if (new_header_device) {
+      Status placed = PlaceHeaderOnDevice(*g.env, tmp, o->dev.header);
+      (void)g.env->Remove(tmp);
+      DS_RETURN_IF_ERROR(placed);
+    } else {
+      DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
+    }
     return ResumeOperation(g, o->dev, o->keys, o->e, &vk, digest, nullptr, &o->vault);
   };
 }

@@ -118,8 +118,11 @@ Runner SetupFormat(CLI::App& app, Globals& g) {
     if (o->offset_given) o->f.offset_sectors = o->offset;
     o->f.keyslot = o->slot.get();
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
+    // A header device holding a signature is refused without --force (then no question asked).
+    const bool header_device = !o->dev.header.empty() && IsBlockDevice(o->dev.header);
+    if (header_device) DS_RETURN_IF_ERROR(HeaderDeviceIsNew(*g.env, o->dev.header, o->f.force).status());
     DS_RETURN_IF_ERROR(ConfirmOverwrite(g, o->dev.header.empty() ? o->dev.device : o->dev.header, o->f.force,
-                                        o->batch));
+                                        o->batch || (header_device && o->f.force)));
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + o->dev.device + ": ",
                                                    !o->batch));  // -q: no verify unless -y (cryptsetup)
     auto v = luks2::Volume::Format(*g.env, o->dev.device, o->dev.header, o->f, pass.span());
