@@ -155,7 +155,7 @@ TEST_F(BindingTest, AnotherDevicesHeaderIsRefusedByEveryCommandBeforeAnyWrite) {
       {"decrypt", a, "--header", hb, "-d", dir_ / "key"},
       {"reencrypt", a, "--header", hb, "-d", dir_ / "key"},
       {"export", a, "--header", hb, "-d", dir_ / "key", "-o", dir_ / "out.bin"},
-      {"import", a, "--header", hb, "-d", dir_ / "key", "-i", dir_ / "a.img.files/note.txt"},
+      {"import", a, "--header", hb, "-d", dir_ / "key", "--input", dir_ / "a.img.files/note.txt"},
   };
   for (const auto& c : commands) {
     SCOPED_TRACE(c[0]);
@@ -230,11 +230,11 @@ TEST_F(BindingTest, TheRightDeviceIsAcceptedAfterWritesAndANewFilesystem) {
   ASSERT_EQ(Diskseal({"export", img, "--header", hdr, "-d", dir_ / "key", "-o", plain}).exit_code, 0);
   WriteFile(dir_ / "new.txt", "written later\n");
   ASSERT_EQ(RunProgram({"debugfs", "-w", "-R", "write " + (dir_ / "new.txt") + " new.txt", plain}).exit_code, 0);
-  RunResult imp = Diskseal({"import", img, "--header", hdr, "-d", dir_ / "key", "-i", plain});
+  RunResult imp = Diskseal({"import", img, "--header", hdr, "-d", dir_ / "key", "--input", plain});
   ASSERT_EQ(imp.exit_code, 0) << imp.err;
   // a new filesystem made inside the volume (a new UUID; only the right key shows a superblock)
   ASSERT_EQ(RunProgram({"mkfs.ext4", "-q", "-F", "-d", img + ".files", plain}).exit_code, 0);
-  imp = Diskseal({"import", img, "--header", hdr, "-d", dir_ / "key", "-i", plain});
+  imp = Diskseal({"import", img, "--header", hdr, "-d", dir_ / "key", "--input", plain});
   ASSERT_EQ(imp.exit_code, 0) << imp.err;
   RunResult r = Diskseal({"decrypt", img, "--header", hdr, "-d", dir_ / "key", "--hotzone-size", "1M"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

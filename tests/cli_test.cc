@@ -139,7 +139,7 @@ TEST_F(CliTest, HeaderBackupAndRestore) {
   const std::string bk = dir_ / "hdr.bak";
   ASSERT_EQ(Diskseal({"header", "backup", img_, "--header-backup-file", bk}).exit_code, 0);
   EXPECT_EQ(ReadFileOrDie(bk).size(), 16u << 20);
-  ExpectFailure({"header", "backup", img_, "--header-backup-file", bk}, 5, "already exists");
+  ExpectFailure({"header", "backup", img_, "--header-backup-file", bk}, 1, "already exists");  // cryptsetup: 1 too
   {
     std::string data = ReadFileOrDie(img_);
     std::memset(data.data(), 0, 65536);  // both copies gone
@@ -174,7 +174,7 @@ TEST_F(CliTest, ImportExportRoundTripAndExportNeverWrites) {
   Format();
   Bytes plain = RandomData(1u << 20, 77);
   WriteFile(dir_ / "in", std::string(plain.begin(), plain.end()));
-  RunResult imp = Diskseal({"import", img_, "-d", dir_ / "key", "-i", dir_ / "in", "--progress-json"});
+  RunResult imp = Diskseal({"import", img_, "-d", dir_ / "key", "--input", dir_ / "in", "--progress-json"});
   ASSERT_EQ(imp.exit_code, 0) << imp.err;
   EXPECT_NE(imp.err.find("\"event\":\"done\""), std::string::npos);
   const std::string before = Sha256File(img_);
@@ -186,7 +186,7 @@ TEST_F(CliTest, ImportExportRoundTripAndExportNeverWrites) {
   RunResult so = Diskseal({"export", img_, "-d", dir_ / "key", "-o", "-"});
   EXPECT_EQ(so.out, out);
   WriteFile(dir_ / "big", std::string(5u << 20, 'x'));
-  ExpectFailure({"import", img_, "-d", dir_ / "key", "-i", dir_ / "big"}, 1, "do not fit");
+  ExpectFailure({"import", img_, "-d", dir_ / "key", "--input", dir_ / "big"}, 1, "do not fit");
 }
 
 TEST_F(CliTest, TokenImportFromStdinExportExact) {

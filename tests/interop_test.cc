@@ -113,7 +113,7 @@ TEST_F(InteropTest, WhatDisksealWritesCryptsetupReads) {
     // data: with a detached header at offset 0 cryptsetup can decrypt offline
     if (c.detached) {
       WriteFile(dir_ / "plainsrc", std::string(plain.begin(), plain.end()));
-      Ds(Cat({"import", img, "-d", dir_ / "key", "-i", dir_ / "plainsrc"}, Hdr(c)));
+      Ds(Cat({"import", img, "-d", dir_ / "key", "--input", dir_ / "plainsrc"}, Hdr(c)));
       EXPECT_NE(Sha256File(img), Sha256File(dir_ / "plainsrc"));
       Cs(Cat({"reencrypt", "--decrypt", "--force-offline-reencrypt", "-q", "--key-file", dir_ / "key", img}, Hdr(c)));
       EXPECT_EQ(Sha256File(img), Sha256File(dir_ / "plainsrc"));

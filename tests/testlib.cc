@@ -2,6 +2,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pty.h>
+#include <termios.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -196,6 +198,63 @@ std::string Sha256File(const std::string& path) {
   std::string data = ReadFileOrDie(path);
   auto h = Hash("sha256", AsBytes(data));
   return h.ok() ? HexEncode(*h) : "";
+}
+
+}  // namespace ds::test
+
+namespace ds::test {
+
+namespace {
+int CountPrompts(const std::string& out) {
+  int n = 0;
+  for (const char* p : {"Enter ", "Verify "})
+    for (size_t at = out.find(p); at != std::string::npos; at = out.find(p, at + 1)) ++n;
+  return n;
+}
+}  // namespace
+
+TerminalResult RunOnTerminal(const std::vector<std::string>& argv, const std::vector<std::string>& answers) {
+  TerminalResult r;
+  std::vector<char*> args;
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  int master = -1;
+  const pid_t pid = forkpty(&master, nullptr, nullptr, nullptr);
+  if (pid < 0) throw std::runtime_error("forkpty");
+  if (pid == 0) {
+    execvp(args[0], args.data());
+    _exit(127);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  size_t answered = 0;
+  char buf[4096];
+  for (;;) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      break;
+    }
+    // Type the next answer once its prompt is shown and echo is off (the prompt turns echo off
+    // with TCSAFLUSH, which would drop what was typed before).
+    struct termios t;
+    if (int(answered) < r.prompts && tcgetattr(master, &t) == 0 && !(t.c_lflag & ECHO)) {
+      const std::string line = answered < answers.size() ? answers[answered] + "\n" : std::string("\x04");
+      if (write(master, line.data(), line.size()) < 0) break;
+      ++answered;
+    }
+    pollfd pf{master, POLLIN, 0};
+    const int pr = poll(&pf, 1, 5);  // short: the echo state changes without output
+    if (pr < 0 && errno != EINTR) break;
+    if (pr <= 0) continue;
+    const ssize_t n = read(master, buf, sizeof buf);
+    if (n <= 0) break;  // EIO: every copy of the terminal's other side is closed
+    r.out.append(buf, size_t(n));
+    r.prompts = CountPrompts(r.out);
+  }
+  close(master);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  return r;
 }
 
 }  // namespace ds::test

@@ -40,6 +40,19 @@ inline RunResult Run(const std::vector<std::string>& argv, const std::string& st
 RunResult Diskseal(const std::vector<std::string>& args, const std::string& stdin_data = "");
 bool HaveProgram(const std::string& name);
 
+// Runs argv (searched in PATH) on a new pseudo-terminal: its stdin, stdout, stderr and controlling
+// terminal (/dev/tty), as a user at a console. Each time it shows a prompt (a line part starting
+// "Enter " or "Verify ") and has turned echo off, the next of `answers` is typed with a newline;
+// prompts beyond the answers get end-of-file. `out` is everything written to the terminal
+// (stdout and stderr together), `prompts` how many prompts it showed. Bounded to 60 s (then
+// killed, exit 128+9).
+struct TerminalResult {
+  int exit_code = -1;
+  std::string out;
+  int prompts = 0;
+};
+TerminalResult RunOnTerminal(const std::vector<std::string>& argv, const std::vector<std::string>& answers);
+
 // Starts argv (stdout and stderr to /dev/null); once `ready()` holds (polled every 200 us; for the
 // in-place commands typically: the header is in place, so the operation is under way) waits `ms`
 // more, then sends `sig`. Returns the exit code (128+N when killed by signal N; the process's own

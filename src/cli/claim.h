@@ -21,4 +21,18 @@ Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, Clai
 // The live mapping of the volume whose detached header is d.header over d.device, or "".
 std::string ActiveMappingOf(Env& env, const DeviceArgs& d);
 
+// cryptsetup's own owner: while `cryptsetup reencrypt` works on a volume it holds an flock on
+// /run/cryptsetup/LN_LUKS2-reencryption-<UUID> (cryptsetup 2.6.1's reencryption lock), which
+// diskseal's claims do not see. kBusy naming that lock while it is held: the header then shows an
+// operation in progress (or none yet), not an interrupted one.
+Status CheckCryptsetupReencrypt(const luks2::Metadata& md, const std::string& device);
+
+// A block device given as --header (an empty partition or disk, as cryptsetup takes one).
+bool IsBlockDevice(const std::string& path);
+// Whether header device `header` may receive a new header: true when it holds no signature (all
+// zero, or nothing the prober in volume/signature.h knows: cryptsetup uses it then), false when
+// it holds a LUKS header (the caller's existing volume); any other signature (a filesystem,
+// swap, an LVM PV ...) is refused (kInvalidArgument, naming it) unless `force`.
+Result<bool> HeaderDeviceIsNew(Env& env, const std::string& header, bool force);
+
 }  // namespace ds::cli

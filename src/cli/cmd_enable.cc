@@ -146,7 +146,7 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
       return f.severity != machine::Severity::kInfo;
     });
     if (worth_showing) *err << machine::FormatText(report);
-    return machine::ReportStatus(report).WithContext("diskseal doctor");
+    return machine::ReportStatus(report).WithContext("enable stopped");
   };
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;

@@ -104,6 +104,7 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
                                       "; if `encrypt --reduce-device-size` was interrupted while it placed the header, "
                                       "run that same command again (it finds the staged header; resume cannot know the size)");
   DS_ASSIGN_OR_RETURN(luks2::Volume v, std::move(loaded));
+  DS_RETURN_IF_ERROR(CheckCryptsetupReencrypt(v.metadata(), d.device));
   DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
   DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
   if (!st) {
@@ -122,11 +123,14 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   if (known_key) {
     keymap[known_digest] = known_key;
   } else {
-    SecureBuffer read;
-    if (!known_pass) {
-      DS_ASSIGN_OR_RETURN(read, ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device));
+    if (known_pass) {
+      DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll(known_pass->span()));
+    } else {
+      DS_ASSIGN_OR_RETURN(unlocked, (WithTries<std::map<int, SecureBuffer>>(
+                                        *g.err, keys, vo && vo->enabled(),
+                                        [&] { return ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device); },
+                                        [&](const SecureBuffer& pass) { return v.UnlockAll(pass.span()); })));
     }
-    DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll((known_pass ? *known_pass : read).span()));
     for (auto& [digest, key] : unlocked) keymap[digest] = &key;
   }
   // Before the engine writes anything (its first act may be a hotzone recovery).
@@ -254,9 +258,11 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
                     const EngineArgs& e, const ShiftArgs& sa, VaultOptions& vault_opts) {
   const std::string& dev = da.device;
   const uint64_t r = sa.reduce, shift = r / 2;
-  if (r % 8192 || shift < 2 * f.metadata_size + (64u << 10))
-    return InvalidArgument("--reduce-device-size must be a multiple of 8 KiB and leave room for the header "
-                           "(at least twice the metadata size plus a keyslot, e.g. 8M or 32M)");
+  const uint64_t min_r = 2 * (2 * f.metadata_size + (64u << 10));
+  if (r % 8192 || r < min_r)
+    return InvalidArgument(dev + ": --reduce-device-size " + std::to_string(r) + " must be a multiple of 8 KiB of at least " +
+                           std::to_string(min_r) + " bytes (" + std::to_string(min_r >> 10) +
+                           "k: half of it holds the header, two metadata copies and a keyslot; e.g. 8M or 32M)");
   if (std::string mp = MountPointOf(*g.env, dev); !mp.empty())
     return Busy(dev + ": mounted on " + mp + "; unmount it first");
   OpenOptions rw;
@@ -270,7 +276,8 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
       return InvalidArgument(dev + ": size " + std::to_string(size) + " is not a multiple of 4096 bytes");
     if (size < r + shift)
       return InvalidArgument(dev + ": " + std::to_string(size) + " bytes is too small for --reduce-device-size " +
-                             std::to_string(r) + " (the data must be at least half of it)");
+                             std::to_string(r) + ": the device needs at least " + std::to_string(r + shift) +
+                             " bytes (the reduction plus half of it again, which the data keeps)");
     DS_ASSIGN_OR_RETURN(engine::ShiftStart start, engine::RecoverShiftHeader(*d, shift));
     if (start != engine::ShiftStart::kNothing) {
       d.reset();
@@ -438,8 +445,11 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   if (shift == 0 || size <= 2 * shift)
     return InvalidArgument(dev + ": the data offset " + std::to_string(shift) + " leaves no room to move the data back");
   DS_RETURN_IF_ERROR(v.CheckRequirements());
-  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata(), dev));
-  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u,
+                      WithTries<luks2::Volume::Unlocked>(
+                          *g.err, keys, vault_opts.enabled(),
+                          [&] { return ObtainPassphrase(*g.env, keys, &vault_opts, v.metadata(), dev); },
+                          [&](const SecureBuffer& pass) { return v.Unlock(pass.span()); }));
   DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(pbkdf));
   // The exported header will be detached: it records the device it belongs to.
   DS_ASSIGN_OR_RETURN(engine::Binding binding, engine::CurrentBinding(*g.env, v, {{u.digest, &u.key}}));
@@ -467,6 +477,37 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   }
   DS_RETURN_IF_ERROR(g.env->Rename(tmp, hdr));
   return ResumeOperation(g, da, keys, e, &u.key, u.digest);
+}
+
+// A file of this process's own in $TMPDIR (default /tmp), for a header built before it is copied
+// onto a header device. 0600; removed by the caller.
+std::string PrivateTempPath(const std::string& what) {
+  std::error_code ec;
+  std::string dir = std::filesystem::temp_directory_path(ec).string();
+  if (ec || dir.empty()) dir = "/tmp";
+  return dir + "/diskseal-" + what + "-" + std::to_string(::getpid()) + ".new";
+}
+
+// Puts the header built in `tmp` onto header device `dev`: everything but the first 4 KiB (the
+// primary copy's binary header, whose magic makes the device a header), a sync, then those 4 KiB
+// and a sync. Cut in between, the device holds the complete secondary copy, which loads and tells
+// the truth (nothing of the data device is written before this returns).
+Status PlaceHeaderOnDevice(Env& env, const std::string& tmp, const std::string& dev) {
+  DS_ASSIGN_OR_RETURN(auto src, env.Open(tmp, OpenOptions{}));
+  OpenOptions rw;
+  rw.write = true;
+  DS_ASSIGN_OR_RETURN(auto dst, env.Open(dev, rw));
+  const uint64_t n = src->Size();
+  if (dst->Size() < n)
+    return InvalidArgument(dev + ": the header device has " + std::to_string(dst->Size()) + " bytes, the header needs " +
+                           std::to_string(n));
+  Bytes all(n);
+  DS_RETURN_IF_ERROR(src->ReadAt(0, all));
+  constexpr uint64_t kFirst = 4096;
+  DS_RETURN_IF_ERROR(dst->WriteAt(kFirst, std::span<const uint8_t>(all.data() + kFirst, n - kFirst)));
+  DS_RETURN_IF_ERROR(dst->Sync());
+  DS_RETURN_IF_ERROR(dst->WriteAt(0, std::span<const uint8_t>(all.data(), kFirst)));
+  return dst->Sync();
 }
 
 }  // namespace
@@ -499,6 +540,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
   app.add_flag("--resize-fs", o->shift.resize_fs, "with --reduce-device-size: shrink an ext2/3/4 filesystem first (e2fsck + resize2fs)");
   app.add_option("--label", o->f.label, "LUKS2 label");
   app.add_option("--uuid", o->f.uuid, "use this UUID");
+  app.add_flag("--force", o->f.force, "write the header onto a header device that holds a signature");
   return [o, &g, res_opt]() -> Status {
     CatchStopSignals();  // before anything is written: a signal from now on stops at a commit point
     const std::string& dev = o->dev.device;
@@ -513,7 +555,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     }
     if (o->dev.header.empty()) {
       if (!o->shift.reduce)
-        return Unsupported(dev + ": encrypting in place needs --header FILE (detached header) or "
+        return InvalidArgument(dev + ": encrypting in place needs --header FILE (detached header) or "
                                  "--reduce-device-size SIZE (header at the start of the device)");
       if (res_opt->count() && res != engine::Resilience::kDatashift)
         return InvalidArgument(dev + ": with the header at the start of the device the resilience is datashift");
@@ -522,9 +564,14 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     if (o->shift.reduce)
       return InvalidArgument("--reduce-device-size puts the header at the start of the device; it does not go with --header");
     if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
-      return Unsupported(dev + ": resilience datashift (data shift) needs --reduce-device-size, not --header");
+      return InvalidArgument(dev + ": resilience datashift (data shift) needs --reduce-device-size, not --header");
+    // A header device (an empty partition or disk) takes a new header unless it holds one.
+    bool new_header_device = false;
+    if (IsBlockDevice(o->dev.header)) {
+      DS_ASSIGN_OR_RETURN(new_header_device, HeaderDeviceIsNew(*g.env, o->dev.header, o->f.force));
+    }
     // Running the original command again resumes an interrupted run.
-    if (g.env->Exists(o->dev.header)) {
+    if (!new_header_device && g.env->Exists(o->dev.header)) {
       auto v = luks2::Volume::Load(*g.env, dev, o->dev.header, false);
       if (!v.ok())
         return Busy(o->dev.header + ": exists but holds no readable LUKS2 header (" + v.status().message() +
@@ -572,7 +619,8 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     // The header is built completely in a temporary file, with the operation already recorded
     // in it, and then renamed into place: the header file either does not exist or tells the
     // truth (cryptsetup's second power-cut lesson).
-    const std::string tmp = o->dev.header + ".diskseal-new";
+    // (A header device gets it copied in instead: see PlaceHeaderOnDevice.)
+    const std::string tmp = new_header_device ? PrivateTempPath("header") : o->dev.header + ".diskseal-new";
     if (g.env->Exists(tmp)) DS_RETURN_IF_ERROR(g.env->Remove(tmp));
     SecureBuffer vk;
     int digest = -1;
@@ -597,7 +645,13 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
         }
       }
     }
-    DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
+    if (new_header_device) {
+      Status placed = PlaceHeaderOnDevice(*g.env, tmp, o->dev.header);
+      (void)g.env->Remove(tmp);
+      DS_RETURN_IF_ERROR(placed);
+    } else {
+      DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
+    }
     return ResumeOperation(g, o->dev, o->keys, o->e, &vk, digest, nullptr, &o->vault);
   };
 }
@@ -648,8 +702,11 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     if (luks2::Segments(v.metadata()).front().type == "linear")
       return Busy(dev + ": already decrypted (the header describes plaintext)");
     DS_RETURN_IF_ERROR(v.CheckRequirements());
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev));
-    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
+    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u,
+                        WithTries<luks2::Volume::Unlocked>(
+                            *g.err, o->keys, o->vault.enabled(),
+                            [&] { return ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev); },
+                            [&](const SecureBuffer& pass) { return v.Unlock(pass.span()); }));
     const std::map<int, const SecureBuffer*> keymap = {{u.digest, &u.key}};
     DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, o->dev.header, keymap));
     DS_ASSIGN_OR_RETURN(engine::Binding binding, engine::CurrentBinding(*g.env, v, keymap));

@@ -118,9 +118,13 @@ Runner SetupFormat(CLI::App& app, Globals& g) {
     if (o->offset_given) o->f.offset_sectors = o->offset;
     o->f.keyslot = o->slot.get();
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, o->dev.header.empty()));
+    // A header device holding a signature is refused without --force (then no question asked).
+    const bool header_device = !o->dev.header.empty() && IsBlockDevice(o->dev.header);
+    if (header_device) DS_RETURN_IF_ERROR(HeaderDeviceIsNew(*g.env, o->dev.header, o->f.force).status());
     DS_RETURN_IF_ERROR(ConfirmOverwrite(g, o->dev.header.empty() ? o->dev.device : o->dev.header, o->f.force,
-                                        o->batch));
-    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + o->dev.device + ": ", true));
+                                        o->batch || (header_device && o->f.force)));
+    DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKey(*g.env, o->keys, "Enter passphrase for " + o->dev.device + ": ",
+                                                   !o->batch));  // -q: no verify unless -y (cryptsetup)
     auto v = luks2::Volume::Format(*g.env, o->dev.device, o->dev.header, o->f, pass.span());
     if (!v.ok()) return v.status().WithContext(o->dev.device + ": format");
     const auto segs = luks2::Segments(v->metadata());
@@ -310,7 +314,7 @@ Runner SetupHeader(CLI::App& app, Globals& g) {
   AddDeviceArgs(*bk, o->dev);
   bk->add_option("--header-backup-file", o->file, "the backup file (must not exist)")->required();
   subs.emplace_back(bk, [o, &g]() -> Status {
-    if (g.env->Exists(o->file)) return Busy(o->file + ": already exists; refusing to overwrite a backup");
+    if (g.env->Exists(o->file)) return InvalidArgument(o->file + ": already exists; refusing to overwrite a backup");
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, o->dev.device, o->dev.header, false));
     const uint64_t n = v.metadata().areas_end();
     Bytes data(n);
@@ -382,7 +386,15 @@ Runner SetupImport(CLI::App& app, Globals& g) {
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev);
   AddKeyOptions(app, o->keys);
-  app.add_option("--input,-i", o->input, "plaintext file to write at the start of the data")->required();
+  app.add_option("--input", o->input, "plaintext file to write at the start of the data")->required();
+  // -i is --iter-time everywhere else (as in cryptsetup): the old spelling is refused, not guessed.
+  app.add_option_function<std::string>(
+         "-i",
+         [](const std::string&) {
+           throw CLI::ValidationError("-i", "import's input is --input FILE (-i is --iter-time, as in cryptsetup)");
+         },
+         "")
+      ->group("");
   app.add_flag("--progress-json", o->progress_json, "progress as JSON lines on stderr");
   return [o, &g]() -> Status {
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true));

@@ -81,6 +81,15 @@ Status CheckDeviceFree(fuse::RunDir& run, const std::string& device) {
   return Status::Ok();
 }
 
+// The run directories holding a mounted view, other than `run_dir` (compared canonically).
+std::vector<std::string> OtherRunDirs(const std::string& run_dir) {
+  std::vector<std::string> out;
+  const std::string mine = Canonical(run_dir);
+  for (const std::string& d : fuse::MountedRunDirs())
+    if (Canonical(d) != mine) out.push_back(d);
+  return out;
+}
+
 uint32_t LargestSectorSize(const luks2::Metadata& md) {
   uint32_t s = 512;
   for (const auto& seg : luks2::Segments(md))
@@ -188,8 +197,10 @@ Runner SetupClose(CLI::App& app, Globals& g) {
   };
   auto o = std::make_shared<Opts>();
   app.add_option("name", o->name, "the name given to open")->required();
-  app.add_option("--run-dir", o->run_dir, "userspace: where served files and records live");
-  return [o, &g]() -> Status {
+  CLI::Option* run_opt = app.add_option("--run-dir", o->run_dir,
+                                        "userspace: where served files and records live (default /run/diskseal, "
+                                        "else any run directory with a view of NAME mounted)");
+  return [o, &g, run_opt]() -> Status {
     DS_RETURN_IF_ERROR(fuse::ValidateVolumeName(o->name));
     fuse::RunDir run(*g.env, o->run_dir);
     DS_ASSIGN_OR_RETURN(auto rec, run.Find(o->name));
@@ -208,18 +219,55 @@ Runner SetupClose(CLI::App& app, Globals& g) {
       *g.out << "Closed " << o->name << "\n";
       return Status::Ok();
     }
-    return NotFound(o->name + ": no open volume of this name");
+    // A view opened with another --run-dir: found through its mount, closed where it lives.
+    // Only without --run-dir: a named directory is the only place looked at.
+    std::vector<fuse::Mapping> elsewhere;
+    std::vector<std::string> dirs;
+    for (const std::string& dir : run_opt->count() ? std::vector<std::string>{} : OtherRunDirs(o->run_dir)) {
+      fuse::RunDir other(*g.env, dir);
+      auto found = other.Find(o->name);
+      if (found.ok() && *found) {
+        elsewhere.push_back(**found);
+        dirs.push_back(dir);
+      }
+    }
+    if (elsewhere.size() > 1) {
+      std::string list;
+      for (const auto& d : dirs) list += (list.empty() ? "" : ", ") + d;
+      return InvalidArgument(o->name + ": open in several run directories (" + list + "); name one with --run-dir");
+    }
+    if (elsewhere.size() == 1) {
+      fuse::RunDir other(*g.env, dirs[0]);
+      const bool stale = !fuse::RunDir::IsAlive(elsewhere[0]);
+      DS_RETURN_IF_ERROR(fuse::StopDaemon(other, elsewhere[0]));
+      *g.out << (stale ? "Removed stale mapping " : "Closed ") << o->name << " (--run-dir " << dirs[0] << ")\n";
+      return Status::Ok();
+    }
+    if (run_opt->count())
+      return NotFound(o->name + ": no open volume of this name in " + o->run_dir +
+                      " or /dev/mapper (without --run-dir, close looks in every run directory with a view mounted)");
+    return NotFound(o->name + ": no open volume of this name in " + o->run_dir +
+                    ", /dev/mapper or any run directory with a view mounted (a stale view opened with "
+                    "--run-dir DIR is cleaned up by `close " + o->name + " --run-dir DIR`)");
   };
 }
 
 Runner SetupList(CLI::App& app, Globals& g) {
   auto run_dir = std::make_shared<std::string>(kDefaultRunDir);
-  app.add_option("--run-dir", *run_dir, "userspace: where served files and records live");
+  CLI::Option* run_opt = app.add_option("--run-dir", *run_dir,
+                                        "userspace: list only the views of this directory (default: /run/diskseal "
+                                        "and every other run directory with a view mounted)");
   app.add_flag("--json", g.json, "print the list as JSON");
-  return [run_dir, &g]() -> Status {
+  return [run_dir, &g, run_opt]() -> Status {
     fuse::RunDir run(*g.env, *run_dir);
     nlohmann::ordered_json list = nlohmann::ordered_json::array();
     DS_ASSIGN_OR_RETURN(auto recs, run.List());
+    // Without --run-dir, views opened with another --run-dir too (found through their mounts).
+    for (const std::string& dir : run_opt->count() ? std::vector<std::string>{} : OtherRunDirs(*run_dir)) {
+      fuse::RunDir other(*g.env, dir);
+      auto more = other.List();
+      if (more.ok()) recs.insert(recs.end(), more->begin(), more->end());
+    }
     for (const auto& r : recs)
       list.push_back({{"name", r.name}, {"mode", "userspace"}, {"device", r.device},
                       {"path", r.file}, {"pid", r.pid}, {"size", r.size},

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <ostream>
 #include <thread>
@@ -284,7 +285,7 @@ Runner SetupVaultKey(CLI::App& app, Globals& g) {
   auto o = std::make_shared<Opts>();
   CLI::App* create = app.add_subcommand("create", "create key NAME (RSA 2048/3072/4096 or oct 256)");
   CLI::App* wrap = app.add_subcommand("wrap", "wrap stdin with key NAME; prints base64url");
-  CLI::App* unwrap = app.add_subcommand("unwrap", "unwrap base64url from stdin; prints the bytes");
+  CLI::App* unwrap = app.add_subcommand("unwrap", "unwrap base64 or base64url from stdin (as `secret get` prints it); prints the bytes");
   for (CLI::App* a : {create, wrap, unwrap}) {
     AddVaultConnectionOptions(*a, o->v);
     a->add_option("name", o->name, "key name")->required();
@@ -315,8 +316,16 @@ Runner SetupVaultKey(CLI::App& app, Globals& g) {
        }},
       {unwrap, [&g, o]() -> Status {
          DS_ASSIGN_OR_RETURN(SecureBuffer in, ReadStdin(8192));
-         auto bytes = Base64UrlDecode(in.view());
-         if (!bytes) return InvalidArgument("stdin is not base64url");
+         // What the vault returns, as is: `vault secret get` prints standard base64 with padding
+         // and a newline (ADE's Wrapped BEK), `key wrap` base64url without; either is taken.
+         std::string_view text = in.view();
+         while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.remove_suffix(1);
+         while (!text.empty() && std::isspace(static_cast<unsigned char>(text.front()))) text.remove_prefix(1);
+         auto bytes = Base64UrlDecode(text);
+         if (!bytes) bytes = Base64Decode(text);
+         if (!bytes || bytes->empty())
+           return InvalidArgument("vault key unwrap " + o->name + ": stdin is not base64 or base64url (" +
+                                  std::to_string(text.size()) + " characters)");
          DS_ASSIGN_OR_RETURN(auto c, MakeVaultClient(*g.env, o->v));
          DS_ASSIGN_OR_RETURN(SecureBuffer plain, c->UnwrapKey(o->name, o->version, o->alg, *bytes));
          g.out->write(reinterpret_cast<const char*>(plain.data()), std::streamsize(plain.size()));

@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <fcntl.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace ds::cli {
@@ -35,8 +36,9 @@ Result<SecureBuffer> Prompt(const std::string& prompt) {
   tcgetattr(fd, &old);
   quiet = old;
   quiet.c_lflag &= ~tcflag_t(ECHO);
-  (void)!::write(fd, prompt.data(), prompt.size());
+  // Echo off before the prompt shows: what is typed once it is visible is kept, not flushed.
   tcsetattr(fd, TCSAFLUSH, &quiet);
+  (void)!::write(fd, prompt.data(), prompt.size());
   auto r = ReadAllFd(fd, 512, true);
   tcsetattr(fd, TCSAFLUSH, &old);
   (void)!::write(fd, "\n", 1);
@@ -48,11 +50,22 @@ Result<SecureBuffer> Prompt(const std::string& prompt) {
 void AddKeyOptions(CLI::App& app, KeySource& src, const std::string& prefix) {
   if (prefix.empty()) {
     app.add_option("-d,--key-file", src.key_file, "read the passphrase from this file (- for stdin)");
+    app.add_option("--keyfile-offset", src.keyfile_offset, "skip this many bytes of the key file");
+    app.add_option("-l,--keyfile-size", src.keyfile_size, "read at most this many bytes of the key file");
+    app.add_flag("-y,--verify-passphrase", src.verify, "on a terminal, ask for the passphrase twice");
+    app.add_option("-T,--tries", src.tries, "passphrases to try at a terminal (default 3)")
+        ->check(CLI::Range(1u, 1000u));
   } else {
-    app.add_option("--" + prefix + "key-file", src.key_file, "read the new passphrase from this file");
+    // cryptsetup 2.6.1 spells it --new-keyfile; --new-key-file is diskseal's older spelling.
+    app.add_option("--" + prefix + "keyfile,--" + prefix + "key-file", src.key_file,
+                   "read the new passphrase from this file");
+    app.add_option("--" + prefix + "keyfile-offset", src.keyfile_offset, "skip this many bytes of the new key file");
+    app.add_option("--" + prefix + "keyfile-size", src.keyfile_size, "read at most this many bytes of the new key file");
   }
-  app.add_option("--" + prefix + "keyfile-offset", src.keyfile_offset, "skip this many bytes of the key file");
-  app.add_option("--" + prefix + "keyfile-size", src.keyfile_size, "read at most this many bytes of the key file");
+}
+
+unsigned TriesFor(const KeySource& src, bool from_vault) {
+  return !from_vault && src.key_file.empty() && isatty(0) ? std::max(1u, src.tries) : 1u;
 }
 
 Result<SecureBuffer> ReadKey(Env& env, const KeySource& src, const std::string& prompt,
@@ -93,9 +106,9 @@ Result<SecureBuffer> ReadKey(Env& env, const KeySource& src, const std::string& 
     return line;
   }
   DS_ASSIGN_OR_RETURN(SecureBuffer first, Prompt(prompt));
-  if (verify) {
+  if (verify || src.verify) {
     DS_ASSIGN_OR_RETURN(SecureBuffer again, Prompt("Verify passphrase: "));
-    if (!first.Equals(again.span())) return InvalidArgument("passphrases do not match");
+    if (!first.Equals(again.span())) return PermissionDenied("passphrases do not match (nothing was changed)");
   }
   if (first.empty()) return InvalidArgument("empty passphrase");
   return first;

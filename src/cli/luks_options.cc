@@ -1,5 +1,6 @@
 #include "cli/luks_options.h"
 
+#include "cli/claim.h"
 #include "engine/reencrypt_state.h"
 #include "engine/binding.h"
 
@@ -69,16 +70,25 @@ Result<OpenedVolume> LoadAndUnlock(Globals& g, const DeviceArgs& d, const KeySou
                                    std::optional<int> slot, bool writable, const VaultOptions* vault) {
   DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, writable));
   DS_RETURN_IF_ERROR(v.CheckRequirements());
+  DS_RETURN_IF_ERROR(CheckCryptsetupReencrypt(v.metadata(), d.device));
   // A detached header used with another device is refused before the PBKDF (size, ids) and
   // before anything is written (the plaintext's filesystem through the header's key).
   DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
-  DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vault, v.metadata(), d.device));
-  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span(), slot));
-  std::map<int, SecureBuffer> all;
+  // An operation in progress maps two layouts: every key the passphrase opens is needed.
   auto st = engine::ReadState(v.metadata(), v.data_device().Size());
-  if (st.ok() && *st) {
-    DS_ASSIGN_OR_RETURN(all, v.UnlockAll(pass.span()));
-  }
+  const bool in_progress = st.ok() && *st;
+  std::map<int, SecureBuffer> all;
+  DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u,
+                      WithTries<luks2::Volume::Unlocked>(
+                          *g.err, keys, vault && vault->enabled(),
+                          [&] { return ObtainPassphrase(*g.env, keys, vault, v.metadata(), d.device); },
+                          [&](const SecureBuffer& pass) -> Result<luks2::Volume::Unlocked> {
+                            DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked one, v.Unlock(pass.span(), slot));
+                            if (in_progress) {
+                              DS_ASSIGN_OR_RETURN(all, v.UnlockAll(pass.span()));
+                            }
+                            return one;
+                          }));
   OpenedVolume ov{std::move(v), std::move(u), std::move(all)};
   DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(ov.volume, d.header, ov.Keys()));
   return ov;

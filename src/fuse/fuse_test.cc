@@ -304,5 +304,20 @@ TEST(RunDirTest, RecordsRoundTripAndListSkipsJunk) {
   EXPECT_FALSE(gone->has_value());
 }
 
+// list/close find views of other run directories through mountinfo: only diskseal's FUSE mounts
+// count, a mount point's directory is the run directory, mountinfo's octal escapes are undone.
+TEST(MountedRunDirsTest, FindsDisksealViewsOnly) {
+  const std::string mi =
+      "24 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+      "44 26 0:39 / /run/diskseal/data rw,nosuid,nodev,relatime - fuse.diskseal diskseal:data rw,user_id=0\n"
+      "45 26 0:40 / /tmp/my\\040runs/v rw,nosuid,nodev shared:7 master:2 - fuse.diskseal diskseal:v rw\n"
+      "46 26 0:41 / /run/diskseal/other rw - fuse.diskseal diskseal:other rw\n"
+      "47 26 0:42 / /mnt/sshfs rw - fuse.sshfs host:/ rw\n"
+      "48 26 0:43 / /x/y rw - fuse.diskseal notours rw\n"
+      "garbage\n";
+  EXPECT_EQ(MountedRunDirs(mi), (std::vector<std::string>{"/run/diskseal", "/tmp/my runs"}));
+  EXPECT_TRUE(MountedRunDirs("").empty());
+}
+
 }  // namespace
 }  // namespace ds::fuse

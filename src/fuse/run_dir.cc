@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -117,6 +118,52 @@ Status RunDir::Forget(const std::string& name) {
     if (::unlink(p.c_str()) != 0 && errno != ENOENT) return PosixError(p, errno);
   }
   return Status::Ok();
+}
+
+namespace {
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string UnescapeMountField(const std::string& f) {
+  std::string out;
+  for (size_t i = 0; i < f.size(); ++i) {
+    if (f[i] == '\\' && i + 3 < f.size() && std::isdigit(uint8_t(f[i + 1]))) {
+      out.push_back(char((f[i + 1] - '0') * 64 + (f[i + 2] - '0') * 8 + (f[i + 3] - '0')));
+      i += 3;
+    } else {
+      out.push_back(f[i]);
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<std::string> MountedRunDirs(const std::string& mountinfo) {
+  std::vector<std::string> dirs;
+  std::istringstream in(mountinfo);
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream f(line);
+    std::string id, parent, majmin, root, mp, field;
+    if (!(f >> id >> parent >> majmin >> root >> mp)) continue;
+    while (f >> field && field != "-") {
+    }
+    std::string fstype, source;
+    if (!(f >> fstype >> source)) continue;
+    if (fstype != "fuse.diskseal" || source.rfind("diskseal:", 0) != 0) continue;
+    const std::string point = UnescapeMountField(mp);
+    const size_t slash = point.rfind('/');
+    if (slash == std::string::npos || slash == 0) continue;
+    dirs.push_back(point.substr(0, slash));
+  }
+  std::sort(dirs.begin(), dirs.end());
+  dirs.erase(std::unique(dirs.begin(), dirs.end()), dirs.end());
+  return dirs;
+}
+
+std::vector<std::string> MountedRunDirs() {
+  std::ifstream mi("/proc/self/mountinfo");
+  std::stringstream text;
+  text << mi.rdbuf();
+  return MountedRunDirs(text.str());
 }
 
 uint64_t ProcessStartTime(int64_t pid) {

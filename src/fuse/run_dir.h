@@ -69,6 +69,14 @@ class RunDir {
 // exited (gone, or a zombie not yet reaped).
 uint64_t ProcessStartTime(int64_t pid);
 
+// The run directories of every diskseal view mounted on this machine (FUSE mounts of subtype
+// diskseal in /proc/self/mountinfo; a view's mount point is RUN/NAME), sorted, without
+// duplicates. So `list` and `close` find views opened with another --run-dir. A stale record
+// whose mount is gone too is not found this way.
+std::vector<std::string> MountedRunDirs();
+// The same from mountinfo text (for tests).
+std::vector<std::string> MountedRunDirs(const std::string& mountinfo);
+
 // Loop devices (/dev/loopN) whose backing file is `file`.
 std::vector<std::string> LoopDevicesBackedBy(const std::string& file);
 // Detaches a loop device unless something holds it (mounted, open): kBusy naming it then.

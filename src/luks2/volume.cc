@@ -341,12 +341,12 @@ Result<int> Volume::AddKeyslot(const Unlocked& u, std::span<const uint8_t> passp
   if (slot) {
     if (*slot < 0 || *slot >= kMaxKeyslots) return InvalidArgument("--key-slot must be 0..31");
     if (md.json["keyslots"].contains(std::to_string(*slot)))
-      return Busy(name_ + ": keyslot " + std::to_string(*slot) + " is already in use");
+      return InvalidArgument(name_ + ": keyslot " + std::to_string(*slot) + " is already in use; choose a free one with --key-slot");
     id = *slot;
   } else {
     for (int i = 0; i < kMaxKeyslots && id < 0; ++i)
       if (!md.json["keyslots"].contains(std::to_string(i))) id = i;
-    if (id < 0) return Busy(name_ + ": all 32 keyslots are in use");
+    if (id < 0) return InvalidArgument(name_ + ": all 32 keyslots are in use; remove one first");
   }
   DS_ASSIGN_OR_RETURN(KdfSpec kdf, ChooseKdf(pbkdf));
   DS_ASSIGN_OR_RETURN(auto gap, FindAreaGap(Luks2KeyslotAreaSize(uint32_t(u.key.size()))));
@@ -437,12 +437,12 @@ Result<int> Volume::ImportToken(const Json& token, std::optional<int> id, bool r
   if (id) {
     if (*id < 0 || *id >= kMaxTokens) return InvalidArgument("--token-id must be 0..31");
     if (md.json["tokens"].contains(std::to_string(*id)) && !replace)
-      return Busy(name_ + ": token " + std::to_string(*id) + " already exists (use --token-replace)");
+      return InvalidArgument(name_ + ": token " + std::to_string(*id) + " already exists (use --token-replace)");
     tid = *id;
   } else {
     for (int i = 0; i < kMaxTokens && tid < 0; ++i)
       if (!md.json["tokens"].contains(std::to_string(i))) tid = i;
-    if (tid < 0) return Busy(name_ + ": all 32 token slots are in use");
+    if (tid < 0) return InvalidArgument(name_ + ": all 32 token slots are in use; remove one first");
   }
   Metadata before = md;
   md.json["tokens"][std::to_string(tid)] = token;
