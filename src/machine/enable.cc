@@ -357,11 +357,14 @@ class Runner {
     DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, r.header, keys));
     Progress p(o_.log, o_.progress_mode, std::string(op) + " " + r.mountpoint, st->data_size, st->done);
     time_t last = 0;
+    bool frozen = false;
     Status save_error;
     p.SetObserver([&](const Progress::Snapshot& s) {
       const time_t now = std::time(nullptr);
-      const bool freeze = o_.freeze_at_percent >= 0 &&
+      // Once: a test that continues the run (SIGCONT) must not find it stopping again.
+      const bool freeze = o_.freeze_at_percent >= 0 && !frozen &&
                           s.done * 100 >= uint64_t(o_.freeze_at_percent) * s.total;
+      frozen = frozen || freeze;
       if (now == last && !freeze) return;
       last = now;
       r.rate.pid = ::getpid();
