@@ -42,6 +42,8 @@ void BootRunRebootCut(const std::vector<std::string>& variant, const std::string
   // The boot finished (no failed units): the image is a sound base for the boot-flow tests.
   ExecResult st = g.Exec("systemctl is-system-running --wait", 240);
   EXPECT_EQ(st.output, "running\n") << st.output << g.Exec("systemctl --failed --no-legend").output;
+  // For the record (where a slow boot spends its time): kernel, initramfs and userspace.
+  std::printf("[ boot  ] %s", g.Exec("systemd-analyze 2>&1 | head -1").output.c_str());
 
   // A file written and synced survives the reboot; the machine comes back with a new boot_id.
   ASSERT_EQ(g.Exec("echo kept > /root/before-reboot && sync").exit_code, 0);
