@@ -2,13 +2,15 @@
 // encrypted offline on the host with its detached header on /boot boots from it. Its own
 // update-initramfs put diskseal in with the hook; at boot the script reads the header from /boot,
 // takes the passphrase from the "BEK VOLUME" disk, activates root on dm-crypt before root is
-// mounted, and does so again after a reboot. Without any key source the console says so and asks.
+// mounted, and does so again after a reboot; without the BEK volume it takes the key from the vault
+// over QEMU's restricted network; with no key source the console says so and asks.
 #include <gtest/gtest.h>
 
 #include <cstdio>
 
 #include "debian_guest.h"
 #include "testlib.h"
+#include "vault_testutil.h"
 
 namespace ds::test {
 namespace {
@@ -49,7 +51,13 @@ DS_ROOT_DEV=PARTUUID=$ROOT_PARTUUID
 DS_BOOT_DEV=UUID=$BOOT_UUID
 DS_HEADER=/luks/osluksheader
 DS_KEY_WAIT=10
+DS_VAULT_URL=https://10.0.2.100:8000
+DS_VAULT_TOKEN_FILE=/etc/diskseal/machine.token
+DS_VAULT_CA=/etc/diskseal/vault-ca.pem
 EOF
+# The machine's vault token (secrets:get) and the vault's CA: the hook copies them in.
+install -m 0600 "$MACHINE_TOKEN" "$m/etc/diskseal/machine.token"
+install -m 0644 "$VAULT_CA" "$m/etc/diskseal/vault-ca.pem"
 head -c 3145728 /dev/urandom >"$m/root/payload"
 (cd "$m/root" && sha256sum payload) >"$m/root/payload.sum"
 cp "$m/root/payload.sum" "$WORK/payload.sum"
@@ -65,8 +73,10 @@ umount "$m"
 mounts=()
 # diskseal refuses a loop device whose backing file also backs a mounted one (the /boot partition
 # of the same image): the header is made beside, then copied into /boot.
+# The passphrase is escrowed in the vault as it is encrypted (secret diskseal-<LUKS UUID>).
 "$DISKSEAL" encrypt "$rl" --header "$WORK/osluksheader" --key-file "$WORK/pw" \
-  --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+  --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+  --vault "$VAULT_URL" --vault-token-file "$ADMIN_TOKEN" --vault-ca "$VAULT_CA"
 mkdir -p "$WORK/boot"
 mount "$bl" "$WORK/boot"; mounts+=("$WORK/boot")
 cp "$WORK/osluksheader" "$WORK/boot/luks/osluksheader"
@@ -100,13 +110,21 @@ TEST(VmOsBoot, EncryptedRootOpensFromTheBekVolumeAtEveryBootWithTheHeaderOnBoot)
   TempDir dir;
   ASSERT_TRUE(CopyImage(img, dir / "disk.img", &err)) << err;
   WriteFile(dir / "pw", "os-volume-passphrase");
+  // The vault on the host's loopback; the guest reaches it as 10.0.2.100:8000 (guestfwd) only.
+  VaultProcess vault(dir / "vault");
+  vault.SetExtraArgs({"--hostname", "10.0.2.100"});
+  vault.Start();
+  const std::string admin = vault.Token("admin", "all");
+  const std::string machine = vault.Token("machine", "secrets:get");
 
   std::string env;
   for (const char* k : {"ROOT_OFFSET", "ROOT_SIZE", "BOOT_OFFSET", "BOOT_SIZE", "ROOT_PARTUUID", "BOOT_UUID"})
     env += std::string(k) + "=" + img.env[k] + " ";
   RunResult prep = RunProgram({"bash", "-c",
                         "env " + env + "IMG=" + dir / "disk.img" + " WORK=" + dir.path() +
-                            " DISKSEAL=" + DISKSEAL_BIN + " SRC=" + DISKSEAL_SOURCE_DIR +
+                            " DISKSEAL=" + DISKSEAL_BIN + " SRC=" + DISKSEAL_SOURCE_DIR + " VAULT_URL=" + vault.url() +
+                            " VAULT_CA=" + vault.ca() + " ADMIN_TOKEN=" + admin +
+                            " MACHINE_TOKEN=" + machine +
                             " bash -c \"$0\"",
                         kPrepare});
   ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
@@ -137,13 +155,30 @@ TEST(VmOsBoot, EncryptedRootOpensFromTheBekVolumeAtEveryBootWithTheHeaderOnBoot)
     ASSERT_TRUE(g.Shutdown(120, &err)) << err;
   }
 
-  // No key source at all (no BEK volume, no vault configured): the console names what was tried
-  // and asks for the passphrase; nothing is changed on the disk meanwhile.
+  // No BEK volume: the key comes from the vault over the guest's only network path.
   o.extra_disks.clear();
+  o.vault_port = vault.port();
+  {
+    DebianGuest g(o);
+    ASSERT_TRUE(g.Boot(300, &err)) << err;
+    EXPECT_NE(g.Console().find("diskseal: opened /dev/vda2 as /dev/mapper/osroot (key from the vault "
+                               "https://10.0.2.100:8000)"),
+              std::string::npos)
+        << g.ConsoleTail();
+    ExecResult c = g.Exec(kCheck);
+    EXPECT_EQ(c.exit_code, 0) << c.output;
+    ASSERT_TRUE(g.Shutdown(120, &err)) << err;
+  }
+
+  // No key source answers (no BEK volume, the vault down): the console names what was tried and
+  // asks for the passphrase; nothing is written meanwhile.
+  vault.Stop();
   DebianGuest g(o);
   ASSERT_TRUE(g.PowerOn(&err)) << err;
-  EXPECT_TRUE(g.WaitConsole("diskseal: enter the passphrase of /dev/vda2", 240)) << g.ConsoleTail();
-  EXPECT_NE(g.Console().find("diskseal: no key source opened /dev/vda2; no disk labelled 'BEK VOLUME'"),
+  EXPECT_TRUE(g.WaitConsole("diskseal: enter the passphrase of /dev/vda2", 300)) << g.ConsoleTail();
+  const std::string console = g.Console();
+  EXPECT_NE(console.find("diskseal: no key source opened /dev/vda2; no disk labelled 'BEK VOLUME'; "
+                         "the vault https://10.0.2.100:8000:"),
             std::string::npos)
       << g.ConsoleTail();
   g.PowerCut();
