@@ -138,8 +138,11 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
     // it exits (close); read-write views are the device's only owner, read-only ones share it.
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev,
                                                  o->read_only ? ClaimMode::kShared : ClaimMode::kExclusive, false));
-    DS_ASSIGN_OR_RETURN(OpenedVolume ov,
-                        LoadAndUnlock(g, o->dev, o->keys, o->slot.get(), !o->read_only, &o->vault));
+    // Only the userspace view writes through diskseal; a kernel mapping writes nothing to the
+    // device or the header, which may sit on a read-only filesystem (the OS volume's header on
+    // /boot, mounted read-only by the initramfs).
+    DS_ASSIGN_OR_RETURN(OpenedVolume ov, LoadAndUnlock(g, o->dev, o->keys, o->slot.get(),
+                                                       userspace && !o->read_only, &o->vault));
     luks2::Volume& v = ov.volume;
     // An in-place operation in progress opens as the header describes it (done part new, the rest
     // old): the online engine carries it on under the mapping (`diskseal resume`). A hotzone left
