@@ -152,7 +152,8 @@ class Runner {
     const uint64_t unit = std::max<uint64_t>(st_.sector_size(), st_.area.block);
     // Outside datashift two hotzone buffers are live at once (the one being written and the
     // next one, read ahead): each gets half of the memory bound.
-    const uint64_t bound = st_.area.type == Resilience::kDatashift ? o_.hotzone_bytes : o_.hotzone_bytes / 2;
+    // Online (in_use) nothing is read ahead: one buffer, the whole bound.
+    const uint64_t bound = st_.area.type == Resilience::kDatashift || o_.in_use ? o_.hotzone_bytes : o_.hotzone_bytes / 2;
     uint64_t hz = std::max<uint64_t>(bound / unit * unit, unit);
     if (st_.area.type == Resilience::kJournal) hz = std::min(hz, st_.area.size / unit * unit);
     if (st_.area.type == Resilience::kChecksum || st_.area.type == Resilience::kDatashiftChecksum) {

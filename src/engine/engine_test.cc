@@ -238,7 +238,7 @@ TEST(Engine, OnlineGateWrapsEveryHotzoneAndUntilDoneStopsAtAZoneEnd) {
     ASSERT_TRUE(v.ok());
     RecordingGate gate(h, d);
     EngineOptions eo;
-    eo.hotzone_bytes = 2 * kHotzone;  // zones of kHotzone
+    eo.hotzone_bytes = kHotzone;  // online: one buffer, zones of the whole bound
     eo.threads = 2;
     eo.in_use = true;
     eo.gate = &gate;

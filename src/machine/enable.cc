@@ -189,7 +189,30 @@ class Runner {
 
   // --- disable ---------------------------------------------------------------------------------
 
+  // Where the volume's mapping is live, disable decrypts under it while the filesystem stays
+  // mounted, and the one remount (mapping -> plain device) comes at the end.
+  Result<bool> MappingLive(const VolumeRecord& r) {
+    if (!Online()) return false;
+    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(r.name, Canonical(r.device)));
+    return live.has_value();
+  }
+
   Status Disable(VolumeRecord& r) {
+    if (r.step == Step::kConfigured || r.step == Step::kDecrypting) {
+      DS_ASSIGN_OR_RETURN(bool live, MappingLive(r));
+      if (live) {
+        DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+        DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
+                                                                               {r.name, online::HotzoneName(r.name)}}));
+        DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
+        r.rate = Rate{};
+        r.rate.pid = ::getpid();
+        DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypting));
+        DS_RETURN_IF_ERROR(RunEngine(r, pass, "decrypt"));
+        r.rate = Rate{};
+        DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypted));
+      }
+    }
     if (r.step == Step::kConfigured) DS_RETURN_IF_ERROR(Advance(r, Step::kDisabling));
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
     if (r.step == Step::kDisabling) {
@@ -210,6 +233,9 @@ class Runner {
       DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypted));
     }
     if (r.step == Step::kDecrypted) {
+      // Online: the plaintext is still mounted through the (now linear) mapping; the remount.
+      DS_RETURN_IF_ERROR(UnmountIfFrom(r.mountpoint, {"/dev/mapper/" + r.name, Plaintext(r)}));
+      DS_RETURN_IF_ERROR(Close(r));
       DS_RETURN_IF_ERROR(EnsureMounted(r, r.device));
       DS_RETURN_IF_ERROR(Advance(r, Step::kPlainMounted));
     }
@@ -477,6 +503,10 @@ class Runner {
   }
 
   Status Configure(const VolumeRecord& r) {
+    if (!r.loop.empty())
+      *o_.log << r.mountpoint << ": this kernel has no device-mapper, so the crypttab/fstab lines cannot open it at boot; "
+              << "the boot-time unit diskseal-resume.service (`diskseal resume --all`) opens and mounts it again "
+              << "(enable it: systemctl enable diskseal-resume.service)\n";
     const std::string ct = CrypttabLine(r.name, StableDeviceSpec(env_, o_.root, r.device), r.key_file, r.header);
     DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
       return SetCrypttabLine(t, r.name, ct);
