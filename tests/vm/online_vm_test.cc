@@ -409,19 +409,20 @@ sha256sum -c /tmp/machine.sums || fail "seed files"
 diskseal status
 echo RESUME-ALL-OK
 
-# disable, online: decrypted under the mapping while written, then the one remount onto the
-# plain device (while files are held open it is refused, naming them; the next run finishes).
+# disable, online: decrypted under the mapping while written; the one remount onto the plain
+# device needs the files closed: while this shell holds one open it is refused, naming it, and
+# the next run (workload stopped, file closed) finishes with the remount.
 WDIR=/data/w3
 start_workload
 wait_workload 3
-if ! diskseal disable --volume-type Data --only /data --hotzone-size 2M 2> /tmp/run4.log; then
-  grep -v progress /tmp/run4.log | tail -2
-  stop_workload
-  diskseal disable --volume-type Data --only /data 2> /tmp/run4.log || { cat /tmp/run4.log; fail "disable"; }
-else
-  stop_workload
-fi
-grep -q 'runs online\|decrypt /data' /tmp/run4.log || true
+exec 3< /data/seed1
+diskseal disable --volume-type Data --only /data --hotzone-size 2M 2> /tmp/run4.log && fail "remounted with a file open"
+grep -v progress /tmp/run4.log | tail -2
+grep -q 'busy\|hold' /tmp/run4.log || fail "the refused remount does not say why"
+grep -q '"done":67108864' /tmp/run4.log || fail "the decryption did not finish before the remount"
+stop_workload
+exec 3<&-
+diskseal disable --volume-type Data --only /data 2> /tmp/run4.log || { cat /tmp/run4.log; fail "disable"; }
 src=$(awk '$2 == "/data" {print $1}' /proc/mounts)
 test "$src" = /dev/vda || fail "/data is mounted from $src after disable"
 echo 3 > /proc/sys/vm/drop_caches
