@@ -66,13 +66,13 @@ run() {  # tool with_workload
     peak_rss $P & wait $P
   fi
   b=$(now)
-  w=""; if [ $withwl = yes ]; then w=" $(wl_stop)"; fi
+  wlres=""; if [ $withwl = yes ]; then wlres=" $(wl_stop)"; fi
   rss=""; if [ $tool = diskseal ]; then rss=" rss_kib $(cat /tmp/hwm.$P 2>/dev/null || echo ?)"; fi
-  echo "RESULT $tool-online-workload=$withwl $(echo "$a $b" | awk -v s=$SIZE '{printf "%.2f s %.1f MiB/s", $2 - $1, s / ($2 - $1)}')$w$rss"
+  echo "RESULT $tool-online-workload=$withwl $(echo "$a $b" | awk -v s=$SIZE '{printf "%.2f s %.1f MiB/s", $2 - $1, s / ($2 - $1)}')$wlres$rss"
   umount /mnt
   dmsetup remove vol
 }
-for w in no yes; do run cryptsetup $w; run diskseal $w; done
+for withw in no yes; do run cryptsetup $withw; run diskseal $withw; done
 EOF
 out=$(scripts/vm/run --disk "$work/disk.img" --bin build/diskseal --mem 1024 --timeout 1800 "$work/guest.sh" 2>&1) || {
   echo "$out" | tail -20; exit 1; }

@@ -125,7 +125,16 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
   const std::string hz_name = HotzoneName(name);
   DS_ASSIGN_OR_RETURN(auto hz, dm::Find(hz_name));
   DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
-  if (!top) return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation");
+  if (!top) {
+    // Closed by someone else (it was not mounted): nothing uses the helper any more; the header
+    // is consistent (a zone left flagged is recovered by the next open or resume).
+    if (hz) {
+      if (hz->suspended) DS_RETURN_IF_ERROR(dm::Resume(hz_name, true));
+      DS_RETURN_IF_ERROR(dm::Remove(hz_name));
+    }
+    return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation; nothing is lost: open it "
+                    "again and run `diskseal resume` to carry on");
+  }
   if (hz && hz->suspended) {
     if (!top->suspended) {
       // Which range of NAME goes over the helper: the zone that was held.
@@ -294,6 +303,10 @@ Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
   DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
   DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
   if (!hz && !(top && top->suspended)) return Status::Ok();
+  if (!top) {
+    (void)Restore(ref, name, keys, hotzone_bytes);  // removes the orphaned helper
+    return Status::Ok();
+  }
   std::cerr << "diskseal: " << name << ": restoring the mapping an interrupted online run left behind\n";
   return Restore(ref, name, keys, hotzone_bytes);
 }
