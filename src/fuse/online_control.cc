@@ -332,7 +332,10 @@ Result<std::optional<Mapping>> ServingDaemon(RunDir& run, const std::string& dev
                                              const std::string& header) {
   const std::string dev = Canonical(device), hdr = Canonical(header);
   std::vector<std::string> bad;
-  DS_ASSIGN_OR_RETURN(auto recs, run.List(&bad));
+  auto listed = run.List(&bad);
+  // A run directory this user cannot read holds no view it could ask (the socket is the owner's).
+  if (!listed.ok()) return std::optional<Mapping>();
+  auto& recs = *listed;
   for (auto& r : recs)
     if (r.device == dev && r.header == hdr && !r.read_only && RunDir::IsAlive(r))
       return std::optional<Mapping>(std::move(r));

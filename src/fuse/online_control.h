@@ -72,7 +72,8 @@ struct DaemonRunOptions {
 };
 
 // The live userspace view of the volume (data device `device`, detached header `header` or ""),
-// if one serves it from `run`. Paths are compared canonically.
+// if one serves it from `run`. Paths are compared canonically. An unreadable run directory
+// serves nothing (nullopt).
 Result<std::optional<Mapping>> ServingDaemon(RunDir& run, const std::string& device,
                                              const std::string& header);
 
