@@ -8,6 +8,7 @@
 #include <cerrno>
 
 #include "engine/binding.h"
+#include "fuse/online_control.h"
 #include "luks2/header_io.h"
 #include "online/dm_online.h"
 
@@ -24,8 +25,14 @@ std::string ActiveMappingOf(Env& env, const DeviceArgs& d) {
 }
 
 Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, ClaimMode mode,
-                                             bool writes_device, bool online_ok) {
+                                             bool writes_device, bool online_ok,
+                                             const std::string* run_dir) {
   std::vector<DeviceClaim> held;
+  if (online_ok && run_dir) {
+    fuse::RunDir run(env, *run_dir);
+    auto served = fuse::ServingDaemon(run, d.device, d.header);
+    if (served.ok() && *served) return held;
+  }
   ClaimOptions co{mode, writes_device, {}};
   if (online_ok) {
     if (std::string name = ActiveMappingOf(env, d); !name.empty())

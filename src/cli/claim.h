@@ -15,8 +15,12 @@ namespace ds::cli {
 // until the returned vector is destroyed; keep it for the whole command.
 // `online_ok`: the command can run under the volume's own live mapping (online/dm_online.h), so
 // that mapping's hold on the device is not a refusal (the detached header names the volume).
+// With online_ok and `run_dir`: when a live read-write userspace view of this volume (same
+// device, same header) serves from run_dir, no claim is taken and none is returned: that daemon
+// holds the claim, and the command's operation runs inside it (fuse/online_control.h).
 Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, ClaimMode mode,
-                                             bool writes_device, bool online_ok = false);
+                                             bool writes_device, bool online_ok = false,
+                                             const std::string* run_dir = nullptr);
 
 // The live mapping of the volume whose detached header is d.header over d.device, or "".
 std::string ActiveMappingOf(Env& env, const DeviceArgs& d);

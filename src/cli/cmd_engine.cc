@@ -24,6 +24,7 @@
 #include "vault/escrow.h"
 #include "engine/volume_escrow.h"
 #include "online/dm_online.h"
+#include "fuse/online_control.h"
 #include "volume/signature.h"
 
 #include <algorithm>
@@ -52,6 +53,7 @@ struct EngineArgs {
   unsigned threads = 0;
   uint64_t stop_after = 0;
   bool init_only = false;
+  std::string run_dir = "/run/diskseal";
 };
 
 void AddEngineOptions(CLI::App& app, EngineArgs& e) {
@@ -61,6 +63,8 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
   AddHotzoneSizeOption(app, e.hotzone, "memory for data buffers (default 32M): two hotzones of half this each (journal mode caps them at its area); with --reduce-device-size R one hotzone of R/2 instead");
   app.add_flag("--progress-json", e.progress_json, "progress as JSON lines on stderr");
   app.add_option("--threads", e.threads, "encryption threads (default: one per core)");
+  app.add_option("--run-dir", e.run_dir, "userspace views (default /run/diskseal): a volume open there runs its "
+                 "operation inside its serving daemon, online");
   AddSizeOption(app, "--stop-after", e.stop_after,
                 "stop at the first commit point after this many bytes (exit 9, resumable): work in windows");
 }
@@ -154,8 +158,14 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   eo.progress = &p;
   if (!active.empty())
     *g.err << d.device << ": " << engine::ModeName(st->mode) << " runs online under /dev/mapper/" << active << "\n";
-  Status s = active.empty() ? engine::RunOperation(v, keymap, eo)
-                            : online::RunOnline(v, {g.env, d.device, d.header}, active, keymap, eo);
+  // Open in userspace: the daemon serving the view runs the operation (fuse/online_control.h).
+  fuse::RunDir run(*g.env, e.run_dir);
+  DS_ASSIGN_OR_RETURN(auto served, fuse::ServingDaemon(run, d.device, d.header));
+  if (served)
+    *g.err << d.device << ": " << engine::ModeName(st->mode) << " runs online in the daemon serving " << served->file << "\n";
+  Status s = served           ? fuse::RunInDaemon(run, *served, keymap, {e.hotzone, e.threads, e.stop_after}, &p, &g_stop)
+             : active.empty() ? engine::RunOperation(v, keymap, eo)
+                              : online::RunOnline(v, {g.env, d.device, d.header}, active, keymap, eo);
   if (s.code() == Code::kInterrupted) return NameTheContinuation(s, d, keys, vo);
   if (!s.ok()) return s;
   p.Finish();
@@ -551,7 +561,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     const bool header_only = o->e.init_only && !o->dev.header.empty() && !g.env->Exists(o->dev.header);
     std::vector<DeviceClaim> claims;
     if (!header_only) {
-      DS_ASSIGN_OR_RETURN(claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
+      DS_ASSIGN_OR_RETURN(claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true, &o->e.run_dir));
     }
     if (o->dev.header.empty()) {
       if (!o->shift.reduce)
@@ -682,7 +692,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
       return InvalidArgument(dev + ": --resilience datashift* is chosen by diskseal itself for a header at the start");
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
-    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true, &o->e.run_dir));
     if (!g.env->Exists(o->dev.header)) {
       if (o->resilience != "checksum")
         return InvalidArgument(dev + ": with the header at the start the resilience is datashift-checksum");
@@ -752,7 +762,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     // offset), the resilience data goes into the header's keyslots area, as cryptsetup does it.
     DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
-    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true, &o->e.run_dir));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
     DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, o->dev.header));
     DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
@@ -872,7 +882,7 @@ Runner SetupResume(CLI::App& app, Globals& g) {
     }
     if (o->dev.device.empty()) return InvalidArgument("resume needs a DEVICE (or --all)");
     CatchStopSignals();
-    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true));
+    DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true, &o->e.run_dir));
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
   };
 }

@@ -178,6 +178,7 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
       req.read_only = o->read_only;
       req.atomic_unit = LargestSectorSize(v.metadata());
       req.threads = o->threads;
+      req.env = g.env;
       DS_ASSIGN_OR_RETURN(fuse::Mapping m, fuse::StartDaemon(run, view.get(), req));
       j["mode"] = "userspace";
       j["path"] = m.file;

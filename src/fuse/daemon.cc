@@ -17,6 +17,8 @@
 #include <memory>
 
 #include "fuse/file_server.h"
+#include "fuse/gated_device.h"
+#include "fuse/online_control.h"
 
 namespace ds::fuse {
 
@@ -65,10 +67,25 @@ void WriteAll(int fd, const void* data, size_t n) {
   so.read_only = req.read_only;
   so.atomic_unit = req.atomic_unit;
   so.max_threads = req.threads;
-  auto server = FileServer::Mount(view, so);
+  // The served view follows the layout an online operation leaves behind (fuse/gated_device.h).
+  GatedDevice gated(view);
+  auto server = FileServer::Mount(&gated, so);
   if (!server.ok()) ChildFail(ready_fd, server.status());
   Status s = (*server)->HandleSignals();
   if (!s.ok()) ChildFail(ready_fd, s);
+  std::unique_ptr<ControlServer> control;
+  if (!req.read_only && req.env) {
+    ControlConfig cc;
+    cc.env = req.env;
+    cc.name = req.name;
+    cc.device = req.device;
+    cc.header = req.header;
+    cc.atomic_unit = req.atomic_unit;
+    cc.view = &gated;
+    auto started = ControlServer::Start(ControlSocketPath(run, req.name), std::move(cc));
+    if (!started.ok()) ChildFail(ready_fd, started.status());
+    control = std::move(*started);
+  }
 
   Mapping m;
   m.name = req.name;
@@ -97,6 +114,8 @@ void WriteAll(int fd, const void* data, size_t n) {
   ::close(ready_fd);
 
   s = (*server)->Serve();
+  // An operation still running stops at its next commit point (its data is synced there).
+  control.reset();
   server->reset();
   if (!s.ok()) {
     // Keep the record with the error so `close` can report that data may not be on disk.

@@ -24,6 +24,9 @@ struct StartRequest {
   // Descriptors of the caller the daemon must not keep open (a machine lock the caller holds:
   // a flock shared with a long-lived child would never be released).
   std::vector<int> close_in_child;
+  // Set (read-write views): the daemon listens on its control socket and runs the volume's
+  // in-place operation itself when asked (fuse/online_control.h). Borrowed; the child's copy.
+  Env* env = nullptr;
 };
 
 // Forks the daemon that serves `view` at run.FilePath(name). Preconditions: the name is valid and
