@@ -151,9 +151,13 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
       if (o->read_only)
         return Busy(o->dev.device + ": an in-place operation was interrupted mid-hotzone; open it read-write once "
                     "(it is recovered first) or run `diskseal resume`");
+      // The recovery writes the device and the header: loaded read-write for it (a kernel open is
+      // otherwise read-only), and the result is what gets opened.
+      DS_ASSIGN_OR_RETURN(luks2::Volume rw, luks2::Volume::Load(*g.env, o->dev.device, o->dev.header, true));
       engine::EngineOptions eo;
       eo.until_done = (*st)->done + *(*st)->hotzone_len;
-      DS_RETURN_IF_ERROR(engine::RunOperation(v, ov.Keys(), eo).WithContext(o->dev.device + ": recovering the interrupted hotzone"));
+      DS_RETURN_IF_ERROR(engine::RunOperation(rw, ov.Keys(), eo).WithContext(o->dev.device + ": recovering the interrupted hotzone"));
+      ov.volume = std::move(rw);
       *g.err << "diskseal: " << o->dev.device << ": recovered the hotzone an interrupted operation left\n";
     }
     const std::map<int, const SecureBuffer*> keys = ov.Keys();
