@@ -13,24 +13,11 @@
 #include "cli/command.h"
 #include "cli/docgen.h"
 #include "cli/machine_config.h"
+#include "util/bytes.h"
 #include "util/secure_buffer.h"
 
 namespace {
 
-size_t EditDistance(const std::string& a, const std::string& b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
 
 // " (did you mean 'X'?)" for the candidate nearest to `word`, when one is near enough to be a
 // typo (a prefix also counts: `--json-f` for `--json-file`).
@@ -38,7 +25,7 @@ std::string Suggest(const std::string& word, const std::vector<std::string>& can
   std::string best;
   size_t best_d = SIZE_MAX;
   for (const auto& c : candidates) {
-    size_t d = c.rfind(word, 0) == 0 && word.size() >= 3 ? 1 : EditDistance(word, c);
+    size_t d = c.rfind(word, 0) == 0 && word.size() >= 3 ? 1 : ds::EditDistance(word, c);
     if (d < best_d) best_d = d, best = c;
   }
   if (best.empty() || best_d > std::max<size_t>(2, word.size() / 3)) return "";

@@ -1,5 +1,7 @@
 #include "machine/config_file.h"
 
+#include "util/bytes.h"
+
 #include <algorithm>
 
 namespace ds::machine {
@@ -28,20 +30,6 @@ std::string_view Trim(std::string_view s) {
   return s;
 }
 
-size_t Distance(std::string_view a, std::string_view b) {
-  std::vector<size_t> row(b.size() + 1);
-  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
-  for (size_t i = 1; i <= a.size(); ++i) {
-    size_t diag = row[0];
-    row[0] = i;
-    for (size_t j = 1; j <= b.size(); ++j) {
-      size_t up = row[j];
-      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
-      diag = up;
-    }
-  }
-  return row[b.size()];
-}
 
 std::string KnownKeys() {
   std::string s;
@@ -82,7 +70,7 @@ Result<MachineConfig> ParseMachineConfig(std::string_view text, const std::strin
       std::string best;
       size_t best_d = SIZE_MAX;
       for (const auto& k : kKeys)
-        if (size_t d = Distance(key, k.name); d < best_d) best_d = d, best = k.name;
+        if (size_t d = EditDistance(key, k.name); d < best_d) best_d = d, best = k.name;
       const std::string hint = best_d <= std::max<size_t>(2, key.size() / 3) ? " (did you mean '" + best + "'?)" : "";
       return InvalidArgument(where + "unknown key '" + key + "'" + hint + "; known keys: " + KnownKeys());
     }

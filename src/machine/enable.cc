@@ -96,23 +96,9 @@ class Runner {
         DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
       }
     }
-    if (r.step == Step::kEscrowed) {
-      if (env_.Exists(tmp)) {
-        DS_RETURN_IF_ERROR(env_.Rename(tmp, r.header));
-      } else if (!env_.Exists(r.header)) {
-        return Corrupt(r.header + ": neither the header nor its temp file exists after escrow; "
-                       "the state directory was changed by hand");
-      }
-      DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));
-    }
+    if (r.step == Step::kEscrowed) DS_RETURN_IF_ERROR(PlaceHeader(r, tmp));
     if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
-      r.rate = Rate{};
-      r.rate.pid = ::getpid();
-      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypting));
-      DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt"));
-      DS_RETURN_IF_ERROR(EscrowFinalHeader(r, pass));
-      r.rate = Rate{};
-      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypted));
+      DS_RETURN_IF_ERROR(Encrypt(r, pass));
     }
     // From here each step checks the kernel's view, so a finished volume whose userspace view was
     // lost (reboot) is opened and mounted again by the next run.
@@ -147,15 +133,7 @@ class Runner {
       }
     }
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
-    if (r.step == Step::kEscrowed) {
-      if (env_.Exists(tmp)) {
-        DS_RETURN_IF_ERROR(env_.Rename(tmp, r.header));
-      } else if (!env_.Exists(r.header)) {
-        return Corrupt(r.header + ": neither the header nor its temp file exists after escrow; "
-                       "the state directory was changed by hand");
-      }
-      DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));
-    }
+    if (r.step == Step::kEscrowed) DS_RETURN_IF_ERROR(PlaceHeader(r, tmp));
     if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
       // The one interruption: unmount the plaintext device (refused, naming who holds it, while
       // busy: nothing has changed then), open the mapping, mount it at the same place.
@@ -170,13 +148,7 @@ class Runner {
       // The device is held by its own mapping now; this run is its one owner.
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
                                                                              {r.name, online::HotzoneName(r.name)}}));
-      r.rate = Rate{};
-      r.rate.pid = ::getpid();
-      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypting));
-      DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt"));
-      DS_RETURN_IF_ERROR(EscrowFinalHeader(r, pass));
-      r.rate = Rate{};
-      DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypted));
+      DS_RETURN_IF_ERROR(Encrypt(r, pass));
     }
     DS_RETURN_IF_ERROR(EnsureOpen(r, pass));
     DS_RETURN_IF_ERROR(EnsureMounted(r, Plaintext(r)));
@@ -185,6 +157,30 @@ class Runner {
       DS_RETURN_IF_ERROR(Advance(r, Step::kConfigured));
     }
     return Status::Ok();
+  }
+
+  // escrowed -> header-placed: the escrowed temp header goes in place (a rename: the header file
+  // either does not exist or tells the truth).
+  Status PlaceHeader(VolumeRecord& r, const std::string& tmp) {
+    if (env_.Exists(tmp)) {
+      DS_RETURN_IF_ERROR(env_.Rename(tmp, r.header));
+    } else if (!env_.Exists(r.header)) {
+      return Corrupt(r.header + ": neither the header nor its temp file exists after escrow; "
+                     "the state directory was changed by hand");
+    }
+    return Advance(r, Step::kHeaderPlaced);
+  }
+
+  // encrypting -> encrypted: the engine (online when the mapping is live), then the final header
+  // to the vault.
+  Status Encrypt(VolumeRecord& r, const SecureBuffer& pass) {
+    r.rate = Rate{};
+    r.rate.pid = ::getpid();
+    DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypting));
+    DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt"));
+    DS_RETURN_IF_ERROR(EscrowFinalHeader(r, pass));
+    r.rate = Rate{};
+    return Advance(r, Step::kEncrypted);
   }
 
   // --- disable ---------------------------------------------------------------------------------

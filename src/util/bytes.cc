@@ -1,5 +1,8 @@
 #include "util/bytes.h"
 
+#include <algorithm>
+#include <vector>
+
 #include <array>
 #include <charconv>
 
@@ -111,6 +114,21 @@ std::optional<uint64_t> ParseSize(std::string_view s) {
   auto v = ParseU64(s);
   if (!v || *v > UINT64_MAX / mult) return std::nullopt;
   return *v * mult;
+}
+
+size_t EditDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j) row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t up = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diag + (a[i - 1] == b[j - 1] ? 0 : 1)});
+      diag = up;
+    }
+  }
+  return row[b.size()];
 }
 
 }  // namespace ds

@@ -49,4 +49,7 @@ inline std::span<const uint8_t> AsBytes(std::string_view s) {
   return {reinterpret_cast<const uint8_t*>(s.data()), s.size()};
 }
 
+// Levenshtein distance between two words: "did you mean" suggestions (CLI flags, config keys).
+size_t EditDistance(std::string_view a, std::string_view b);
+
 }  // namespace ds
