@@ -183,6 +183,16 @@ class Runner {
     return Advance(r, Step::kEncrypted);
   }
 
+  // decrypting -> decrypted: the engine, online when the mapping is live.
+  Status Decrypt(VolumeRecord& r, const SecureBuffer& pass) {
+    r.rate = Rate{};
+    r.rate.pid = ::getpid();
+    DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypting));
+    DS_RETURN_IF_ERROR(RunEngine(r, pass, "decrypt"));
+    r.rate = Rate{};
+    return Advance(r, Step::kDecrypted);
+  }
+
   // --- disable ---------------------------------------------------------------------------------
 
   // Where the volume's mapping is live, disable decrypts under it while the filesystem stays
@@ -201,12 +211,7 @@ class Runner {
         DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
                                                                                {r.name, online::HotzoneName(r.name)}}));
         DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
-        r.rate = Rate{};
-        r.rate.pid = ::getpid();
-        DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypting));
-        DS_RETURN_IF_ERROR(RunEngine(r, pass, "decrypt"));
-        r.rate = Rate{};
-        DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypted));
+        DS_RETURN_IF_ERROR(Decrypt(r, pass));
       }
     }
     if (r.step == Step::kConfigured) DS_RETURN_IF_ERROR(Advance(r, Step::kDisabling));
@@ -221,12 +226,7 @@ class Runner {
       DS_ASSIGN_OR_RETURN(DeviceClaim c, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true, {}}));
       claim.emplace(std::move(c));
       if (r.step == Step::kClosed) DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
-      r.rate = Rate{};
-      r.rate.pid = ::getpid();
-      DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypting));
-      DS_RETURN_IF_ERROR(RunEngine(r, pass, "decrypt"));
-      r.rate = Rate{};
-      DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypted));
+      DS_RETURN_IF_ERROR(Decrypt(r, pass));
     }
     if (r.step == Step::kDecrypted) {
       // Online: the plaintext is still mounted through the (now linear) mapping; the remount.
