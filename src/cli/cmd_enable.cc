@@ -15,6 +15,7 @@
 #include "machine/doctor.h"
 #include "machine/enable.h"
 #include "machine/status.h"
+#include "util/process.h"
 
 namespace ds::cli {
 
@@ -37,6 +38,7 @@ struct MachineArgs {
   uint64_t hotzone = 32u << 20;
   luks2::PbkdfOptions pbkdf;
   int freeze_at_percent = -1;
+  std::string freeze_at_step;
 };
 
 void AddMachineArgs(CLI::App& app, Globals& g, MachineArgs& a, bool enable) {
@@ -67,6 +69,7 @@ void AddMachineArgs(CLI::App& app, Globals& g, MachineArgs& a, bool enable) {
   }
   // Tests only: stop at a known point of the engine so kill -9 lands there without timing.
   app.add_option("--test-freeze-at-percent", a.freeze_at_percent)->group("");
+  app.add_option("--test-freeze-at-step", a.freeze_at_step)->group("");
 }
 
 Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, const char* verb,
@@ -90,7 +93,21 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
     o.vault = client.get();
     o.kek = a.vault.kek;
     o.kek_alg = a.vault.kek_alg;
+    // The OS volume's initramfs fetches the key with the same vault settings (a token FILE).
+    o.os.vault_url = a.vault.url;
+    o.os.vault_token_file = a.vault.token_file;
+    o.os.vault_ca = a.vault.ca_file;
   }
+  o.os.rebuild_initramfs = [](std::ostream& log) -> Status {
+    // initramfs-tools only: a dracut module is not written yet (doctor says so first).
+    if (::access("/usr/sbin/update-initramfs", X_OK) != 0 && ::access("/sbin/update-initramfs", X_OK) != 0)
+      return Unsupported("update-initramfs (initramfs-tools) is not installed; diskseal's boot script needs it (dracut is not supported yet)");
+    log << "running update-initramfs -u -k all\n";
+    log.flush();
+    DS_ASSIGN_OR_RETURN(int rc, RunProgram({"update-initramfs", "-u", "-k", "all"}));
+    if (rc != 0) return IOError("update-initramfs -u -k all failed with exit status " + std::to_string(rc) + " (its output is above)");
+    return Status::Ok();
+  };
   // The command that continues this run: the same flags, paths and names only.
   o.command = std::string("diskseal ") + verb + " --volume-type " + a.volume_type;
   if (a.state_dir != "/var/lib/diskseal") o.command += " --state-dir " + a.state_dir;
@@ -113,6 +130,7 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
   o.log = g.err;
   o.stop = &g_machine_stop;
   o.freeze_at_percent = a.freeze_at_percent;
+  o.freeze_at_step = a.freeze_at_step;
   // diskseal doctor first, on the volumes this run starts: a blocking finding not --ignore'd
   // stops the run before anything is written, with the finding named.
   const VaultOptions vault = a.vault;
@@ -125,9 +143,11 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
   o.preflight = [vault, ignore, header_dir, err, root, hotzone, pbkdf](
                     const machine::Machine& m, const std::vector<std::string>& starting) -> Status {
     machine::DoctorOptions d;
-    d.volume_type = machine::VolumeType::kData;
+    // The OS flow asks for "/" alone; its header goes to /boot.
+    const bool os = starting.size() == 1 && starting.front() == "/";
+    d.volume_type = os ? machine::VolumeType::kOs : machine::VolumeType::kData;
     d.ignore = ignore;
-    d.header_dir = header_dir;
+    d.header_dir = os ? "/boot" : header_dir;
     d.hotzone_bytes = hotzone;
     d.pbkdf_memory_bytes = pbkdf.type == "pbkdf2" ? 0 : uint64_t(pbkdf.memory_kib) << 10;
     d.self_pid = int(::getpid());
@@ -173,11 +193,13 @@ void Print(Globals& g, const std::vector<machine::VolumeOutcome>& vols, const ch
   for (const auto& v : vols)
     *g.out << v.mountpoint << " (" << v.device << "): " << v.result
            << (v.plaintext.empty() || v.result.rfind("skipped", 0) == 0 ? "" : ", mounted from " + v.plaintext) << "\n";
-  if (os_note) *g.out << "OS volume: " << os_note << "\n";
+  if (os_note)
+    *g.out << "OS volume: " << os_note
+           << (std::string(os_note) == "VMRestartPending" ? ": restart the machine; the OS volume is then encrypted online "
+                                                             "while it runs (diskseal status shows the progress)"
+                                                           : "")
+           << "\n";
 }
-
-constexpr char kOsNotSupported[] =
-    "the OS volume flow is not supported yet; diskseal encrypts data volumes only (--volume-type Data)";
 
 }  // namespace
 
@@ -185,7 +207,6 @@ Runner SetupEnable(CLI::App& app, Globals& g) {
   auto a = std::make_shared<MachineArgs>();
   AddMachineArgs(app, g, *a, true);
   return [a, &g]() -> Status {
-    if (a->volume_type == "OS") return Unsupported(std::string("--volume-type OS: ") + kOsNotSupported);
     // Escrow is the default, as in ADE: doing without it is asked for by name.
     if (!a->vault.enabled() && !a->no_escrow)
       return InvalidArgument("enable: no --vault given, so no key or header would be escrowed and the volumes could not be "
@@ -193,21 +214,31 @@ Runner SetupEnable(CLI::App& app, Globals& g) {
     if (a->vault.enabled() && a->no_escrow) return InvalidArgument("enable: --vault and --no-escrow contradict each other");
     std::unique_ptr<vault::VaultClient> client;
     DS_ASSIGN_OR_RETURN(machine::EnableOptions o, MakeOptions(g, *a, "enable", client));
-    DS_ASSIGN_OR_RETURN(auto vols, machine::EnableDataVolumes(*g.env, o));
-    Print(g, vols, a->volume_type == "All" ? "not supported yet" : nullptr);
-    if (a->volume_type == "All") *g.err << "diskseal: OS volume: " << kOsNotSupported << "\n";
+    std::vector<machine::VolumeOutcome> vols;
+    std::string os_note;
+    // The OS volume first, as ADE orders VolumeType All.
+    if (a->volume_type != "Data") {
+      DS_ASSIGN_OR_RETURN(vols, machine::EnableOsVolume(*g.env, o));
+      os_note = vols.front().result;
+    }
+    if (a->volume_type != "OS") {
+      DS_ASSIGN_OR_RETURN(auto data, machine::EnableDataVolumes(*g.env, o));
+      for (auto& v : data) vols.push_back(std::move(v));
+    }
+    Print(g, vols, os_note.empty() ? nullptr : os_note.c_str());
     return Status::Ok();
   };
 }
 
 Status ResumeAll(Globals& g, const std::string& state_dir, const VaultOptions& vault, uint64_t hotzone,
-                 bool progress_json) {
+                 bool progress_json, int freeze_at_percent) {
   MachineArgs a;
   a.volume_type = "Data";
   a.state_dir = state_dir;
   a.vault = vault;
   a.hotzone = hotzone;
   a.progress_json = progress_json;
+  a.freeze_at_percent = freeze_at_percent;
   std::unique_ptr<vault::VaultClient> client;
   DS_ASSIGN_OR_RETURN(machine::EnableOptions o, MakeOptions(g, a, "resume --all", client));
   o.command = "diskseal resume --all" + std::string(state_dir != "/var/lib/diskseal" ? " --state-dir " + state_dir : "");

@@ -1,8 +1,6 @@
 // In-place operations: encrypt (and resume). Progress on stderr; SIGINT/SIGTERM stop at the next
 // commit point and leave a resumable volume.
 #include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -25,11 +23,11 @@
 #include "engine/volume_escrow.h"
 #include "online/dm_online.h"
 #include "fuse/online_control.h"
+#include "util/process.h"
 #include "volume/signature.h"
 
 #include <algorithm>
 
-extern char** environ;
 
 namespace ds::cli {
 
@@ -181,26 +179,6 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
 }
 
 
-// Runs an outside tool (e2fsck, resize2fs) with its output on our stderr; returns its exit code.
-// argv holds device paths only, never a key.
-Result<int> RunTool(const std::vector<std::string>& argv) {
-  std::vector<char*> args;
-  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, 2, 1);
-  pid_t pid;
-  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) return PosixError("running " + argv[0], rc);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) return PosixError("waiting for " + argv[0], errno);
-  }
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
-
 // Where `device` is mounted (from /proc/self/mounts), or empty.
 std::string MountPointOf(Env& env, const std::string& device) {
   auto mounts = env.ReadFile("/proc/self/mounts", 4u << 20);
@@ -318,15 +296,15 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
                              "); shrink it first" + (ext && attempt == 0 ? " or pass --resize-fs" : ""));
     d.reset();
     *g.err << dev << ": shrinking the " << fs->type << " filesystem to " << data_size << " bytes\n";
-    DS_ASSIGN_OR_RETURN(int fsck, RunTool({"e2fsck", "-f", "-y", dev}));
+    DS_ASSIGN_OR_RETURN(int fsck, RunProgram({"e2fsck", "-f", "-y", dev}));
     if (fsck > 1) return Status(Code::kIOError, dev + ": e2fsck -f -y failed (exit " + std::to_string(fsck) + ")");
-    DS_ASSIGN_OR_RETURN(int rs, RunTool({"resize2fs", dev, std::to_string(data_size / 1024) + "K"}));
+    DS_ASSIGN_OR_RETURN(int rs, RunProgram({"resize2fs", dev, std::to_string(data_size / 1024) + "K"}));
     if (rs != 0) return Status(Code::kIOError, dev + ": resize2fs failed (exit " + std::to_string(rs) + ")");
     // resize2fs also shortens an image file to the new filesystem size; the freed tail is where
     // the header image and the moved copy go, so the file gets its size back.
     std::error_code ec;
     if (std::filesystem::is_regular_file(dev, ec)) {
-      DS_ASSIGN_OR_RETURN(int tr, RunTool({"truncate", "-s", std::to_string(size), dev}));
+      DS_ASSIGN_OR_RETURN(int tr, RunProgram({"truncate", "-s", std::to_string(size), dev}));
       if (tr != 0) return Status(Code::kIOError, dev + ": could not restore the image file's size after resize2fs");
     }
   }
@@ -865,6 +843,7 @@ Runner SetupResume(CLI::App& app, Globals& g) {
     VaultOptions vault;
     bool all = false;
     std::string state_dir = "/var/lib/diskseal";
+    int freeze_at_percent = -1;
   };
   auto o = std::make_shared<Opts>();
   AddDeviceArgs(app, o->dev, false);
@@ -874,11 +853,13 @@ Runner SetupResume(CLI::App& app, Globals& g) {
   app.add_flag("--all", o->all, "every volume `enable` recorded in --state-dir (the boot-time unit runs this): "
                                 "interrupted operations continue, online where the kernel has device-mapper");
   app.add_option("--state-dir", o->state_dir, "with --all: the machine state (default /var/lib/diskseal)");
+  // Tests only (as enable's): stop at a known point so a test acts there without timing.
+  app.add_option("--test-freeze-at-percent", o->freeze_at_percent)->group("");
   return [o, &g]() -> Status {
     if (o->all) {
       if (!o->dev.device.empty() || !o->dev.header.empty())
         return InvalidArgument("resume --all takes no DEVICE or --header: it resumes what " + o->state_dir + " records");
-      return ResumeAll(g, o->state_dir, o->vault, o->e.hotzone, o->e.progress_json);
+      return ResumeAll(g, o->state_dir, o->vault, o->e.hotzone, o->e.progress_json, o->freeze_at_percent);
     }
     if (o->dev.device.empty()) return InvalidArgument("resume needs a DEVICE (or --all)");
     CatchStopSignals();

@@ -38,6 +38,6 @@ Runner SetupDisable(CLI::App& app, Globals& g);
 Runner SetupStatus(CLI::App& app, Globals& g);
 // resume --all: every volume the state directory records (cmd_enable.cc).
 Status ResumeAll(Globals& g, const std::string& state_dir, const VaultOptions& vault, uint64_t hotzone,
-                 bool progress_json);
+                 bool progress_json, int freeze_at_percent = -1);
 
 }  // namespace ds::cli

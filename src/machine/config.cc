@@ -84,23 +84,34 @@ std::string CrypttabLine(const std::string& name, const std::string& device,
          EscapeField(header);
 }
 
-std::string StableDeviceSpec(Env& env, const MachineRoot& root, const std::string& dev) {
+namespace {
+
+// The name of the link in `dir` (below `root`) that points at `dev`, or "". A link's target is
+// relative ("../../sdb1"): its last component names the device.
+std::string LinkTo(Env& env, const MachineRoot& root, const std::string& dir, const std::string& dev) {
   const std::string base = dev.substr(dev.rfind('/') + 1);
-  // A link's target is relative ("../../sdb1"): its last component names the device.
-  auto find_in = [&](const std::string& dir) -> std::string {
-    auto names = env.ListDir(root.Path(dir));
-    if (!names.ok()) return "";
-    std::vector<std::string> sorted = *names;
-    std::sort(sorted.begin(), sorted.end());  // the same choice on every run
-    for (const auto& n : sorted) {
-      auto target = env.ReadLink(root.Path(dir + "/" + n));
-      if (target.ok() && target->substr(target->rfind('/') + 1) == base) return n;
-    }
-    return "";
-  };
-  if (std::string id = find_in("/dev/disk/by-id"); !id.empty()) return "/dev/disk/by-id/" + id;
-  if (std::string pu = find_in("/dev/disk/by-partuuid"); !pu.empty()) return "PARTUUID=" + pu;
+  auto names = env.ListDir(root.Path(dir));
+  if (!names.ok()) return "";
+  std::vector<std::string> sorted = *names;
+  std::sort(sorted.begin(), sorted.end());  // the same choice on every run
+  for (const auto& n : sorted) {
+    auto target = env.ReadLink(root.Path(dir + "/" + n));
+    if (target.ok() && target->substr(target->rfind('/') + 1) == base) return n;
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string StableDeviceSpec(Env& env, const MachineRoot& root, const std::string& dev) {
+  if (std::string id = LinkTo(env, root, "/dev/disk/by-id", dev); !id.empty()) return "/dev/disk/by-id/" + id;
+  if (std::string pu = LinkTo(env, root, "/dev/disk/by-partuuid", dev); !pu.empty()) return "PARTUUID=" + pu;
   return dev;
+}
+
+std::string BootDeviceSpec(Env& env, const MachineRoot& root, const std::string& dev) {
+  if (std::string pu = LinkTo(env, root, "/dev/disk/by-partuuid", dev); !pu.empty()) return "PARTUUID=" + pu;
+  return StableDeviceSpec(env, root, dev);
 }
 
 std::string FstabLine(const FstabEntry& e) {

@@ -33,6 +33,9 @@ std::string CrypttabLine(const std::string& name, const std::string& device,
 // /dev/disk/azure/scsi1/lunN links do), else PARTUUID=, else `dev` itself (a loop device has no
 // stable name). Links are read below `root`.
 std::string StableDeviceSpec(Env& env, const MachineRoot& root, const std::string& dev);
+// The same for the initramfs, which resolves names with blkid before udev's by-id rules may have
+// run: PARTUUID= first, then StableDeviceSpec's choice.
+std::string BootDeviceSpec(Env& env, const MachineRoot& root, const std::string& dev);
 std::string FstabLine(const FstabEntry& e);
 // The fstab entry mounting the opened mapping at the original mount point: the original line's
 // options (or "defaults"), with nofail added so a missing key never stops the boot.

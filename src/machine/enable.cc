@@ -1,6 +1,7 @@
 #include "machine/enable.h"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <climits>
@@ -66,6 +67,7 @@ class Runner {
   bool Online() const { return !o_.userspace && !o_.offline && dm::Available(); }
 
   Status Enable(VolumeRecord& r) {
+    if (r.os) return EnableOs(r);
     // A volume started offline (unmounted first) finishes offline.
     if (Online() && r.step != Step::kUnmounted) return EnableOnline(r);
     if (r.step == Step::kPlanned) {
@@ -159,6 +161,128 @@ class Runner {
     return Status::Ok();
   }
 
+  // --- the OS volume (enable.h) ----------------------------------------------------------------
+
+  // Root cannot be unmounted: its mapping comes from the initramfs at the next boot, and the
+  // encryption runs once / is on it (online, as any mounted volume).
+  Status EnableOs(VolumeRecord& r) {
+    const std::string tmp = r.header + ".diskseal-new";
+    if (r.step == Step::kPlanned) {
+      if (!env_.Exists(r.key_file)) {
+        DS_ASSIGN_OR_RETURN(SecureBuffer pass, vault::GeneratePassphrase());
+        DS_RETURN_IF_ERROR(env_.WriteFileAtomic(r.key_file, pass.view(), 0400));
+      }
+      if (env_.Exists(r.header)) {
+        DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));  // crash between rename and record
+      } else {
+        const std::string dir = r.header.substr(0, r.header.rfind('/'));
+        if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return PosixError(dir, errno);
+        DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+        DS_RETURN_IF_ERROR(FormatAndEscrow(r, pass, tmp, true));
+        DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
+      }
+    }
+    if (r.step == Step::kEscrowed) {
+      // The initramfs learns of the volume before its header exists where it looks: a boot in
+      // between (a power cut) finds no header and boots root as it is, still plaintext.
+      Status boot = InstallBootConfig(r);
+      if (!boot.ok()) {
+        // Nothing changed: no header in place, the previous initramfs configuration back. The
+        // next run starts over (a new header, escrowed again).
+        (void)env_.Remove(tmp);
+        (void)Advance(r, Step::kPlanned);
+        return boot;
+      }
+      DS_RETURN_IF_ERROR(PlaceHeader(r, tmp));
+    }
+    if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
+      DS_RETURN_IF_ERROR(ConfigureOs(r));
+      DS_ASSIGN_OR_RETURN(std::string src, MountedSource("/"));
+      if (src.empty() || Canonical(src) != Canonical("/dev/mapper/" + r.name)) {
+        restart_pending_ = true;
+        *o_.log << "/: " << r.device << " is ready to be encrypted; restart the machine (VMRestartPending): the "
+                << "initramfs opens it as /dev/mapper/" << r.name << " and diskseal-resume.service encrypts it "
+                << "online while the machine runs\n";
+        return Status::Ok();
+      }
+      DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+      DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
+                                                                             {r.name, online::HotzoneName(r.name)}}));
+      DS_RETURN_IF_ERROR(Encrypt(r, pass));
+    }
+    if (r.step == Step::kEncrypted) DS_RETURN_IF_ERROR(Advance(r, Step::kConfigured));
+    return Status::Ok();
+  }
+
+  // Whether the last EnableOs stopped for the reboot.
+  bool restart_pending() const { return restart_pending_; }
+
+  // <etc>/diskseal/initramfs.conf (read by packaging/initramfs-tools at build and at boot), then
+  // the initramfs rebuilt; on failure the previous configuration is put back.
+  Status InstallBootConfig(const VolumeRecord& r) {
+    DS_ASSIGN_OR_RETURN(Machine m, Discover(o_.root));
+    const Volume* boot = m.boot();
+    const Volume* os = m.os();
+    if (!boot || !os || boot->mountpoint.empty()) return Unsupported("/: no separate /boot to hold the OS volume's header");
+    const std::string bmp = boot->mountpoint == "/" ? "" : boot->mountpoint;
+    if (r.header.rfind(bmp + "/", 0) != 0)
+      return InvalidArgument(r.header + ": the OS volume's header must be on /boot (" + boot->dev + ")");
+    auto fs_uuid = [&](const Volume* v) -> std::string {
+      return v->block >= 0 ? m.blocks[size_t(v->block)].fs_uuid : std::string();
+    };
+    if (fs_uuid(boot).empty()) return Unsupported(boot->dev + ": /boot has no filesystem UUID to find it by at boot");
+    if (o_.os.vault_url.empty() || o_.os.vault_token_file.empty())
+      return InvalidArgument("/: the initramfs needs the vault's URL and a token file (--vault-token-file) to fetch the key at boot");
+    std::vector<std::pair<std::string, std::string>> vars = {
+        {"DS_NAME", r.name},
+        {"DS_ROOT_DEV", BootDeviceSpec(env_, o_.root, r.device)},
+        {"DS_ROOT_FS_UUID", fs_uuid(os)},
+        {"DS_BOOT_DEV", "UUID=" + fs_uuid(boot)},
+        {"DS_BOOT_FSTYPE", boot->fstype},
+        {"DS_HEADER", r.header.substr(bmp.size())},
+        {"DS_VAULT_URL", o_.os.vault_url},
+        {"DS_VAULT_TOKEN_FILE", o_.os.vault_token_file},
+        {"DS_VAULT_CA", o_.os.vault_ca},
+    };
+    if (!o_.secret_prefix.empty()) vars.push_back({"DS_VAULT_SECRET", o_.secret_prefix + r.LuksUuid()});
+    std::string text =
+        "# Written by `diskseal enable --volume-type OS`: how the initramfs opens the OS volume at every\n"
+        "# boot (/usr/share/initramfs-tools/scripts/local-top/diskseal). Rebuild the initramfs after a change.\n";
+    for (const auto& [k, v] : vars) {
+      if (v.find_first_of("'\n") != std::string::npos) return InvalidArgument(k + ": " + v + ": a quote or newline cannot be written");
+      if (!v.empty()) text += k + "='" + v + "'\n";
+    }
+    const std::string conf = o_.os.initramfs_conf.empty() ? o_.root.Etc("diskseal/initramfs.conf") : o_.os.initramfs_conf;
+    const std::string dir = conf.substr(0, conf.rfind('/'));
+    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return PosixError(dir, errno);
+    std::optional<std::string> before;
+    if (env_.Exists(conf)) {
+      DS_ASSIGN_OR_RETURN(before, env_.ReadFile(conf, 1 << 20));
+    }
+    DS_RETURN_IF_ERROR(env_.WriteFileAtomic(conf, text, 0644));
+    if (!o_.os.rebuild_initramfs) return Unsupported("/: no way to rebuild the initramfs was given");
+    *o_.log << "/: rebuilding the initramfs with diskseal's boot script (" << conf << ")\n";
+    Status built = o_.os.rebuild_initramfs(*o_.log);
+    if (built.ok()) return Status::Ok();
+    Status back = before ? env_.WriteFileAtomic(conf, *before, 0644) : env_.Remove(conf);
+    return Status(built.code(), "/: the initramfs could not be rebuilt, so nothing was changed (" + built.message() + ")" +
+                                    (back.ok() ? "" : "; " + conf + " could not be restored: " + back.message()));
+  }
+
+  // fstab mounts / from the mapping; crypttab names it (noauto: the initramfs opens it, not
+  // systemd-cryptsetup). Idempotent.
+  Status ConfigureOs(const VolumeRecord& r) {
+    const std::string ct = r.name + " " + EscapeField(BootDeviceSpec(env_, o_.root, r.device)) + " none luks,header=" +
+                           EscapeField(r.header) + ",noauto";
+    DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
+      return SetCrypttabLine(t, r.name, ct);
+    }));
+    if (!r.fstab) return Status::Ok();
+    FstabEntry e = *r.fstab;
+    e.spec = "/dev/mapper/" + r.name;
+    return ApplyEtcEdit(env_, o_.root, "fstab", [&](std::string_view t) { return SetFstabLine(t, "/", FstabLine(e)); });
+  }
+
   // escrowed -> header-placed: the escrowed temp header goes in place (a rename: the header file
   // either does not exist or tells the truth).
   Status PlaceHeader(VolumeRecord& r, const std::string& tmp) {
@@ -199,7 +323,7 @@ class Runner {
   // mounted, and the one remount (mapping -> plain device) comes at the end.
   Result<bool> MappingLive(const VolumeRecord& r) {
     if (!Online()) return false;
-    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(r.name, Canonical(r.device)));
+    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(r.LuksUuid(), Canonical(r.device)));
     return live.has_value();
   }
 
@@ -254,7 +378,12 @@ class Runner {
   Status Advance(VolumeRecord& r, Step s) {
     r.step = s;
     r.last_error.clear();
-    return state_.Save(r);
+    DS_RETURN_IF_ERROR(state_.Save(r));
+    if (!o_.freeze_at_step.empty() && !step_frozen_ && o_.freeze_at_step == StepName(s)) {
+      step_frozen_ = true;  // once: the test continues the run with SIGCONT
+      ::raise(SIGSTOP);
+    }
+    return Status::Ok();
   }
 
   // Unmounts `mountpoint` when one of `sources` is mounted there; refuses a foreign mount.
@@ -303,7 +432,7 @@ class Runner {
     DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(o_.pbkdf));
     luks2::FormatOptions f;
     f.pbkdf = o_.pbkdf;
-    f.uuid = r.name;
+    f.uuid = r.LuksUuid();
     f.offset_sectors = 0;
     f.sector_size = sector;
     SecureBuffer vk;
@@ -322,8 +451,8 @@ class Runner {
     // it is still a temp file, the versions pinned in it: if any of it fails no data block has
     // been touched (engine/volume_escrow.h, shared with `encrypt --vault`).
     vault::EscrowRequest req;
-    req.luks_uuid = r.name;
-    req.secret_name = o_.secret_prefix.empty() ? vault::DefaultSecretName(r.name) : o_.secret_prefix + r.name;
+    req.luks_uuid = r.LuksUuid();
+    req.secret_name = o_.secret_prefix.empty() ? vault::DefaultSecretName(r.LuksUuid()) : o_.secret_prefix + r.LuksUuid();
     req.kek = o_.kek;
     req.kek_alg = o_.kek_alg;
     auto rec = engine::EscrowNewVolume(env_, *o_.vault, r.device, tmp, true, pass, vk, req);
@@ -404,7 +533,8 @@ class Runner {
     eo.threads = o_.threads;
     eo.stop = o_.stop;
     eo.progress = &p;
-    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(r.name, Canonical(r.device)));
+    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(r.LuksUuid(), Canonical(r.device)));
+    if (!live) DS_RETURN_IF_ERROR(RefuseUnderForeignMapping(r));
     Status ran = live ? online::RunOnline(v, {&env_, Canonical(r.device), r.header}, *live, keys, eo)
                       : engine::RunOperation(v, keys, eo);
     if (ran.code() == Code::kInterrupted) {
@@ -419,6 +549,19 @@ class Runner {
     p.Finish();
     // The rate is advisory; a failure to record it is reported only after the data is safe.
     return save_error;
+  }
+
+  // The offline engine rewrites the raw device: never while a mapping that is not this volume's
+  // (as ActiveMapping recognises it) reads and writes it, which would see ciphertext appear below
+  // it. A defence in depth: the device claim allowed this volume's own mapping name.
+  Status RefuseUnderForeignMapping(const VolumeRecord& r) {
+    if (!dm::Available()) return Status::Ok();
+    struct stat st;
+    if (::stat(Canonical(r.device).c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return Status::Ok();
+    DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
+    if (holders.empty()) return Status::Ok();
+    return Busy(r.device + ": held by the mapping /dev/mapper/" + holders.front().name + ", which is not this volume's (LUKS UUID " +
+                r.LuksUuid() + "); refusing to rewrite the device under it");
   }
 
   Status EnsureOpen(VolumeRecord& r, const SecureBuffer& pass) {
@@ -442,7 +585,7 @@ class Runner {
       }
       dm::Activation a;
       a.name = r.name;
-      a.luks_uuid = r.name;
+      a.luks_uuid = r.LuksUuid();
       a.device = Canonical(r.device);
       DS_ASSIGN_OR_RETURN(a.segments, dm::VolumeSegments(v, keys));
       DS_RETURN_IF_ERROR(dm::Create(a));
@@ -469,7 +612,7 @@ class Runner {
       req.name = r.name;
       req.device = Canonical(r.device);
       req.header = Canonical(r.header);
-      req.uuid = r.name;
+      req.uuid = r.LuksUuid();
       uint32_t sector = 512;
       for (const auto& seg : luks2::Segments(v.metadata()))
         if (seg.type == "crypt") sector = std::max(sector, seg.sector_size);
@@ -529,6 +672,8 @@ class Runner {
   StateDir& state_;
   const MachineLock& lock_;
   fuse::RunDir run_;
+  bool restart_pending_ = false;
+  bool step_frozen_ = false;
 };
 
 VolumeOutcome Outcome(const VolumeRecord& r, const std::string& plaintext, const std::string& result) {
@@ -606,7 +751,7 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
     return nullptr;
   };
   for (const auto& r : records) {
-    if (!Selected(o, r.mountpoint) || r.step == Step::kDisabled) continue;
+    if (r.os || !Selected(o, r.mountpoint) || r.step == Step::kDisabled) continue;
     if (InDisableFlow(r.step))
       return Busy(r.mountpoint + ": a disable was interrupted here (step " + StepName(r.step) +
                   "); run `diskseal disable --volume-type Data` to finish it first");
@@ -665,13 +810,72 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
   return out;
 }
 
+Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions& o) {
+  StateDir state(env, o.state_dir);
+  DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
+  DS_ASSIGN_OR_RETURN(Machine m, Discover(o.root));
+  DS_ASSIGN_OR_RETURN(auto records, state.List());
+  std::optional<VolumeRecord> rec;
+  for (const auto& r : records) {
+    if (!r.os || r.step == Step::kDisabled) continue;
+    if (InDisableFlow(r.step))
+      return Busy(std::string("/: a disable of the OS volume was interrupted (step ") + StepName(r.step) + "); finish it first");
+    rec = r;
+  }
+  if (!rec) {
+    const Volume* os = m.os();
+    if (!os) return NotFound("/: no OS volume found (nothing is mounted at /)");
+    std::string why;
+    if (os->is_luks || os->encrypted) why = "it is already encrypted";
+    else if (os->fstype != "ext4" && os->fstype != "xfs") why = "filesystem " + os->fstype + " (ext4 and xfs are supported)";
+    else if (os->dev.rfind("/dev/", 0) != 0) why = "it is not on a block device (" + os->dev + ")";
+    else if (os->lvm_lv) why = "it is an LVM logical volume: encrypting the physical volume under root is not supported yet";
+    if (!why.empty()) return Unsupported("/ (" + os->dev + "): the OS volume cannot be encrypted: " + why);
+    const Volume* boot = m.boot();
+    if (!boot || boot->dev == os->dev)
+      return Unsupported("/ (" + os->dev + "): there is no separate /boot to hold the OS volume's header, which must be "
+                         "readable before / is opened (diskseal doctor --volume-type OS says what to do)");
+    if (!o.vault)
+      return InvalidArgument("/ (" + os->dev + "): the OS volume needs a vault (--vault): the initramfs fetches its key "
+                             "from there at every boot");
+    if (o.preflight) DS_RETURN_IF_ERROR(o.preflight(m, {"/"}));
+    VolumeRecord r;
+    r.os = true;
+    r.name = o.os.name;
+    r.uuid = luks2::NewUuid();
+    r.device = os->dev;
+    r.mountpoint = "/";
+    r.fstype = os->fstype;
+    r.mount_options = os->mount_options;
+    r.fstab = os->fstab;
+    r.header = o.os.header;
+    r.key_file = state.KeyPath(r.uuid);
+    r.resilience = engine::ResilienceName(o.resilience);
+    r.run_index = r.run_size = 1;
+    DS_RETURN_IF_ERROR(state.Save(r));
+    rec = std::move(r);
+  }
+  VolumeRecord& r = *rec;
+  *o.log << "Encrypting the OS volume: / (" << r.device << ")\n";
+  Runner run(env, o, state, lock);
+  Status s = run.Enable(r);
+  if (!s.ok()) {
+    r.last_error = s.code() == Code::kInterrupted ? "" : s.message();
+    r.rate = Rate{};
+    (void)state.Save(r);
+    return s.WithContext("Encrypting the OS volume (/)");
+  }
+  return std::vector<VolumeOutcome>{
+      Outcome(r, run.restart_pending() ? "" : "/dev/mapper/" + r.name, run.restart_pending() ? "VMRestartPending" : "Encrypted")};
+}
+
 Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o) {
   StateDir state(env, o.state_dir);
   DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
   DS_ASSIGN_OR_RETURN(auto records, state.List());
   std::vector<VolumeRecord> work;
   for (const auto& r : records) {
-    if (!Selected(o, r.mountpoint) || r.step == Step::kDisabled) continue;
+    if (r.os || !Selected(o, r.mountpoint) || r.step == Step::kDisabled) continue;
     if (r.step < Step::kConfigured)
       return Busy(r.mountpoint + ": an enable was interrupted here (step " + StepName(r.step) +
                   "); run `diskseal enable` to finish it, then disable");
@@ -700,17 +904,28 @@ Result<std::vector<VolumeOutcome>> ResumeRecordedVolumes(Env& env, const EnableO
   disable.only.clear();
   enable.preflight = nullptr;
   disable.preflight = nullptr;
+  bool os = false;
   for (const auto& r : records) {
     if (r.step == Step::kDisabled) continue;
+    if (r.os) {
+      os = true;
+      continue;
+    }
     (InDisableFlow(r.step) ? disable : enable).only.push_back(r.mountpoint);
   }
   std::vector<VolumeOutcome> out;
-  if (enable.only.empty() && disable.only.empty()) {
+  if (enable.only.empty() && disable.only.empty() && !os) {
     *o.log << "No volume recorded in " << o.state_dir << ": nothing to resume\n";
     return out;
   }
+  // The OS volume first, as ADE orders VolumeType All: after the boot that put / on its mapping
+  // this is where its encryption runs.
+  if (os) {
+    DS_ASSIGN_OR_RETURN(out, EnableOsVolume(env, enable));
+  }
   if (!enable.only.empty()) {
-    DS_ASSIGN_OR_RETURN(out, EnableDataVolumes(env, enable));
+    DS_ASSIGN_OR_RETURN(auto more, EnableDataVolumes(env, enable));
+    for (auto& v : more) out.push_back(std::move(v));
   }
   if (!disable.only.empty()) {
     DS_ASSIGN_OR_RETURN(auto more, DisableDataVolumes(env, disable));

@@ -13,6 +13,17 @@
 // Disable is the reverse (disabling -> closed -> decrypting -> decrypted -> plain-mounted ->
 // disabled).
 //
+// The OS volume (`enable --volume-type OS`, README "The OS volume"): root cannot be unmounted, so
+// its mapping is made by the initramfs at the next boot, from the header on /boot:
+//   planned -> (key file) escrowed [header made as a temp file on /boot, escrowed, verified]
+//   -> header-placed [/etc/diskseal/initramfs.conf written and the initramfs rebuilt BEFORE the
+//      header goes in place (a failed rebuild changes nothing); fstab and crypttab name the
+//      mapping]  ... reboot (status: VMRestartPending) ...
+//   -> encrypting [the boot-time unit, `resume --all`: / is on /dev/mapper/osencrypt, encrypted
+//      online] -> encrypted -> configured.
+// A power cut anywhere before the header is placed boots the old way (nothing changed); after it,
+// every boot activates the mapping the header describes (packaging/initramfs-tools).
+//
 // One run at a time per machine: both take MachineLock on <state-dir>/lock.
 // Threading: call from a single-threaded process (the userspace view forks its daemon); the
 // engine uses worker threads internally and joins them before returning.
@@ -32,6 +43,19 @@
 #include "vault/client.h"
 
 namespace ds::machine {
+
+// What the OS flow needs beyond the data volumes' options.
+struct OsVolumeOptions {
+  std::string name = "osencrypt";                  // the mapping, as ADE names it
+  std::string header = "/boot/luks/osluksheader";  // on the separate /boot filesystem (ADE's path)
+  std::string initramfs_conf;                      // default <etc>/diskseal/initramfs.conf
+  // What the initramfs uses to fetch the key over the network (copied into it by the hook): the
+  // vault's URL, a token FILE (the initramfs has no environment to take one from) and CA file.
+  std::string vault_url, vault_token_file, vault_ca;
+  // Rebuilds the initramfs of every installed kernel (update-initramfs -u -k all), its output on
+  // `log`; an error names what failed. Required for the OS flow.
+  std::function<Status(std::ostream& log)> rebuild_initramfs;
+};
 
 // Collaborators are borrowed: everything pointed to outlives the call.
 struct EnableOptions {
@@ -65,6 +89,9 @@ struct EnableOptions {
   // percent, with its state record written, so a test can kill -9 it at a known point without
   // depending on timing. -1: off.
   int freeze_at_percent = -1;
+  // Test hook: SIGSTOP right after the record reaches this step (StepName), once. "": off.
+  std::string freeze_at_step;
+  OsVolumeOptions os;
 };
 
 // What a run did to one volume.
@@ -72,10 +99,14 @@ struct VolumeOutcome {
   std::string mountpoint, device, name;
   std::string header, key_file, secret_id;
   std::string plaintext;  // what is mounted now: /dev/mapper/NAME, a loop device, or the device
-  std::string result;     // "Encrypted", "Decrypted", or "skipped: <why>"
+  std::string result;     // "Encrypted", "Decrypted", "VMRestartPending" (OS), or "skipped: <why>"
 };
 
 Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptions& o);
+// The OS volume: from nothing to "VMRestartPending" (the header on /boot, the initramfs rebuilt),
+// or, run again after the reboot (or by `resume --all`), on to Encrypted while the machine runs.
+// Needs a vault (o.vault and o.os.vault_*): the key at boot comes from there (or a BEK volume).
+Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions& o);
 Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o);
 // `diskseal resume --all` (the boot-time unit): carries on every volume the state directory
 // records, and nothing else: an interrupted enable or disable continues (online where it can),

@@ -102,6 +102,8 @@ std::string RecordToJson(const VolumeRecord& r) {
       {"secret_id", r.secret_id}, {"loop", r.loop},         {"step", StepName(r.step)},
       {"last_error", r.last_error},
   };
+  if (r.os) j["os"] = true;
+  if (!r.uuid.empty()) j["uuid"] = r.uuid;
   if (r.fstab)
     j["fstab"] = {{"spec", r.fstab->spec},       {"file", r.fstab->file},
                   {"vfstype", r.fstab->vfstype}, {"options", r.fstab->options},
@@ -128,6 +130,8 @@ Result<VolumeRecord> RecordFromJson(const std::string& text, const std::string& 
     r.secret_id = j.value("secret_id", "");
     r.loop = j.value("loop", "");
     r.last_error = j.value("last_error", "");
+    r.os = j.value("os", false);
+    r.uuid = j.value("uuid", "");
     DS_ASSIGN_OR_RETURN(r.step, ParseStep(j.at("step").get<std::string>()));
     if (j.contains("fstab")) {
       const auto& f = j["fstab"];

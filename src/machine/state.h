@@ -58,7 +58,13 @@ struct Rate {
 };
 
 struct VolumeRecord {
-  std::string name;            // mapping name = LUKS2 UUID
+  std::string name;            // mapping name (= the LUKS2 UUID unless `uuid` is set)
+  // The OS volume (`enable --volume-type OS`): mounted at "/", its header on /boot, its mapping
+  // activated by the initramfs (packaging/initramfs-tools) and named after ADE's ("osencrypt"),
+  // so the LUKS2 UUID is kept apart in `uuid`.
+  bool os = false;
+  std::string uuid;            // the LUKS2 UUID when it differs from `name`
+  const std::string& LuksUuid() const { return uuid.empty() ? name : uuid; }
   std::string device;          // the block device holding the data ("/dev/sdb1")
   std::string mountpoint, fstype;
   std::string mount_options;   // per-mount VFS options as mountinfo showed them (rw,relatime)

@@ -64,18 +64,61 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
   int64_t running_pid = 0;
   if (out.running.rfind("pid ", 0) == 0) running_pid = std::atoll(out.running.c_str() + 4);
 
-  // OS volume: diskseal's OS flow does not exist yet; report what the machine shows.
+  // OS volume: from its record when diskseal manages it (enable.h, the OS flow), else what the
+  // machine shows (a root on dm-crypt that some other tool set up counts as encrypted).
   const Volume* os = m.os();
   out.os_volume = os && os->encrypted ? "Encrypted" : "NotEncrypted";
   if (out.os_volume == "NotEncrypted")
     for (const auto& b : m.blocks)
       if (b.dm_name == "osencrypt") out.os_volume = "VMRestartPending";  // mapping, / not on it
+  std::optional<VolumeStatus> os_status;
+  std::string os_message;
+  for (const auto& r : records) {
+    if (!r.os || r.step == Step::kDisabled) continue;
+    VolumeStatus v;
+    v.mountpoint = r.mountpoint;
+    v.device = r.device;
+    v.name = r.name;
+    v.step = StepName(r.step);
+    v.last_error = r.last_error;
+    const std::string src = MountedAt(m, "/");
+    const bool on_mapping = !src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name);
+    if (r.step == Step::kPlanned) {
+      v.state = "NotEncrypted";  // nothing changed yet
+    } else if (r.step >= Step::kEncrypted) {
+      v.state = "Encrypted";
+      v.percent = 100;
+    } else if (r.step >= Step::kHeaderPlaced && !on_mapping) {
+      v.state = "VMRestartPending";
+    } else {
+      v.state = "EncryptionInProgress";
+      if (r.step >= Step::kHeaderPlaced) {
+        if (auto p = HeaderPercent(env, root, r)) v.percent = *p;
+      }
+      if (r.rate.pid && r.rate.pid == running_pid && r.step == Step::kEncrypting) {
+        v.mib_s = r.rate.mib_s;
+        v.eta_s = r.rate.eta_s;
+        v.pid = r.rate.pid;
+      }
+    }
+    out.os_volume = v.state;
+    if (!r.last_error.empty() && !running_pid)
+      os_message = "Failed to encrypt the OS volume with error: " + r.last_error;
+    else if (v.state == "VMRestartPending")
+      os_message = "VMRestartPending: restart the machine to continue encrypting the OS volume";
+    else if (v.state == "EncryptionInProgress")
+      os_message = running_pid ? "Encrypting the OS volume: " + Pct(v.percent)
+                               : "Encrypting the OS volume interrupted at " + Pct(v.percent) +
+                                     ": run `diskseal enable --volume-type OS` to resume";
+    os_status = std::move(v);
+  }
 
   // "Decryption succeeded" only while it is still true: every volume disable finished is mounted
   // from its own device again (not re-encrypted, unmounted or replaced since).
   bool any_disabled = false, disabled_current = true;
   std::vector<const VolumeRecord*> enabling, disabling;
   for (const auto& r : records) {
+    if (r.os) continue;  // above
     if (r.step == Step::kDisabled) {
       any_disabled = true;
       const std::string src = MountedAt(m, r.mountpoint);
@@ -119,7 +162,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
   }
   auto recorded = [&](const Volume& d) {
     for (const auto& r : records)
-      if (r.step != Step::kDisabled && (r.mountpoint == d.mountpoint || r.device == d.dev || (!r.loop.empty() && r.loop == d.dev)))
+      if (!r.os && r.step != Step::kDisabled && (r.mountpoint == d.mountpoint || r.device == d.dev || (!r.loop.empty() && r.loop == d.dev)))
         return true;
     return false;
   };
@@ -180,13 +223,19 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
              (cur->step >= Step::kDisabling ? "disable --volume-type Data" : "enable") + "` to resume";
     return std::string(verb) + " " + where + ": " + Pct(pct);
   };
-  if (!enabling.empty()) out.progress_message = message(enabling, "Encrypting", "encrypt");
+  if (!os_message.empty()) out.progress_message = os_message;
+  else if (!enabling.empty()) out.progress_message = message(enabling, "Encrypting", "encrypt");
   else if (!disabling.empty()) out.progress_message = message(disabling, "Decrypting", "decrypt");
   else if (out.data_volumes == "Encrypted") out.progress_message = "Encryption succeeded for data volumes";
   else if (out.data_volumes == "NotMounted") out.progress_message = "Encrypted data volumes are not mounted";
   else if (any_disabled && !managed && disabled_current) out.progress_message = "Decryption succeeded";
   else if (n == 0) out.progress_message = "No data volumes";
   else out.progress_message = "Data volumes are not encrypted";
+  if (os_message.empty() && out.os_volume == "Encrypted" && os_status) {
+    if (out.data_volumes == "Encrypted") out.progress_message = "Encryption succeeded for all volumes";
+    else if (enabling.empty() && disabling.empty()) out.progress_message = "Encryption succeeded for the OS volume";
+  }
+  if (os_status) out.volumes.insert(out.volumes.begin(), std::move(*os_status));
   return out;
 }
 

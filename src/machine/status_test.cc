@@ -194,3 +194,73 @@ TEST_F(StatusTest, TwoVolumeDisableNumbersEachVolumeOfTheRun) {
 
 }  // namespace
 }  // namespace ds::machine
+
+namespace ds::machine {
+namespace {
+
+// The OS volume's record (enable --volume-type OS): ADE's OsVolumeEncrypted sequence, apart
+// from the data volumes' words.
+TEST_F(StatusTest, OsVolumeGoesThroughVmRestartPending) {
+  VolumeRecord r = Record("osencrypt", "/dev/sda", "/", Step::kEscrowed);
+  r.os = true;
+  r.uuid = "11111111-0000-4000-8000-0000000000aa";
+  r.fstype = "ext4";
+  ASSERT_TRUE(state.Save(r).ok());
+  auto lock = MachineLock::Acquire(state.LockPath(), "diskseal enable --volume-type OS", false, nullptr);
+  ASSERT_TRUE(lock.ok());
+  MachineStatus s = Get();
+  EXPECT_EQ(s.os_volume, "EncryptionInProgress");  // the key is escrowed; root is still plaintext
+  EXPECT_EQ(s.data_volumes, "NotEncrypted");      // the OS volume is not a data volume
+  EXPECT_EQ(s.progress_message, "Encrypting the OS volume: 0%");
+  ASSERT_FALSE(s.volumes.empty());
+  EXPECT_EQ(s.volumes.front().mountpoint, "/");
+  EXPECT_EQ(s.volumes.front().state, "EncryptionInProgress");
+
+  // The header is in place, / is still mounted from the plain device: the reboot is due.
+  r.step = Step::kHeaderPlaced;
+  ASSERT_TRUE(state.Save(r).ok());
+  s = Get();
+  EXPECT_EQ(s.os_volume, "VMRestartPending");
+  EXPECT_EQ(s.progress_message, "VMRestartPending: restart the machine to continue encrypting the OS volume");
+  auto j = nlohmann::json::parse(StatusToJson(s));
+  EXPECT_EQ(j["OsVolumeEncrypted"], "VMRestartPending");
+  EXPECT_EQ(j["volumes"][0]["state"], "VMRestartPending");
+
+  r.step = Step::kConfigured;
+  ASSERT_TRUE(state.Save(r).ok());
+  s = Get();
+  EXPECT_EQ(s.os_volume, "Encrypted");
+  EXPECT_EQ(s.progress_message, "Encryption succeeded for the OS volume");
+  EXPECT_EQ(s.volumes.front().percent, 100);
+  EXPECT_EQ(s.data_volumes, "NotEncrypted");
+}
+
+TEST(StatusOsTest, RootOnTheMappingIsEncryptionInProgressNotRestartPending) {
+  test::MachineTree t;
+  t.Block("sda", {.devno = "8:0"});
+  t.Device("sda", test::Ext4Image(0x01, "root"));
+  t.Mount("254:0", "/", "ext4", "/dev/mapper/osencrypt");
+  ds::test::TempDir dir;
+  StateDir state{*PosixEnv(), dir / "state"};
+  ASSERT_TRUE(state.Prepare().ok());
+  VolumeRecord r;
+  r.os = true;
+  r.name = "osencrypt";
+  r.uuid = "11111111-0000-4000-8000-0000000000aa";
+  r.device = "/dev/sda";
+  r.mountpoint = "/";
+  r.fstype = "ext4";
+  r.header = dir / "no-such-header";
+  r.key_file = state.KeyPath(r.uuid);
+  r.step = Step::kEncrypting;
+  ASSERT_TRUE(state.Save(r).ok());
+  auto s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->os_volume, "EncryptionInProgress");
+  // Nobody holds the lock: the run was interrupted, and says how to carry on.
+  EXPECT_EQ(s->progress_message,
+            "Encrypting the OS volume interrupted at 0%: run `diskseal enable --volume-type OS` to resume");
+}
+
+}  // namespace
+}  // namespace ds::machine

@@ -1,0 +1,229 @@
+// `diskseal enable --volume-type OS` as an admin runs it: a Debian 12 guest (separate /boot, ext4
+// root) with diskseal installed from its Debian package and configured for the vault
+// (/etc/diskseal/diskseal.conf), reachable only through QEMU's restricted network. enable escrows
+// the key, puts the header on /boot and rebuilds the initramfs while root stays mounted and in use
+// (VMRestartPending); the reboot activates root on the half-encrypted mapping; the packaged
+// diskseal-resume.service encrypts it online while the machine runs; a second reboot opens the
+// finished volume. Files written before and during encryption are intact, the status sequence
+// is ADE's, and cryptsetup on the host reads the final header.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+
+#include "debian_guest.h"
+#include "testlib.h"
+#include "vault_testutil.h"
+
+namespace ds::test {
+namespace {
+
+// Host side, on the image copy: the package built from this build, installed with dpkg in a
+// chroot (its initramfs hook does nothing until enable configures it); the machine's diskseal
+// configuration and vault credentials; a payload to find again.
+const char kInstall[] = R"SH(
+set -euo pipefail
+loops=() mounts=()
+cleanup() {
+  local i
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" || true; done
+  for i in "${loops[@]}"; do losetup -d "$i" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+"$SRC/scripts/package" --build-dir "$BUILD" --out "$WORK/deb" --no-lintian >"$WORK/package.log" 2>&1 ||
+  { cat "$WORK/package.log"; exit 1; }
+deb=$(ls "$WORK"/deb/diskseal_*_amd64.deb)
+rl=$(losetup -f --show -o "$ROOT_OFFSET" --sizelimit "$ROOT_SIZE" "$IMG"); loops+=("$rl")
+bl=$(losetup -f --show -o "$BOOT_OFFSET" --sizelimit "$BOOT_SIZE" "$IMG"); loops+=("$bl")
+m="$WORK/mnt"
+mkdir -p "$m"
+mount "$rl" "$m"; mounts+=("$m")
+mount "$bl" "$m/boot"; mounts+=("$m/boot")
+mount -t proc proc "$m/proc"; mounts+=("$m/proc")
+mount -t sysfs sysfs "$m/sys"; mounts+=("$m/sys")
+mount --bind /dev "$m/dev"; mounts+=("$m/dev")
+cp "$deb" "$m/tmp/diskseal.deb"
+chroot "$m" env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/diskseal.deb >"$WORK/dpkg.log" 2>&1 ||
+  { cat "$WORK/dpkg.log"; exit 1; }
+rm "$m/tmp/diskseal.deb"
+install -m 0600 "$TOKEN" "$m/etc/diskseal/vault.token"
+install -m 0644 "$VAULT_CA" "$m/etc/diskseal/vault-ca.pem"
+cat >"$m/etc/diskseal/diskseal.conf" <<EOF
+vault = https://10.0.2.100:8000
+vault-token-file = /etc/diskseal/vault.token
+vault-ca = /etc/diskseal/vault-ca.pem
+EOF
+head -c 3145728 /dev/urandom >"$m/root/payload"
+(cd "$m/root" && sha256sum payload) >"$m/root/payload.sum"
+)SH";
+
+// Guest side: the network to the vault (the image runs no network manager; the initramfs
+// configures it itself at the boots that fetch the key).
+const char kNet[] = R"SH(
+set -e
+if=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+busybox ip link set "$if" up
+busybox ip addr add 10.0.2.15/24 dev "$if" 2>/dev/null || true
+)SH";
+
+// Waits (bounded) until the process whose pid is in the file $1 has stopped itself (SIGSTOP).
+const char kWaitStopped[] = R"SH(
+wait_stopped() {
+  local n=0 pid
+  while [ $n -lt 3000 ]; do
+    pid=$(cat "$1" 2>/dev/null || true)
+    if [ -n "$pid" ] && grep -q '^State:[[:space:]]*T' "/proc/$pid/status" 2>/dev/null; then return 0; fi
+    sleep 0.1
+    n=$((n + 1))
+  done
+  echo "FAIL: process of $1 did not stop"; return 1
+}
+os_state() { diskseal status --json | sed -n 's/.*"OsVolumeEncrypted": "\([A-Za-z]*\)".*/\1/p'; }
+)SH";
+
+TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
+  DebianImage img;
+  std::string err;
+  ASSERT_TRUE(PrepareDebianImage({}, &img, &err)) << err;
+  TempDir dir;
+  ASSERT_TRUE(CopyImage(img, dir / "disk.img", &err)) << err;
+  VaultProcess vault(dir / "vault");
+  vault.SetExtraArgs({"--hostname", "10.0.2.100"});
+  vault.Start();
+  // The machine's token: it escrows (set) and reads back (get) its own volumes' secrets; the
+  // initramfs uses the same file to fetch the key at boot.
+  const std::string token = vault.Token("machine", "secrets:get,secrets:set");
+
+  std::string env;
+  for (const char* k : {"ROOT_OFFSET", "ROOT_SIZE", "BOOT_OFFSET", "BOOT_SIZE"}) env += std::string(k) + "=" + img.env[k] + " ";
+  const std::string build = std::string(DISKSEAL_BIN).substr(0, std::string(DISKSEAL_BIN).rfind('/'));
+  RunResult prep = RunProgram({"bash", "-c",
+                               "env " + env + "IMG=" + dir / "disk.img" + " WORK=" + dir.path() + " BUILD=" + build +
+                                   " SRC=" + DISKSEAL_SOURCE_DIR + " VAULT_CA=" + vault.ca() + " TOKEN=" + token +
+                                   " bash -c \"$0\"",
+                               kInstall});
+  ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
+
+  DebianGuest::Options o;
+  o.disk = dir / "disk.img";
+  o.work_dir = dir.path();
+  o.vault_port = vault.port();
+  // What the boot loader says, before and after enable: root=UUID=<the root filesystem>.
+  o.root_arg = img.env["ROOT_ARG"];
+  DebianGuest g(o);
+  ASSERT_TRUE(g.Boot(300, &err)) << err;
+  ASSERT_EQ(g.Exec(kNet).exit_code, 0);
+  ExecResult doc = g.Exec("diskseal doctor --volume-type OS 2>&1; echo rc=$?");
+  std::printf("[ doctor] %s", doc.output.c_str());
+
+  // enable, stopped (SIGSTOP, a test hook) once the key is escrowed: root is still plaintext and
+  // status says the encryption is under way.
+  ExecResult en = g.Exec(std::string(kWaitStopped) + R"SH(
+echo written-before > /root/before && sync
+# Every program and library of the system, to find again byte for byte while root is half
+# encrypted and after (most were written when the image was made, long before).
+find /usr/bin /usr/sbin /usr/lib/x86_64-linux-gnu -xdev -type f -print0 | xargs -0 sha256sum > /root/system.sums
+(diskseal enable --volume-type OS --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --test-freeze-at-step escrowed \
+   > /tmp/enable.out 2>&1; echo $? > /tmp/enable.rc) &
+until pidof diskseal > /tmp/enable.pid; do sleep 0.1; done
+wait_stopped /tmp/enable.pid
+echo "during-enable: $(os_state)"
+kill -CONT "$(cat /tmp/enable.pid)"
+wait
+cat /tmp/enable.out
+echo "rc=$(cat /tmp/enable.rc)"
+echo "after-enable: $(os_state)"
+findmnt -no SOURCE /
+grep ' / ' /etc/fstab
+cat /etc/crypttab
+test -f /boot/luks/osluksheader && echo header-on-boot
+lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -c 'sbin/diskseal$'
+)SH",
+                            900);
+  std::printf("[ enable] %s", en.output.c_str());
+  ASSERT_EQ(en.exit_code, 0) << en.output;
+  EXPECT_NE(en.output.find("during-enable: EncryptionInProgress\n"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("OS volume: VMRestartPending"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("rc=0\n"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("after-enable: VMRestartPending\n"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("/dev/mapper/osencrypt / ext4"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("osencrypt PARTUUID="), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("header-on-boot"), std::string::npos) << en.output;
+
+  // The boot-time unit stops itself at 20% of the online encryption (a test hook), so that the
+  // machine is seen running and written to with root half encrypted.
+  ASSERT_EQ(g.Exec("mkdir -p /etc/systemd/system/diskseal-resume.service.d && printf '[Service]\\nExecStart=\\n"
+                   "ExecStart=/usr/sbin/diskseal resume --all --test-freeze-at-percent 20\\n' "
+                   "> /etc/systemd/system/diskseal-resume.service.d/test.conf && sync")
+                .exit_code,
+            0);
+  ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  EXPECT_NE(g.Console().find("diskseal: opened /dev/vda2 as /dev/mapper/osencrypt (key from the vault"), std::string::npos)
+      << g.ConsoleTail();
+  ExecResult mid = g.Exec(std::string(kWaitStopped) + R"SH(
+systemctl show -p MainPID --value diskseal-resume > /tmp/resume.pid
+wait_stopped /tmp/resume.pid
+echo "mid: $(os_state)"
+diskseal status
+findmnt -no SOURCE /
+dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
+dmsetup table osencrypt | sed 's/crypt aes-xts-plain64 [0-9a-f]*/crypt KEY/'
+dmesg | grep -i 'ext4\|dm' | tail -5
+sha256sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum) && cat /root/before
+head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
+kill -CONT "$(cat /tmp/resume.pid)"
+)SH",
+                          600);
+  std::printf("[ mid   ] %s", mid.output.c_str());
+  ASSERT_EQ(mid.exit_code, 0) << mid.output;
+  EXPECT_NE(mid.output.find("mid: EncryptionInProgress\n"), std::string::npos) << mid.output;
+  EXPECT_NE(mid.output.find("\n/dev/mapper/osencrypt\n"), std::string::npos) << mid.output;
+  EXPECT_NE(mid.output.find("crypt linear"), std::string::npos) << mid.output;  // the half-encrypted table
+  EXPECT_NE(mid.output.find("\nsystem files checked\n"), std::string::npos) << mid.output;  // nothing differs
+  ASSERT_EQ(mid.output.find("EXT4-fs error"), std::string::npos) << mid.output;
+  EXPECT_NE(mid.output.find("payload: OK\nwritten-before\n"), std::string::npos) << mid.output;
+
+  ExecResult fin = g.Exec(std::string(kWaitStopped) + R"SH(
+n=0
+while [ "$(os_state)" != Encrypted ] && [ $n -lt 1800 ]; do sleep 0.5; n=$((n + 1)); done
+echo "final: $(os_state)"
+diskseal status
+systemctl show -p ExecMainStatus --value diskseal-resume
+dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+sha256sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum during.sum)
+)SH",
+                          1000);
+  std::printf("[ final ] %s", fin.output.c_str());
+  ASSERT_EQ(fin.exit_code, 0) << fin.output;
+  EXPECT_NE(fin.output.find("final: Encrypted\n"), std::string::npos) << fin.output;
+  EXPECT_NE(fin.output.find("\ncrypt \nsystem files checked\n"), std::string::npos) << fin.output;
+  EXPECT_NE(fin.output.find("payload: OK\nduring: OK\n"), std::string::npos) << fin.output;
+
+  ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  ExecResult again = g.Exec(std::string(kWaitStopped) + R"SH(
+echo "rebooted: $(os_state)"
+findmnt -no SOURCE /
+dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+sha256sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum during.sum)
+)SH");
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("rebooted: Encrypted\n/dev/mapper/osencrypt\ncrypt \nsystem files checked\n"), std::string::npos) << again.output;
+  ASSERT_TRUE(g.Shutdown(120, &err)) << err;
+
+  // cryptsetup (the stranger) reads the header the guest left on /boot: one crypt segment, no
+  // operation in progress.
+  RunResult dump = RunProgram({"bash", "-c",
+                               "set -e; bl=$(losetup -f --show -r -o " + img.env["BOOT_OFFSET"] + " --sizelimit " +
+                                   img.env["BOOT_SIZE"] + " " + dir / "disk.img" + "); mkdir -p " + dir / "boot" +
+                                   "; mount -o ro " + "$bl " + dir / "boot" + "; cryptsetup luksDump " + dir / "boot" +
+                                   "/luks/osluksheader; rc=$?; umount " + dir / "boot" + "; losetup -d $bl; exit $rc"});
+  EXPECT_EQ(dump.exit_code, 0) << dump.out << dump.err;
+  EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
+  EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
+  EXPECT_NE(dump.out.find("0: crypt"), std::string::npos) << dump.out;
+}
+
+}  // namespace
+}  // namespace ds::test
