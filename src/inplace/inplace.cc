@@ -194,9 +194,10 @@ Status RunOperation(Env& env, const RunRequest& r, std::ostream& log, RunOutcome
   DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, r.header, keys));
   if (r.prepare_only) return Status::Ok();
   // The volume's own mapping is live (open, perhaps mounted): the operation runs under it.
+  // An error finding it is returned: running offline under a live mapping would lose its writes.
   if (!r.header.empty()) {
-    auto live = online::ActiveMapping(v.metadata().uuid, r.device);
-    if (live.ok() && *live) o.mapping = **live;
+    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(v.metadata().uuid, r.device));
+    if (live) o.mapping = *live;
   }
   Progress p(r.progress_out, r.progress_mode, r.progress_label.empty() ? engine::ModeName(st->mode) : r.progress_label,
              st->data_size, st->done);
