@@ -21,9 +21,9 @@
 #include "luks2/header_io.h"
 #include "vault/escrow.h"
 #include "engine/volume_escrow.h"
-#include "online/dm_online.h"
-#include "fuse/online_control.h"
+#include "inplace/inplace.h"
 #include "util/process.h"
+#include "fuse/run_dir.h"
 #include "volume/signature.h"
 
 #include <algorithm>
@@ -67,8 +67,8 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
                 "stop at the first commit point after this many bytes (exit 9, resumable): work in windows");
 }
 
-Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo,
-                          const std::map<int, const SecureBuffer*>& keys);
+Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo, const inplace::KeyMap* keys,
+                          const SecureBuffer* pass, bool new_volume_key);
 
 // The exact command that continues this volume's operation: its device, header, key source and
 // vault flags (paths and names only, never a key).
@@ -96,86 +96,68 @@ Status NameTheContinuation(const Status& s, const DeviceArgs& d, const KeySource
   return Status(s.code(), m + "; continue with `" + ContinueCommand(d, keys, vo) + "`");
 }
 
-// Loads the volume with its operation, unlocks, and runs it to the end.
+// Loads the volume with its operation, unlocks, and runs it to the end (inplace/inplace.h).
 Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, const EngineArgs& e,
                        const SecureBuffer* known_key, int known_digest,
                        const SecureBuffer* known_pass = nullptr, const VaultOptions* vo = nullptr) {
-  auto loaded = luks2::Volume::Load(*g.env, d.device, d.header, true);
-  if (!loaded.ok() && d.header.empty() && loaded.status().code() == Code::kCorrupt)
-    return Status(Code::kCorrupt, loaded.status().message() +
+  inplace::KeyMap known;
+  if (known_key) known[known_digest] = known_key;
+  fuse::RunDir run(*g.env, e.run_dir);
+  CatchStopSignals();
+  inplace::RunRequest rq;
+  rq.device = d.device;
+  rq.header = d.header;
+  if (known_key) rq.known = &known;
+  rq.unlock = [&](luks2::Volume& v) -> Result<std::map<int, SecureBuffer>> {
+    if (known_pass) return v.UnlockAll(known_pass->span());
+    return WithTries<std::map<int, SecureBuffer>>(
+        *g.err, keys, vo && vo->enabled(), [&] { return ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device); },
+        [&](const SecureBuffer& pass) { return v.UnlockAll(pass.span()); });
+  };
+  rq.check = [&](const luks2::Volume& v) { return CheckCryptsetupReencrypt(v.metadata(), d.device); };
+  rq.prepare_only = e.init_only;
+  rq.hotzone_bytes = e.hotzone;
+  rq.threads = e.threads;
+  rq.stop_after = e.stop_after;
+  rq.stop = &g_stop;
+  rq.progress_out = g.err;
+  rq.progress_mode = Progress::AutoMode(isatty(2), e.progress_json);
+  rq.run_dir = &run;
+  rq.announce_online = true;
+  inplace::RunOutcome out;
+  Status s = inplace::RunOperation(*g.env, rq, *g.err, &out);
+  if (!out.loaded && d.header.empty() && s.code() == Code::kCorrupt)
+    return Status(Code::kCorrupt, s.message() +
                                       "; if `encrypt --reduce-device-size` was interrupted while it placed the header, "
                                       "run that same command again (it finds the staged header; resume cannot know the size)");
-  DS_ASSIGN_OR_RETURN(luks2::Volume v, std::move(loaded));
-  DS_RETURN_IF_ERROR(CheckCryptsetupReencrypt(v.metadata(), d.device));
-  DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, d.header));
-  DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
-  if (!st) {
-    DS_RETURN_IF_ERROR(engine::FinishPendingWipe(v));  // a run cut short after its final commit
-    if (!d.header.empty() && engine::FinalHeaderEscrowPending(v.metadata()) && vo && vo->enabled()) {
-      // The encryption finished but its final header never reached the vault: do that now.
-      DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device));
-      DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
-      return FinishHeaderEscrow(g, d, vo, {{u.digest, &u.key}});
+  if (s.code() == Code::kInterrupted) return NameTheContinuation(s, d, keys, vo);
+  DS_RETURN_IF_ERROR(s);
+  if (!out.had_operation) {
+    if (!d.header.empty() && vo && vo->enabled()) {
+      DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
+      if (engine::FinalHeaderEscrowPending(v.metadata())) {
+        // The encryption finished but its final header never reached the vault: do that now.
+        DS_ASSIGN_OR_RETURN(SecureBuffer pass, ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device));
+        return FinishHeaderEscrow(g, d, vo, nullptr, &pass, false);
+      }
     }
     *g.out << d.device << ": no in-place operation to resume.\n";
     return Status::Ok();
   }
-  std::map<int, const SecureBuffer*> keymap;
-  std::map<int, SecureBuffer> unlocked;
-  if (known_key) {
-    keymap[known_digest] = known_key;
-  } else {
-    if (known_pass) {
-      DS_ASSIGN_OR_RETURN(unlocked, v.UnlockAll(known_pass->span()));
-    } else {
-      DS_ASSIGN_OR_RETURN(unlocked, (WithTries<std::map<int, SecureBuffer>>(
-                                        *g.err, keys, vo && vo->enabled(),
-                                        [&] { return ObtainPassphrase(*g.env, keys, vo, v.metadata(), d.device); },
-                                        [&](const SecureBuffer& pass) { return v.UnlockAll(pass.span()); })));
-    }
-    for (auto& [digest, key] : unlocked) keymap[digest] = &key;
-  }
-  // Before the engine writes anything (its first act may be a hotzone recovery).
-  DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, d.header, keymap));
   if (e.init_only) {
-    *g.out << d.device << ": " << engine::ModeName(st->mode) << " initialised (" << st->done << " of " << st->data_size
-           << " bytes done); open it and run `" << ContinueCommand(d, keys, vo) << "` to carry it on (online while it is open)\n";
+    *g.out << d.device << ": " << engine::ModeName(out.mode) << " initialised (" << out.done_before << " of "
+           << out.data_size << " bytes done); open it and run `" << ContinueCommand(d, keys, vo)
+           << "` to carry it on (online while it is open)\n";
     return Status::Ok();
   }
-  // The volume's own mapping is live (open, perhaps mounted): the operation runs under it.
-  const std::string active = ActiveMappingOf(*g.env, d);
-  CatchStopSignals();
-  const uint64_t left = st->data_size - st->done;
-  Progress p(g.err, Progress::AutoMode(isatty(2), e.progress_json),
-             engine::ModeName(st->mode), st->data_size, st->done);
-  engine::EngineOptions eo;
-  eo.hotzone_bytes = e.hotzone;
-  eo.threads = e.threads;
-  eo.stop = &g_stop;
-  eo.stop_after = e.stop_after;
-  eo.progress = &p;
-  if (!active.empty())
-    *g.err << d.device << ": " << engine::ModeName(st->mode) << " runs online under /dev/mapper/" << active << "\n";
-  // Open in userspace: the daemon serving the view runs the operation (fuse/online_control.h).
-  fuse::RunDir run(*g.env, e.run_dir);
-  DS_ASSIGN_OR_RETURN(auto served, fuse::ServingDaemon(run, d.device, d.header));
-  if (served)
-    *g.err << d.device << ": " << engine::ModeName(st->mode) << " runs online in the daemon serving " << served->file << "\n";
-  Status s = served           ? fuse::RunInDaemon(run, *served, keymap, {e.hotzone, e.threads, e.stop_after}, &p, &g_stop)
-             : active.empty() ? engine::RunOperation(v, keymap, eo)
-                              : online::RunOnline(v, {g.env, d.device, d.header}, active, keymap, eo);
-  if (s.code() == Code::kInterrupted) return NameTheContinuation(s, d, keys, vo);
-  if (!s.ok()) return s;
-  p.Finish();
-  *g.out << d.device << ": " << engine::ModeName(st->mode) << " finished (" << left << " bytes this run).\n";
+  *g.out << d.device << ": " << engine::ModeName(out.mode) << " finished (" << out.data_size - out.done_before
+         << " bytes this run).\n";
   if (d.header.empty()) return Status::Ok();
-  if (st->mode == engine::Mode::kReencrypt) {
-    // A new volume key: the header in the vault (if any) opens the old one. Marked, and escrowed
-    // again below when the vault flags are here, else the message names the command.
-    DS_ASSIGN_OR_RETURN(luks2::Volume done, luks2::Volume::Load(*g.env, d.device, d.header, true));
-    DS_RETURN_IF_ERROR(engine::MarkHeaderEscrowStale(done));
-  }
-  return FinishHeaderEscrow(g, d, vo, keymap);
+  inplace::KeyMap used = known;
+  for (auto& [digest, key] : out.unlocked) used[digest] = &key;
+  // A reencrypt's new volume key: the header in the vault (if any) opens the old one; it is marked
+  // and escrowed again when the vault flags are here, else the note names the command.
+  return FinishHeaderEscrow(g, d, vo, &used, nullptr, out.mode == engine::Mode::kReencrypt);
 }
 
 
@@ -196,42 +178,22 @@ std::string MountPointOf(Env& env, const std::string& device) {
   return "";
 }
 
-// Stores the new passphrase (and, for a detached header, what rebuilds the header) in the vault,
-// checks it against the header in `tmp` and pins the versions in a token there, before the header
-// is put anywhere: if any of it fails, no data block has been touched (engine/volume_escrow.h).
-Status EscrowNewHeader(Globals& g, const VaultOptions& vo, vault::VaultClient& client, const SecureBuffer& pass,
-                       const SecureBuffer& vk, const std::string& dev, const std::string& tmp,
-                       const std::string& uuid, bool detached) {
-  vault::EscrowRequest req;
-  req.luks_uuid = uuid;
-  req.secret_name = vo.SecretNameFor(uuid);
-  req.kek = vo.kek;
-  req.kek_alg = vo.kek_alg;
-  auto rec = engine::EscrowNewVolume(*g.env, client, dev, tmp, detached, pass, vk, req);
-  if (!rec.ok()) return rec.status().WithContext(dev + ": key escrow failed; nothing was written to the device");
-  *g.err << dev << ": passphrase " << (detached ? "and header " : "") << "escrowed and verified as "
-         << rec->secret_id << "\n";
-  return Status::Ok();
-}
-
-// After an encryption finished: escrows the final header when the vault holds only the one made
-// before the first data block. Without --vault it says which command does it.
-Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo,
-                          const std::map<int, const SecureBuffer*>& keys) {
-  DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d.device, d.header, true));
-  if (!engine::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
-  if (!vo || !vo->enabled()) {
-    *g.err << d.device << ": the vault holds a header escrowed before this operation finished; run `diskseal resume "
-           << d.device << " --header " << d.header << " --vault URL ...` to escrow the final one\n";
-    return Status::Ok();
-  }
-  auto digest = luks2::DigestOfSegment(v.metadata(), 0);
-  auto key = digest ? keys.find(digest->id) : keys.end();
-  if (key == keys.end()) return Internal(d.device + ": no volume key for the final segment");
-  DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, *vo));
-  return engine::EscrowFinalHeaderIfPending(*client, v, *key->second, *g.err)
-      .WithContext(d.device + ": the data is encrypted, but the final header was not escrowed; run `diskseal resume " +
-                   d.device + " --header " + d.header + " --vault ...` to escrow it");
+// After an operation finished: escrows the final header when the vault holds only the one made
+// before the first data block (inplace/inplace.h). Without --vault it says which command does it.
+Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo, const inplace::KeyMap* keys,
+                          const SecureBuffer* pass, bool new_volume_key) {
+  inplace::FinalEscrowRequest rq;
+  rq.device = d.device;
+  rq.header = d.header;
+  if (vo && vo->enabled()) rq.connect = [&] { return MakeVaultClient(*g.env, *vo); };
+  rq.keys = keys;
+  rq.pass = pass;
+  rq.new_volume_key = new_volume_key;
+  rq.no_vault_note = d.device + ": the vault holds a header escrowed before this operation finished; run `diskseal resume " +
+                     d.device + " --header " + d.header + " --vault URL ...` to escrow the final one";
+  rq.failure_context = d.device + ": the data is encrypted, but the final header was not escrowed; run `diskseal resume " +
+                       d.device + " --header " + d.header + " --vault ...` to escrow it";
+  return inplace::EscrowFinalHeader(*g.env, rq, *g.err);
 }
 
 struct ShiftArgs {
@@ -346,7 +308,13 @@ Status EncryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, luk
       (void)g.env->Remove(tmp);
       return v.status().WithContext(dev + ": encrypt");
     }
-    Status ok = client ? EscrowNewHeader(g, vault_opts, *client, pass, vk, dev, tmp, v->metadata().uuid, false) : Status::Ok();
+    Status ok = Status::Ok();
+    if (client) {
+      const std::string uuid = v->metadata().uuid;
+      ok = inplace::EscrowNewHeader(*g.env, *client, dev, tmp, false, pass, vk, uuid, vault_opts.SecretNameFor(uuid),
+                                    vault_opts.kek, vault_opts.kek_alg, *g.err)
+               .status();
+    }
     if (ok.ok()) {
       // Only the binary headers, the JSON and the keyslot areas were written; the rest of the
       // file is the zeros Create gave it, and PlaceShiftHeader takes them as implied.
@@ -467,37 +435,6 @@ Status DecryptShift(Globals& g, const DeviceArgs& da, const KeySource& keys, con
   return ResumeOperation(g, da, keys, e, &u.key, u.digest);
 }
 
-// A file of this process's own in $TMPDIR (default /tmp), for a header built before it is copied
-// onto a header device. 0600; removed by the caller.
-std::string PrivateTempPath(const std::string& what) {
-  std::error_code ec;
-  std::string dir = std::filesystem::temp_directory_path(ec).string();
-  if (ec || dir.empty()) dir = "/tmp";
-  return dir + "/diskseal-" + what + "-" + std::to_string(::getpid()) + ".new";
-}
-
-// Puts the header built in `tmp` onto header device `dev`: everything but the first 4 KiB (the
-// primary copy's binary header, whose magic makes the device a header), a sync, then those 4 KiB
-// and a sync. Cut in between, the device holds the complete secondary copy, which loads and tells
-// the truth (nothing of the data device is written before this returns).
-Status PlaceHeaderOnDevice(Env& env, const std::string& tmp, const std::string& dev) {
-  DS_ASSIGN_OR_RETURN(auto src, env.Open(tmp, OpenOptions{}));
-  OpenOptions rw;
-  rw.write = true;
-  DS_ASSIGN_OR_RETURN(auto dst, env.Open(dev, rw));
-  const uint64_t n = src->Size();
-  if (dst->Size() < n)
-    return InvalidArgument(dev + ": the header device has " + std::to_string(dst->Size()) + " bytes, the header needs " +
-                           std::to_string(n));
-  Bytes all(n);
-  DS_RETURN_IF_ERROR(src->ReadAt(0, all));
-  constexpr uint64_t kFirst = 4096;
-  DS_RETURN_IF_ERROR(dst->WriteAt(kFirst, std::span<const uint8_t>(all.data() + kFirst, n - kFirst)));
-  DS_RETURN_IF_ERROR(dst->Sync());
-  DS_RETURN_IF_ERROR(dst->WriteAt(0, std::span<const uint8_t>(all.data(), kFirst)));
-  return dst->Sync();
-}
-
 }  // namespace
 
 Runner SetupEncrypt(CLI::App& app, Globals& g) {
@@ -568,78 +505,31 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       if (!st) return Busy(dev + ": already encrypted (" + o->dev.header + " holds a finished LUKS2 header)");
       return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
     }
-    engine::Binding binding;
-    {
-      OpenOptions probe;
-      probe.write = !header_only;
-      probe.exclusive = !header_only;
-      DS_ASSIGN_OR_RETURN(auto d, g.env->Open(dev, probe));
-      DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
-      if (luks) return Busy(dev + ": already a LUKS volume; refusing to encrypt it again");
-      if (d->Size() % 512)
-        return InvalidArgument(dev + ": size " + std::to_string(d->Size()) + " is not a multiple of 512 bytes");
-      // The header records which device it belongs to: the plaintext is the device itself now.
-      DS_ASSIGN_OR_RETURN(binding, engine::PlaintextBinding(*g.env, *d, dev));
-      // Initialised to be opened and encrypted online: the mapping's logical block size becomes
-      // the encryption sector size, and a mounted filesystem must not see it grow past its own
-      // I/O unit (an ext4 with 1 KiB blocks aborts its journal on a 4 KiB device).
-      if (o->e.init_only && !o->f.sector_size) {
-        Bytes first(size_t(std::min<uint64_t>(volume::kSignatureProbeBytes, d->Size())));
-        DS_RETURN_IF_ERROR(d->ReadAt(0, first));
-        auto sig = volume::ProbeSignature(first);
-        const uint32_t unit = sig && sig->io_unit ? sig->io_unit : 512;
-        o->f.sector_size = 512;
-        while (o->f.sector_size * 2 <= std::min<uint32_t>(unit, 4096)) o->f.sector_size *= 2;
-      }
-    }
-    // With a vault and no key file, diskseal makes the passphrase (as ADE does) and escrows it.
-    std::unique_ptr<vault::VaultClient> client;
-    if (o->vault.enabled()) {
-      DS_ASSIGN_OR_RETURN(client, MakeVaultClient(*g.env, o->vault));
-    }
-    SecureBuffer pass;
-    if (client && o->keys.key_file.empty()) {
-      DS_ASSIGN_OR_RETURN(pass, vault::GeneratePassphrase());
-    } else {
-      DS_ASSIGN_OR_RETURN(pass, ReadKey(*g.env, o->keys, "Enter new passphrase for " + dev + ": ", true));
-    }
-    DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(o->f.pbkdf));
     // The header is built completely in a temporary file, with the operation already recorded
-    // in it, and then renamed into place: the header file either does not exist or tells the
-    // truth (cryptsetup's second power-cut lesson).
-    // (A header device gets it copied in instead: see PlaceHeaderOnDevice.)
-    const std::string tmp = new_header_device ? PrivateTempPath("header") : o->dev.header + ".diskseal-new";
-    if (g.env->Exists(tmp)) DS_RETURN_IF_ERROR(g.env->Remove(tmp));
-    SecureBuffer vk;
-    int digest = -1;
-    auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) -> Status {
-      DS_RETURN_IF_ERROR(engine::InitEncrypt(md, key, res, digest_iters));
-      engine::WriteBinding(md, binding);
-      digest = 0;
-      return Status::Ok();
+    // in it, escrowed and verified with a vault (which, without a key file, makes the passphrase,
+    // as ADE does), and then put in place (inplace/inplace.h): the header file either does not
+    // exist or tells the truth (cryptsetup's second power-cut lesson).
+    inplace::FormatRequest fr;
+    fr.device = dev;
+    fr.temp_header = inplace::TempHeaderPath(o->dev.header, new_header_device);
+    fr.format = o->f;
+    fr.resilience = res;
+    // --init-only without a header device: the device may be in use (read only, shared), and the
+    // sector fits a filesystem that will stay mounted on the mapping.
+    fr.device_mounted = header_only;
+    fr.sector_for_online = o->e.init_only;
+    if (o->vault.enabled()) fr.connect = [&] { return MakeVaultClient(*g.env, o->vault); };
+    fr.secret_name = [&](const std::string& uuid) { return o->vault.SecretNameFor(uuid); };
+    fr.kek = o->vault.kek;
+    fr.kek_alg = o->vault.kek_alg;
+    fr.passphrase = [&]() -> Result<SecureBuffer> {
+      if (o->vault.enabled() && o->keys.key_file.empty()) return vault::GeneratePassphrase();
+      return ReadKey(*g.env, o->keys, "Enter new passphrase for " + dev + ": ", true);
     };
-    o->f.offset_sectors = 0;
-    {
-      auto v = luks2::Volume::Format(*g.env, dev, tmp, o->f, pass.span(), hook, &vk);
-      if (!v.ok()) {
-        (void)g.env->Remove(tmp);
-        return v.status().WithContext(dev + ": encrypt");
-      }
-      if (client) {
-        Status esc = EscrowNewHeader(g, o->vault, *client, pass, vk, dev, tmp, v->metadata().uuid, true);
-        if (!esc.ok()) {
-          (void)g.env->Remove(tmp);
-          return esc;
-        }
-      }
-    }
-    if (new_header_device) {
-      Status placed = PlaceHeaderOnDevice(*g.env, tmp, o->dev.header);
-      (void)g.env->Remove(tmp);
-      DS_RETURN_IF_ERROR(placed);
-    } else {
-      DS_RETURN_IF_ERROR(g.env->Rename(tmp, o->dev.header));
-    }
+    DS_ASSIGN_OR_RETURN(inplace::Formatted made, inplace::FormatAndEscrow(*g.env, fr, *g.err));
+    DS_RETURN_IF_ERROR(inplace::PlaceHeader(*g.env, fr.temp_header, o->dev.header, new_header_device));
+    const SecureBuffer& vk = made.volume_key;
+    const int digest = made.digest;
     return ResumeOperation(g, o->dev, o->keys, o->e, &vk, digest, nullptr, &o->vault);
   };
 }
@@ -683,25 +573,23 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
         return Busy(o->dev.header + ": exists; refusing to overwrite it (" + dev + " has its header at the start: "
                     "decrypting it exports the header to a new file)");
     }
-    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
-    DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(*g.env, v, o->dev.header));
-    DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
-    if (st) return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
-    if (luks2::Segments(v.metadata()).front().type == "linear")
+    // The decryption recorded in the header (inplace/inplace.h), its binding checked and renewed.
+    inplace::InitDecryptRequest ir;
+    ir.device = dev;
+    ir.header = o->dev.header;
+    ir.resilience = res;
+    ir.pbkdf = o->pbkdf;
+    ir.unlock = [&](luks2::Volume& v) {
+      return WithTries<luks2::Volume::Unlocked>(
+          *g.err, o->keys, o->vault.enabled(), [&] { return ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev); },
+          [&](const SecureBuffer& pass) { return v.Unlock(pass.span()); });
+    };
+    DS_ASSIGN_OR_RETURN(inplace::DecryptInitResult init, inplace::InitDecrypt(*g.env, ir));
+    if (init.state == inplace::DecryptInit::kInProgress)
+      return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, nullptr, &o->vault);
+    if (init.state == inplace::DecryptInit::kPlaintext)
       return Busy(dev + ": already decrypted (the header describes plaintext)");
-    DS_RETURN_IF_ERROR(v.CheckRequirements());
-    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u,
-                        WithTries<luks2::Volume::Unlocked>(
-                            *g.err, o->keys, o->vault.enabled(),
-                            [&] { return ObtainPassphrase(*g.env, o->keys, &o->vault, v.metadata(), dev); },
-                            [&](const SecureBuffer& pass) { return v.Unlock(pass.span()); }));
-    const std::map<int, const SecureBuffer*> keymap = {{u.digest, &u.key}};
-    DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, o->dev.header, keymap));
-    DS_ASSIGN_OR_RETURN(engine::Binding binding, engine::CurrentBinding(*g.env, v, keymap));
-    DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o->pbkdf));
-    engine::WriteBinding(v.mutable_metadata(), binding);
-    DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, res, iters).WithContext(dev));
-    DS_RETURN_IF_ERROR(v.Commit());  // one header write: the plain header or the in-progress one
+    const luks2::Volume::Unlocked& u = *init.unlocked;
     DS_RETURN_IF_ERROR(ResumeOperation(g, o->dev, o->keys, o->e, &u.key, u.digest));
     if (o->e.init_only) return Status::Ok();
     // Verified: the header's binding matched before the first write. Nothing is said of the header

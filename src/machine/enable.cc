@@ -26,6 +26,7 @@
 #include "volume/signature.h"
 #include "vault/escrow.h"
 #include "engine/volume_escrow.h"
+#include "inplace/inplace.h"
 
 namespace ds::machine {
 
@@ -94,7 +95,7 @@ class Runner {
         // A crash between the rename and the record: the header is in place already.
         DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));
       } else {
-        DS_RETURN_IF_ERROR(FormatAndEscrow(r, pass, tmp));
+        DS_RETURN_IF_ERROR(FormatAndEscrow(r, tmp));
         DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
       }
     }
@@ -129,8 +130,7 @@ class Runner {
       if (env_.Exists(r.header)) {
         DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));  // crash between rename and record
       } else {
-        DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
-        DS_RETURN_IF_ERROR(FormatAndEscrow(r, pass, tmp, true));
+        DS_RETURN_IF_ERROR(FormatAndEscrow(r, tmp, true));
         DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
       }
     }
@@ -177,8 +177,7 @@ class Runner {
       } else {
         const std::string dir = r.header.substr(0, r.header.rfind('/'));
         if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return PosixError(dir, errno);
-        DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
-        DS_RETURN_IF_ERROR(FormatAndEscrow(r, pass, tmp, true));
+        DS_RETURN_IF_ERROR(FormatAndEscrow(r, tmp, true));
         DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
       }
     }
@@ -287,7 +286,7 @@ class Runner {
   // either does not exist or tells the truth).
   Status PlaceHeader(VolumeRecord& r, const std::string& tmp) {
     if (env_.Exists(tmp)) {
-      DS_RETURN_IF_ERROR(env_.Rename(tmp, r.header));
+      DS_RETURN_IF_ERROR(inplace::PlaceHeader(env_, tmp, r.header, false));
     } else if (!env_.Exists(r.header)) {
       return Corrupt(r.header + ": neither the header nor its temp file exists after escrow; "
                      "the state directory was changed by hand");
@@ -407,110 +406,75 @@ class Runner {
 
   // `mounted`: the plaintext stays mounted from the device (online): the device is only read here,
   // and the encryption sector is chosen so that the mounted filesystem keeps working on the mapping.
-  Status FormatAndEscrow(VolumeRecord& r, const SecureBuffer& pass, const std::string& tmp, bool mounted = false) {
-    if (env_.Exists(tmp)) DS_RETURN_IF_ERROR(env_.Remove(tmp));
-    engine::Binding binding;
-    uint32_t sector = 0;  // Format's choice
-    {
-      OpenOptions probe;
-      probe.write = !mounted;
-      probe.exclusive = !mounted;  // offline: fails while anything still mounts or holds the device
-      DS_ASSIGN_OR_RETURN(auto d, env_.Open(r.device, probe));
-      DS_ASSIGN_OR_RETURN(bool luks, luks2::HasLuksMagic(*d));
-      if (luks) return Busy(r.device + ": already a LUKS volume; refusing to encrypt it again");
-      // The header records its device (engine/binding.h), so that a resume after a reboot that
-      // renamed the disks cannot run this header over another one.
-      DS_ASSIGN_OR_RETURN(binding, engine::PlaintextBinding(env_, *d, r.device));
-      if (mounted) {
-        Bytes first(size_t(std::min<uint64_t>(volume::kSignatureProbeBytes, d->Size())));
-        DS_RETURN_IF_ERROR(d->ReadAt(0, first));
-        auto sig = volume::ProbeSignature(first);
-        const uint32_t unit = sig && sig->io_unit ? std::min<uint32_t>(sig->io_unit, 4096) : 512;
-        for (sector = 512; sector * 2 <= unit;) sector *= 2;
-      }
-    }
-    DS_ASSIGN_OR_RETURN(uint32_t digest_iters, luks2::ChooseDigestIterations(o_.pbkdf));
-    luks2::FormatOptions f;
-    f.pbkdf = o_.pbkdf;
-    f.uuid = r.LuksUuid();
-    f.offset_sectors = 0;
-    f.sector_size = sector;
-    SecureBuffer vk;
-    auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) -> Status {
-      DS_RETURN_IF_ERROR(engine::InitEncrypt(md, key, o_.resilience, digest_iters));
-      engine::WriteBinding(md, binding);
-      return Status::Ok();
+  Status FormatAndEscrow(VolumeRecord& r, const std::string& tmp, bool mounted = false) {
+    inplace::FormatRequest fr;
+    fr.device = r.device;
+    fr.temp_header = tmp;
+    fr.format.pbkdf = o_.pbkdf;
+    fr.format.uuid = r.LuksUuid();
+    fr.resilience = o_.resilience;
+    fr.device_mounted = mounted;
+    fr.vault = o_.vault;
+    fr.escrow_header = true;
+    fr.secret_name = [&](const std::string& uuid) {
+      return o_.secret_prefix.empty() ? vault::DefaultSecretName(uuid) : o_.secret_prefix + uuid;
     };
-    auto v = luks2::Volume::Format(env_, r.device, tmp, f, pass.span(), hook, &vk);
-    if (!v.ok()) {
-      (void)env_.Remove(tmp);
-      return v.status().WithContext(r.device + ": encrypt");
-    }
-    if (!o_.vault) return Status::Ok();
+    fr.kek = o_.kek;
+    fr.kek_alg = o_.kek_alg;
+    fr.passphrase = [&] { return ReadKeyFile(env_, r.key_file); };
     // Escrowed (passphrase and header), read back, unwrapped and checked against this header while
     // it is still a temp file, the versions pinned in it: if any of it fails no data block has
-    // been touched (engine/volume_escrow.h, shared with `encrypt --vault`).
-    vault::EscrowRequest req;
-    req.luks_uuid = r.LuksUuid();
-    req.secret_name = o_.secret_prefix.empty() ? vault::DefaultSecretName(r.LuksUuid()) : o_.secret_prefix + r.LuksUuid();
-    req.kek = o_.kek;
-    req.kek_alg = o_.kek_alg;
-    auto rec = engine::EscrowNewVolume(env_, *o_.vault, r.device, tmp, true, pass, vk, req);
-    if (!rec.ok()) {
-      (void)env_.Remove(tmp);
-      return rec.status().WithContext(r.device + ": key escrow failed; nothing was written to the device");
-    }
-    r.secret_id = rec->secret_id;
-    *o_.log << r.device << ": passphrase and header escrowed and verified as " << rec->secret_id << "\n";
+    // been touched (inplace/inplace.h, shared with `encrypt --vault`).
+    DS_ASSIGN_OR_RETURN(inplace::Formatted made, inplace::FormatAndEscrow(env_, fr, *o_.log));
+    if (!made.secret_id.empty()) r.secret_id = made.secret_id;
     return Status::Ok();
   }
 
   // Once the engine finished: the final header replaces, in the vault, the one escrowed before
   // the first data block (which cannot tell how far the data got).
   Status EscrowFinalHeader(const VolumeRecord& r, const SecureBuffer& pass) {
-    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
-    if (!engine::FinalHeaderEscrowPending(v.metadata())) return Status::Ok();
-    if (!o_.vault) {
-      *o_.log << r.device << ": the vault holds only the header escrowed before the encryption finished; run "
-              << "`diskseal enable --volume-type Data --vault URL ...` to escrow the final one\n";
-      return Status::Ok();
-    }
-    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
-    return engine::EscrowFinalHeaderIfPending(*o_.vault, v, u.key, *o_.log)
-        .WithContext(r.device + ": the data is encrypted, but its final header was not escrowed; run `diskseal enable` "
-                     "with --vault again to escrow it");
+    inplace::FinalEscrowRequest fr;
+    fr.device = r.device;
+    fr.header = r.header;
+    fr.vault = o_.vault;
+    fr.pass = &pass;
+    fr.no_vault_note = r.device + ": the vault holds only the header escrowed before the encryption finished; run "
+                       "`diskseal enable --volume-type Data --vault URL ...` to escrow the final one";
+    fr.failure_context = r.device + ": the data is encrypted, but its final header was not escrowed; run `diskseal enable` "
+                         "with --vault again to escrow it";
+    return inplace::EscrowFinalHeader(env_, fr, *o_.log);
   }
 
+  // The decryption recorded in the header (inplace/inplace.h); done already (a run that then
+  // stopped) or plaintext: nothing to do.
   Status InitDecrypt(VolumeRecord& r, const SecureBuffer& pass) {
-    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
-    DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
-    if (st) return Status::Ok();  // decryption already initialised by a run that then stopped
-    if (luks2::Segments(v.metadata()).front().type == "linear") return Status::Ok();
-    DS_RETURN_IF_ERROR(v.CheckRequirements());
-    DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, v.Unlock(pass.span()));
-    DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(o_.pbkdf));
-    DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(r.resilience));
-    DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, res, iters).WithContext(r.device));
-    return v.Commit();  // one header write: the plain header or the in-progress one
+    inplace::InitDecryptRequest ir;
+    ir.device = r.device;
+    ir.header = r.header;
+    DS_ASSIGN_OR_RETURN(ir.resilience, engine::ParseResilience(r.resilience));
+    ir.pbkdf = o_.pbkdf;
+    ir.unlock = [&](luks2::Volume& v) { return v.Unlock(pass.span()); };
+    ir.bind = false;  // enable's header records its device from the start
+    return inplace::InitDecrypt(env_, ir).status();
   }
 
   // Runs (or resumes) the operation the header records, writing the rate into the record about
   // once a second for `status` in other processes.
   Status RunEngine(VolumeRecord& r, const SecureBuffer& pass, const char* op) {
-    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
-    DS_ASSIGN_OR_RETURN(auto st, engine::ReadState(v.metadata(), v.data_device().Size()));
-    if (!st) return Status::Ok();  // finished before the record said so
-    // The recorded device may have been renamed since (a reboot): the header must still be its.
-    DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(env_, v, r.header));
-    DS_ASSIGN_OR_RETURN(auto unlocked, v.UnlockAll(pass.span()));
-    std::map<int, const SecureBuffer*> keys;
-    for (auto& [digest, key] : unlocked) keys[digest] = &key;
-    DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, r.header, keys));
-    Progress p(o_.log, o_.progress_mode, std::string(op) + " " + r.mountpoint, st->data_size, st->done);
     time_t last = 0;
     bool frozen = false;
     Status save_error;
-    p.SetObserver([&](const Progress::Snapshot& s) {
+    inplace::RunRequest rq;
+    rq.device = r.device;
+    rq.header = r.header;
+    rq.unlock = [&](luks2::Volume& v) { return v.UnlockAll(pass.span()); };
+    rq.hotzone_bytes = o_.hotzone_bytes;
+    rq.threads = o_.threads;
+    rq.stop = o_.stop;
+    rq.progress_out = o_.log;
+    rq.progress_mode = o_.progress_mode;
+    rq.progress_label = std::string(op) + " " + r.mountpoint;
+    rq.observer = [&](const Progress::Snapshot& s) {
       const time_t now = std::time(nullptr);
       // Once: a test that continues the run (SIGCONT) must not find it stopping again.
       const bool freeze = o_.freeze_at_percent >= 0 && !frozen &&
@@ -527,41 +491,22 @@ class Runner {
       Status saved = state_.Save(r);
       if (!saved.ok() && save_error.ok()) save_error = saved;
       if (freeze) ::raise(SIGSTOP);
-    });
-    engine::EngineOptions eo;
-    eo.hotzone_bytes = o_.hotzone_bytes;
-    eo.threads = o_.threads;
-    eo.stop = o_.stop;
-    eo.progress = &p;
-    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(r.LuksUuid(), Canonical(r.device)));
-    if (!live) DS_RETURN_IF_ERROR(RefuseUnderForeignMapping(r));
-    Status ran = live ? online::RunOnline(v, {&env_, Canonical(r.device), r.header}, *live, keys, eo)
-                      : engine::RunOperation(v, keys, eo);
+    };
+    inplace::RunOutcome out;
+    Status ran = inplace::RunOperation(env_, rq, *o_.log, &out);
     if (ran.code() == Code::kInterrupted) {
       // The engine names a generic `diskseal resume`; this volume belongs to the machine run.
       std::string m = ran.message();
       const std::string generic = " and resumes with `diskseal resume`";
       if (size_t at = m.rfind(generic); at != std::string::npos) m.erase(at);
+      const bool live = !out.mapping.empty();
       return Status(Code::kInterrupted, m + "; " + r.mountpoint + (live ? " stays mounted; " : " stays unmounted until it finishes: ") +
                                             "continue with `" + o_.command + "`");
     }
-    DS_RETURN_IF_ERROR(ran.WithContext(r.device));
-    p.Finish();
+    // An error of the engine run names the device; the checks before it name it already.
+    if (!ran.ok()) return out.started ? ran.WithContext(r.device) : ran;
     // The rate is advisory; a failure to record it is reported only after the data is safe.
     return save_error;
-  }
-
-  // The offline engine rewrites the raw device: never while a mapping that is not this volume's
-  // (as ActiveMapping recognises it) reads and writes it, which would see ciphertext appear below
-  // it. A defence in depth: the device claim allowed this volume's own mapping name.
-  Status RefuseUnderForeignMapping(const VolumeRecord& r) {
-    if (!dm::Available()) return Status::Ok();
-    struct stat st;
-    if (::stat(Canonical(r.device).c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return Status::Ok();
-    DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
-    if (holders.empty()) return Status::Ok();
-    return Busy(r.device + ": held by the mapping /dev/mapper/" + holders.front().name + ", which is not this volume's (LUKS UUID " +
-                r.LuksUuid() + "); refusing to rewrite the device under it");
   }
 
   Status EnsureOpen(VolumeRecord& r, const SecureBuffer& pass) {
