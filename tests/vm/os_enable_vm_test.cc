@@ -115,6 +115,33 @@ TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
   ExecResult doc = g.Exec("diskseal doctor --volume-type OS 2>&1; echo rc=$?");
   std::printf("[ doctor] %s", doc.output.c_str());
 
+  // A broken third-party initramfs hook: the rebuild fails, enable says why, and nothing changed
+  // (no header on /boot, no boot configuration, fstab as it was, status NotEncrypted).
+  ExecResult broken = g.Exec(std::string(kWaitStopped) + R"SH(
+printf '#!/bin/sh\n[ "$1" = prereqs ] && exit 0\necho "zz-broken: this hook always fails" >&2\nexit 1\n' \
+  > /etc/initramfs-tools/hooks/zz-broken
+chmod +x /etc/initramfs-tools/hooks/zz-broken
+diskseal enable --volume-type OS --pbkdf pbkdf2 --pbkdf-force-iterations 1000 > /tmp/broken.out 2>&1; echo "broken-rc=$?"
+tail -3 /tmp/broken.out
+test -e /boot/luks/osluksheader || echo no-header
+ls /boot/luks
+test -e /etc/diskseal/initramfs.conf || echo no-boot-config
+grep ' / ' /etc/fstab
+echo "after-broken: $(os_state)"
+diskseal status | grep ProgressMessage
+rm /etc/initramfs-tools/hooks/zz-broken
+)SH",
+                                600);
+  std::printf("[ broken] %s", broken.output.c_str());
+  EXPECT_NE(broken.output.find("broken-rc=6\n"), std::string::npos) << broken.output;
+  EXPECT_NE(broken.output.find("the initramfs could not be rebuilt, so nothing was changed"), std::string::npos)
+      << broken.output;
+  EXPECT_NE(broken.output.find("no-header\n"), std::string::npos) << broken.output;
+  EXPECT_EQ(broken.output.find("osluksheader"), std::string::npos) << broken.output;  // no temp header left
+  EXPECT_NE(broken.output.find("no-boot-config\n"), std::string::npos) << broken.output;
+  EXPECT_NE(broken.output.find("UUID=" + img.env["ROOT_UUID"] + " / ext4"), std::string::npos) << broken.output;
+  EXPECT_NE(broken.output.find("after-broken: NotEncrypted\n"), std::string::npos) << broken.output;
+
   // enable, stopped (SIGSTOP, a test hook) once the key is escrowed: root is still plaintext and
   // status says the encryption is under way.
   ExecResult en = g.Exec(std::string(kWaitStopped) + R"SH(
