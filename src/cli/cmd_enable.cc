@@ -251,13 +251,19 @@ Runner SetupDisable(CLI::App& app, Globals& g) {
   auto a = std::make_shared<MachineArgs>();
   AddMachineArgs(app, g, *a, false);
   return [a, &g]() -> Status {
-    if (a->volume_type != "Data")
-      return Unsupported("--volume-type " + a->volume_type +
-                         ": disable is for data volumes only (--volume-type Data), as ADE's");
     std::unique_ptr<vault::VaultClient> client;
     DS_ASSIGN_OR_RETURN(machine::EnableOptions o, MakeOptions(g, *a, "disable", client));
-    DS_ASSIGN_OR_RETURN(auto vols, machine::DisableDataVolumes(*g.env, o));
-    Print(g, vols, nullptr);
+    std::vector<machine::VolumeOutcome> vols;
+    std::string os_note;
+    if (a->volume_type != "OS") {
+      DS_ASSIGN_OR_RETURN(vols, machine::DisableDataVolumes(*g.env, o));
+    }
+    if (a->volume_type != "Data") {
+      DS_ASSIGN_OR_RETURN(auto os, machine::DisableOsVolume(*g.env, o));
+      if (!os.empty()) os_note = os.front().result;
+      for (auto& v : os) vols.push_back(std::move(v));
+    }
+    Print(g, vols, os_note.empty() ? nullptr : os_note.c_str());
     return Status::Ok();
   };
 }

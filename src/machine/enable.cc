@@ -213,6 +213,60 @@ class Runner {
     return Status::Ok();
   }
 
+  // The reverse, online: root is decrypted under its mapping while the machine runs; then the
+  // boot configuration goes (initramfs rebuilt without it, fstab and crypttab as they were), and
+  // the next boot mounts the plain partition. Until then / stays on the mapping, now linear.
+  //   configured -> decrypting -> decrypted -> [boot configuration removed] plain-mounted
+  //   -> [header and key removed] disabled
+  Status DisableOs(VolumeRecord& r) {
+    if (r.step == Step::kConfigured || r.step == Step::kDecrypting) {
+      DS_ASSIGN_OR_RETURN(std::string src, MountedSource("/"));
+      if (src.empty() || Canonical(src) != Canonical("/dev/mapper/" + r.name))
+        return Busy("/: not mounted from /dev/mapper/" + r.name + " (it is " + (src.empty() ? "not mounted" : src) +
+                    "): the OS volume is decrypted while it runs on its mapping; restart the machine first");
+      DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+      DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
+                                                                             {r.name, online::HotzoneName(r.name)}}));
+      DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
+      DS_RETURN_IF_ERROR(Decrypt(r, pass));
+    }
+    if (r.step == Step::kDecrypted) {
+      const std::string conf = o_.os.initramfs_conf.empty() ? o_.root.Etc("diskseal/initramfs.conf") : o_.os.initramfs_conf;
+      if (env_.Exists(conf)) {
+        DS_ASSIGN_OR_RETURN(std::string before, env_.ReadFile(conf, 1 << 20));
+        DS_RETURN_IF_ERROR(env_.Remove(conf));
+        if (!o_.os.rebuild_initramfs) return Unsupported("/: no way to rebuild the initramfs was given");
+        *o_.log << "/: rebuilding the initramfs without diskseal's boot configuration\n";
+        Status built = o_.os.rebuild_initramfs(*o_.log);
+        if (!built.ok()) {
+          // The data is plaintext; the old initramfs opens it as a linear mapping: nothing lost,
+          // and the next run tries again.
+          Status back = env_.WriteFileAtomic(conf, before, 0644);
+          return Status(built.code(), "/: the OS volume is decrypted, but the initramfs could not be rebuilt (" +
+                                          built.message() + "); run disable again" +
+                                          (back.ok() ? "" : "; " + conf + " could not be restored: " + back.message()));
+        }
+        ::sync();
+      }
+      DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
+        return SetCrypttabLine(t, r.name, std::nullopt);
+      }));
+      if (r.fstab) {
+        const std::string line = FstabLine(*r.fstab);
+        DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "fstab", [&](std::string_view t) { return SetFstabLine(t, "/", line); }));
+      }
+      DS_RETURN_IF_ERROR(Advance(r, Step::kPlainMounted));
+    }
+    if (r.step == Step::kPlainMounted) {
+      for (const auto& f : {r.key_file, r.header})
+        if (env_.Exists(f)) DS_RETURN_IF_ERROR(env_.Remove(f));
+      DS_RETURN_IF_ERROR(Advance(r, Step::kDisabled));
+      *o_.log << "/: decrypted; / stays on the (now plain) mapping /dev/mapper/" << r.name
+              << " until the next restart, which mounts " << r.device << " itself\n";
+    }
+    return Status::Ok();
+  }
+
   // Whether the last EnableOs stopped for the reboot.
   bool restart_pending() const { return restart_pending_; }
 
@@ -262,7 +316,12 @@ class Runner {
     if (!o_.os.rebuild_initramfs) return Unsupported("/: no way to rebuild the initramfs was given");
     *o_.log << "/: rebuilding the initramfs with diskseal's boot script (" << conf << ")\n";
     Status built = o_.os.rebuild_initramfs(*o_.log);
-    if (built.ok()) return Status::Ok();
+    if (built.ok()) {
+      // The new initramfs must be on disk before the header goes in place: a power cut in
+      // between has to boot with the boot script that reads it.
+      ::sync();
+      return Status::Ok();
+    }
     Status back = before ? env_.WriteFileAtomic(conf, *before, 0644) : env_.Remove(conf);
     return Status(built.code(), "/: the initramfs could not be rebuilt, so nothing was changed (" + built.message() + ")" +
                                     (back.ok() ? "" : "; " + conf + " could not be restored: " + back.message()));
@@ -814,6 +873,33 @@ Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions&
       Outcome(r, run.restart_pending() ? "" : "/dev/mapper/" + r.name, run.restart_pending() ? "VMRestartPending" : "Encrypted")};
 }
 
+Result<std::vector<VolumeOutcome>> DisableOsVolume(Env& env, const EnableOptions& o) {
+  StateDir state(env, o.state_dir);
+  DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
+  DS_ASSIGN_OR_RETURN(auto records, state.List());
+  std::optional<VolumeRecord> rec;
+  for (const auto& r : records)
+    if (r.os && r.step != Step::kDisabled) rec = r;
+  if (!rec) {
+    *o.log << "The OS volume is not encrypted by diskseal\n";
+    return std::vector<VolumeOutcome>{};
+  }
+  VolumeRecord& r = *rec;
+  if (r.step < Step::kConfigured)
+    return Busy("/: the OS volume's encryption is not finished (step " + std::string(StepName(r.step)) +
+                "); let it finish (diskseal status), then disable");
+  *o.log << "Decrypting the OS volume: / (" << r.device << ")\n";
+  Runner run(env, o, state, lock);
+  Status s = run.DisableOs(r);
+  if (!s.ok()) {
+    r.last_error = s.code() == Code::kInterrupted ? "" : s.message();
+    r.rate = Rate{};
+    (void)state.Save(r);
+    return s.WithContext("Decrypting the OS volume (/)");
+  }
+  return std::vector<VolumeOutcome>{Outcome(r, r.device, "Decrypted")};
+}
+
 Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o) {
   StateDir state(env, o.state_dir);
   DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
@@ -849,17 +935,17 @@ Result<std::vector<VolumeOutcome>> ResumeRecordedVolumes(Env& env, const EnableO
   disable.only.clear();
   enable.preflight = nullptr;
   disable.preflight = nullptr;
-  bool os = false;
+  bool os = false, os_disable = false;
   for (const auto& r : records) {
     if (r.step == Step::kDisabled) continue;
     if (r.os) {
-      os = true;
+      (InDisableFlow(r.step) ? os_disable : os) = true;
       continue;
     }
     (InDisableFlow(r.step) ? disable : enable).only.push_back(r.mountpoint);
   }
   std::vector<VolumeOutcome> out;
-  if (enable.only.empty() && disable.only.empty() && !os) {
+  if (enable.only.empty() && disable.only.empty() && !os && !os_disable) {
     *o.log << "No volume recorded in " << o.state_dir << ": nothing to resume\n";
     return out;
   }
@@ -867,6 +953,9 @@ Result<std::vector<VolumeOutcome>> ResumeRecordedVolumes(Env& env, const EnableO
   // this is where its encryption runs.
   if (os) {
     DS_ASSIGN_OR_RETURN(out, EnableOsVolume(env, enable));
+  }
+  if (os_disable) {
+    DS_ASSIGN_OR_RETURN(out, DisableOsVolume(env, disable));
   }
   if (!enable.only.empty()) {
     DS_ASSIGN_OR_RETURN(auto more, EnableDataVolumes(env, enable));

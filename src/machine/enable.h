@@ -107,6 +107,9 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
 // or, run again after the reboot (or by `resume --all`), on to Encrypted while the machine runs.
 // Needs a vault (o.vault and o.os.vault_*): the key at boot comes from there (or a BEK volume).
 Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions& o);
+// The reverse, online (root decrypted under its mapping while the machine runs), then the boot
+// configuration removed; the next boot mounts the plain partition. Nothing recorded: a note.
+Result<std::vector<VolumeOutcome>> DisableOsVolume(Env& env, const EnableOptions& o);
 Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o);
 // `diskseal resume --all` (the boot-time unit): carries on every volume the state directory
 // records, and nothing else: an interrupted enable or disable continues (online where it can),

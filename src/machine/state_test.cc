@@ -145,6 +145,35 @@ TEST(ConfigTest, StableDeviceSpecPrefersByIdThenPartuuid) {
   EXPECT_EQ(StableDeviceSpec(*PosixEnv(), root, "/dev/sdb1"), "/dev/disk/by-id/scsi-360022480abc-part1");
   EXPECT_EQ(StableDeviceSpec(*PosixEnv(), root, "/dev/sdc2"), "PARTUUID=77aa-02");
   EXPECT_EQ(StableDeviceSpec(*PosixEnv(), root, "/dev/loop3"), "/dev/loop3");
+  // The initramfs resolves names with blkid, before udev's by-id links may exist: PARTUUID first.
+  EXPECT_EQ(BootDeviceSpec(*PosixEnv(), root, "/dev/sdb1"), "PARTUUID=4f1c-01");
+  EXPECT_EQ(BootDeviceSpec(*PosixEnv(), root, "/dev/sdb"), "/dev/disk/by-id/wwn-0x5000");
+  EXPECT_EQ(BootDeviceSpec(*PosixEnv(), root, "/dev/loop3"), "/dev/loop3");
+}
+
+// The OS volume's record keeps its mapping name apart from its LUKS2 UUID.
+TEST(StateTest, OsRecordRoundTripsWithItsUuid) {
+  VolumeRecord r;
+  r.os = true;
+  r.name = "osencrypt";
+  r.uuid = "11111111-0000-4000-8000-0000000000aa";
+  r.device = "/dev/sda2";
+  r.mountpoint = "/";
+  r.fstype = "ext4";
+  r.header = "/boot/luks/osluksheader";
+  r.key_file = "/var/lib/diskseal/keys/x.key";
+  auto back = RecordFromJson(RecordToJson(r), "test");
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_TRUE(back->os);
+  EXPECT_EQ(back->LuksUuid(), r.uuid);
+  VolumeRecord data = r;
+  data.os = false;
+  data.uuid.clear();
+  auto d = RecordFromJson(RecordToJson(data), "test");
+  ASSERT_TRUE(d.ok());
+  EXPECT_FALSE(d->os);
+  EXPECT_EQ(d->LuksUuid(), "osencrypt");  // a data volume's name is its UUID
+  EXPECT_EQ(RecordToJson(data).find("\"os\""), std::string::npos);  // older readers see nothing new
 }
 
 TEST(ConfigTest, CrypttabAndFstabLinesHaveAdesShape) {

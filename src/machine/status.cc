@@ -74,7 +74,17 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
   std::optional<VolumeStatus> os_status;
   std::string os_message;
   for (const auto& r : records) {
-    if (!r.os || r.step == Step::kDisabled) continue;
+    if (!r.os) continue;
+    if (r.step == Step::kDisabled) {
+      // Decrypted: / may still sit on the (now plain) mapping until the next restart, whose
+      // dm UUID discovery reads as encrypted.
+      const std::string src = MountedAt(m, "/");
+      if (!src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name)) {
+        out.os_volume = "NotEncrypted";
+        os_message = "Decryption succeeded for the OS volume; it leaves its plain mapping at the next restart";
+      }
+      continue;
+    }
     VolumeStatus v;
     v.mountpoint = r.mountpoint;
     v.device = r.device;
@@ -85,6 +95,11 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
     const bool on_mapping = !src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name);
     if (r.step == Step::kPlanned) {
       v.state = "NotEncrypted";  // nothing changed yet
+    } else if (r.step >= Step::kDisabling) {
+      v.state = r.step >= Step::kPlainMounted ? "NotEncrypted" : "DecryptionInProgress";
+      if (r.step == Step::kDecrypting) {
+        if (auto p = HeaderPercent(env, root, r)) v.percent = *p;
+      }
     } else if (r.step >= Step::kEncrypted) {
       v.state = "Encrypted";
       v.percent = 100;
@@ -103,9 +118,14 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
     }
     out.os_volume = v.state;
     if (!r.last_error.empty() && !running_pid)
-      os_message = "Failed to encrypt the OS volume with error: " + r.last_error;
+      os_message = std::string("Failed to ") + (r.step >= Step::kDisabling ? "decrypt" : "encrypt") +
+                   " the OS volume with error: " + r.last_error;
     else if (v.state == "VMRestartPending")
       os_message = "VMRestartPending: restart the machine to continue encrypting the OS volume";
+    else if (v.state == "DecryptionInProgress")
+      os_message = running_pid ? "Decrypting the OS volume: " + Pct(v.percent)
+                               : "Decrypting the OS volume interrupted at " + Pct(v.percent) +
+                                     ": run `diskseal disable --volume-type OS` to resume";
     else if (v.state == "EncryptionInProgress")
       os_message = running_pid ? "Encrypting the OS volume: " + Pct(v.percent)
                                : "Encrypting the OS volume interrupted at " + Pct(v.percent) +

@@ -78,6 +78,7 @@ wait_stopped() {
   echo "FAIL: process of $1 did not stop"; return 1
 }
 os_state() { diskseal status --json | sed -n 's/.*"OsVolumeEncrypted": "\([A-Za-z]*\)".*/\1/p'; }
+os_percent() { diskseal status --json | sed -n 's/.*"percent": \([0-9]*\).*/\1/p' | head -1; }
 )SH";
 
 TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
@@ -183,9 +184,15 @@ lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -c 'sbin/diskseal$'
                    "> /etc/systemd/system/diskseal-resume.service.d/test.conf && sync")
                 .exit_code,
             0);
-  ASSERT_TRUE(g.Reboot(300, &err)) << err;
-  EXPECT_NE(g.Console().find("diskseal: opened /dev/vda2 as /dev/mapper/osencrypt (key from the vault"), std::string::npos)
+  // Power cuts instead of a clean reboot: right after enable (its files and the rebuilt initramfs
+  // must already be on disk), then during the boot that activates root (the initramfs has just
+  // opened it); the third boot comes up on the mapping.
+  g.PowerCut();
+  ASSERT_TRUE(g.PowerOn(&err)) << err;
+  ASSERT_TRUE(g.WaitConsole("diskseal: opened /dev/vda2 as /dev/mapper/osencrypt (key from the vault", 300))
       << g.ConsoleTail();
+  g.PowerCut();
+  ASSERT_TRUE(g.Boot(300, &err)) << err;
   ExecResult mid = g.Exec(std::string(kWaitStopped) + R"SH(
 systemctl show -p MainPID --value diskseal-resume > /tmp/resume.pid
 wait_stopped /tmp/resume.pid
@@ -198,6 +205,7 @@ dmesg | grep -i 'ext4\|dm' | tail -5
 sha256sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
 (cd /root && sha256sum -c payload.sum) && cat /root/before
 head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
+rm /etc/systemd/system/diskseal-resume.service.d/test.conf && sync
 kill -CONT "$(cat /tmp/resume.pid)"
 )SH",
                           600);
@@ -209,6 +217,19 @@ kill -CONT "$(cat /tmp/resume.pid)"
   EXPECT_NE(mid.output.find("\nsystem files checked\n"), std::string::npos) << mid.output;  // nothing differs
   ASSERT_EQ(mid.output.find("EXT4-fs error"), std::string::npos) << mid.output;
   EXPECT_NE(mid.output.find("payload: OK\nwritten-before\n"), std::string::npos) << mid.output;
+
+  // A power cut mid-encryption (past 40%, with files written meanwhile): the next boot opens
+  // root from the header as it is and the unit carries on.
+  ExecResult forty = g.Exec(std::string(kWaitStopped) + R"SH(
+n=0
+while [ "$(os_percent)" -lt 40 ] && [ $n -lt 1800 ]; do sleep 0.5; n=$((n + 1)); done
+echo "cut at $(os_percent)%"
+)SH",
+                            1000);
+  ASSERT_EQ(forty.exit_code, 0) << forty.output;
+  std::printf("[ cut   ] %s", forty.output.c_str());
+  g.PowerCut();
+  ASSERT_TRUE(g.Boot(300, &err)) << err;
 
   ExecResult fin = g.Exec(std::string(kWaitStopped) + R"SH(
 n=0
@@ -237,15 +258,47 @@ sha256sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checke
 )SH");
   EXPECT_EQ(again.exit_code, 0) << again.output;
   EXPECT_NE(again.output.find("rebooted: Encrypted\n/dev/mapper/osencrypt\ncrypt \nsystem files checked\n"), std::string::npos) << again.output;
+
+  // disable --volume-type OS: decrypted online under the mapping, the boot configuration removed;
+  // the next boot mounts the plain partition. (The final header is kept aside on /boot for
+  // cryptsetup on the host below.)
+  ExecResult dis = g.Exec(std::string(kWaitStopped) + R"SH(
+cp /boot/luks/osluksheader /boot/final-header.copy
+diskseal disable --volume-type OS > /tmp/disable.out 2>&1; echo "disable-rc=$?"
+tail -4 /tmp/disable.out
+echo "after-disable: $(os_state)"
+dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+grep ' / ' /etc/fstab
+test -e /etc/diskseal/initramfs.conf || echo no-boot-config
+test -e /boot/luks/osluksheader || echo header-removed
+)SH",
+                          1200);
+  std::printf("[ disabl] %s", dis.output.c_str());
+  EXPECT_NE(dis.output.find("disable-rc=0\n"), std::string::npos) << dis.output;
+  EXPECT_NE(dis.output.find("after-disable: NotEncrypted\nlinear \nUUID=" + img.env["ROOT_UUID"] + " / ext4"),
+            std::string::npos)
+      << dis.output;
+  EXPECT_NE(dis.output.find("no-boot-config\nheader-removed\n"), std::string::npos) << dis.output;
+  ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  ExecResult plain = g.Exec(std::string(kWaitStopped) + R"SH(
+echo "plain: $(os_state)"
+findmnt -no SOURCE /
+dmsetup ls
+sha256sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum during.sum)
+)SH");
+  EXPECT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("plain: NotEncrypted\n/dev/vda2\nNo devices found\nsystem files checked\n"), std::string::npos)
+      << plain.output;
   ASSERT_TRUE(g.Shutdown(120, &err)) << err;
 
-  // cryptsetup (the stranger) reads the header the guest left on /boot: one crypt segment, no
-  // operation in progress.
+  // cryptsetup (the stranger) reads the final header of the encryption (kept on /boot before
+  // disable): one crypt segment, no operation in progress.
   RunResult dump = RunProgram({"bash", "-c",
                                "set -e; bl=$(losetup -f --show -r -o " + img.env["BOOT_OFFSET"] + " --sizelimit " +
                                    img.env["BOOT_SIZE"] + " " + dir / "disk.img" + "); mkdir -p " + dir / "boot" +
                                    "; mount -o ro " + "$bl " + dir / "boot" + "; cryptsetup luksDump " + dir / "boot" +
-                                   "/luks/osluksheader; rc=$?; umount " + dir / "boot" + "; losetup -d $bl; exit $rc"});
+                                   "/final-header.copy; rc=$?; umount " + dir / "boot" + "; losetup -d $bl; exit $rc"});
   EXPECT_EQ(dump.exit_code, 0) << dump.out << dump.err;
   EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
   EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
