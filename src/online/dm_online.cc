@@ -122,6 +122,17 @@ Status FinishZone(const VolumeRef& ref, const std::map<int, const SecureBuffer*>
   return engine::RunOperation(v, keys, eo);
 }
 
+// Removes the helper. Just after someone removed NAME the kernel may still hold the helper
+// open for a moment (NAME's tables release it asynchronously): busy is retried, bounded.
+Status RemoveHelper(const std::string& hz_name) {
+  Status s = dm::Remove(hz_name);
+  for (int i = 0; i < 100 && s.code() == Code::kBusy; ++i) {
+    ::usleep(20 * 1000);
+    s = dm::Remove(hz_name);
+  }
+  return s;
+}
+
 // See the file comment of dm_online.h: brings NAME back to the plain table of the header on disk
 // and removes the helper, whatever state a run left them in.
 Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int, const SecureBuffer*>& keys,
@@ -134,7 +145,7 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
     // is consistent (a zone left flagged is recovered by the next open or resume).
     if (hz) {
       if (hz->suspended) DS_RETURN_IF_ERROR(dm::Resume(hz_name, true));
-      DS_RETURN_IF_ERROR(dm::Remove(hz_name));
+      DS_RETURN_IF_ERROR(RemoveHelper(hz_name));
     }
     return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation; nothing is lost: open it "
                     "again and run `diskseal resume` to carry on");
@@ -200,6 +211,7 @@ class DmGate final : public engine::ZoneGate {
     if (::pipe2(fds, O_CLOEXEC) != 0) return PosixError("pipe", errno);
     std::cout.flush();
     std::cerr.flush();
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) {
       const int e = errno;
@@ -220,7 +232,9 @@ class DmGate final : public engine::ZoneGate {
         if (errno != EINTR && errno != EAGAIN) break;
       }
       Status s = Restore(ref_, name_, keys_, hotzone_bytes);
-      if (!s.ok()) std::fprintf(stderr, "diskseal: %s\n", s.message().c_str());
+      // A mapping closed under the run is reported by the run itself while it lives (RunOnline).
+      const bool run_reports = s.code() == Code::kNotFound && ::getppid() == parent;
+      if (!s.ok() && !run_reports) std::fprintf(stderr, "diskseal: %s\n", s.message().c_str());
       ::_exit(s.ok() ? 0 : 1);
     }
     ::close(fds[0]);
@@ -461,6 +475,15 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   Status fin = gate.Finish();
   (void)munlockall();
   if (eo.timings) PrintTimings(name, timings, gate.backoff_total(), gate.backoff_max());
+  if (!run.ok() || !fin.ok()) {
+    // Someone closed NAME under the run (possible while it is not mounted): the engine stopped
+    // at its next switch, before flagging another zone, and the guardian removed the helper.
+    auto still = dm::Find(name);
+    if (still.ok() && !*still)
+      return NotFound(name + ": /dev/mapper/" + name + " was closed by someone else during the operation; it "
+                      "stopped at a commit point and nothing is lost: open it again and run `diskseal resume` "
+                      "to carry on");
+  }
   if (!run.ok()) return fin.ok() ? run : run.WithContext(fin.message());
   return fin;
 }
