@@ -5,10 +5,13 @@
 #   mounted ext4 without and with a concurrent workload (a writer of 64 KiB files with fsync).
 # Prints seconds and MiB/s of each, the ratio diskseal/cryptsetup, the workload's files/s and its
 # p99 latency per file during each run against the same workload alone, and diskseal's peak RSS.
-# Usage: bench/online.sh [SIZE_MIB=256]. Needs scripts/setup and a built build/diskseal.
+# diskseal's per-hotzone profile (DISKSEAL_ONLINE_TIMING) is printed as "timing ... sum" lines.
+# Usage: bench/online.sh [SIZE_MIB=256] [VCPUS=1]. Needs scripts/setup and a built build/diskseal.
+# Both tools run in the same guest, so with VCPUS=2 both get the same two vCPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE=${1:-256}
+SMP=${2:-1}
 [ -x build/diskseal ] || scripts/build >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -39,7 +42,8 @@ wl_stop() {
   echo "$n $T0 $T1 ${p99:-0} ${max:-0}" | awk '{printf "files/s %.1f p99_ms %d max_ms %d", $1 / ($3 - $2), $4, $5}'
 }
 fresh() { mkfs.ext4 -q -F -b 4096 /dev/vda; }
-peak_rss() { while kill -0 $1 2>/dev/null; do grep VmHWM /proc/$1/status 2>/dev/null | awk '{print $2}' > /tmp/hwm.$1.new && mv /tmp/hwm.$1.new /tmp/hwm.$1; sleep 0.2; done; }
+# (a sample taken as the process exits is empty and must not replace the last one)
+peak_rss() { while kill -0 $1 2>/dev/null; do grep VmHWM /proc/$1/status 2>/dev/null | awk '{print $2}' > /tmp/hwm.$1.new && [ -s /tmp/hwm.$1.new ] && mv /tmp/hwm.$1.new /tmp/hwm.$1; sleep 0.2; done; }
 # dd floor: read and write the whole disk once
 a=$(now); dd if=/dev/vda of=/dev/vda bs=4M conv=notrunc,fsync 2>/dev/null; b=$(now)
 echo "RESULT dd $(echo "$a $b" | awk -v s=$SIZE '{printf "%.2f s %.1f MiB/s", $2 - $1, s / ($2 - $1)}')"
@@ -62,25 +66,28 @@ run() {  # tool with_workload
   if [ $tool = cryptsetup ]; then
     cryptsetup reencrypt --resume-only --header /hdr --active-name vol --key-file /tmp/pw
   else
-    diskseal resume /dev/vda --header /hdr --key-file /tmp/pw --progress-json 2>/dev/null & P=$!
+    DISKSEAL_ONLINE_TIMING=1 diskseal resume /dev/vda --header /hdr --key-file /tmp/pw --progress-json \
+      >/dev/null 2>/tmp/timing & P=$!
     peak_rss $P & wait $P
   fi
   b=$(now)
   wlres=""; if [ $withwl = yes ]; then wlres=" $(wl_stop)"; fi
   rss=""; if [ $tool = diskseal ]; then rss=" rss_kib $(cat /tmp/hwm.$P 2>/dev/null || echo ?)"; fi
+  if [ $tool = diskseal ]; then grep '^timing .* sum ' /tmp/timing | sed "s/^/PROFILE workload=$withwl /"; fi
   echo "RESULT $tool-online-workload=$withwl $(echo "$a $b" | awk -v s=$SIZE '{printf "%.2f s %.1f MiB/s", $2 - $1, s / ($2 - $1)}')$wlres$rss"
   umount /mnt
   dmsetup remove vol
 }
 for withw in no yes; do run cryptsetup $withw; run diskseal $withw; done
 EOF
-out=$(scripts/vm/run --disk "$work/disk.img" --bin build/diskseal --mem 1024 --timeout 1800 "$work/guest.sh" 2>&1) || {
+out=$(scripts/vm/run --disk "$work/disk.img" --bin build/diskseal --mem 1024 --smp "$SMP" --timeout 1800 "$work/guest.sh" 2>&1) || {
   echo "$out" | tail -20; exit 1; }
+echo "guest: $SMP vCPU(s), ${SIZE} MiB disk"
 echo "$out" | grep '^RESULT' | sed 's/^RESULT //'
-echo "$out" | grep '^RESULT' | awk '
+echo "$out" | grep '^PROFILE' | sed 's/^PROFILE //'
+echo "$out" | grep '^RESULT' | sed 's/^RESULT //' | awk '
   / s / { split($0, f, " "); t[f[1]] = f[2] }
   END {
-    for (w in a) ;
     if (t["cryptsetup-online-workload=no"] > 0)
       printf "ratio diskseal/cryptsetup (rate), no workload: %.2fx\n", t["cryptsetup-online-workload=no"] / t["diskseal-online-workload=no"]
     if (t["cryptsetup-online-workload=yes"] > 0)

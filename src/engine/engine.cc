@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -73,6 +74,20 @@ class Transformer {
   Status ApplyOn(size_t i, std::span<uint8_t> buf, uint64_t pos) { return ApplyOne(pairs_[i], buf, pos); }
 };
 
+// Seconds since the previous Lap (or construction).
+class Clock {
+ public:
+  double Lap() {
+    const auto now = std::chrono::steady_clock::now();
+    const double d = std::chrono::duration<double>(now - last_).count();
+    last_ = now;
+    return d;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
 constexpr const char* kWipeToken = "diskseal-wipe";
 
 void AddWipeToken(luks2::Metadata& md, uint64_t offset, uint64_t size) {
@@ -102,6 +117,10 @@ class Runner {
   Status Go() {
     if (st_.hotzone_len) DS_RETURN_IF_ERROR(Recover(*st_.hotzone_len));
     const uint64_t hz = HotzoneLimit();
+    // In use, a gate may vary the zone length: the buffer is allocated once at the limit (pages
+    // are touched only as zones use them), never grown step by step, which would leave freed
+    // buffers of other sizes in the heap, locked in memory with the rest of an online run.
+    if (o_.in_use && !st_.moved && !st_.shift) buf_.resize(size_t(hz));
     const uint64_t run_start = st_.done;
     bool have = false;  // buf_ already holds the next hotzone (read ahead by the previous step)
     const uint64_t end = o_.until_done ? std::min(o_.until_done, st_.data_size) : st_.data_size;
@@ -113,7 +132,13 @@ class Runner {
                            std::to_string(st_.done) + " of " + std::to_string(st_.data_size) +
                            " bytes; the volume is consistent and resumes with `diskseal resume`");
       }
-      DS_RETURN_IF_ERROR(Step(std::min(NextLength(st_.done, hz), end - st_.done), hz, have));
+      uint64_t len = std::min(NextLength(st_.done, hz), end - st_.done);
+      if (o_.gate && !IsShiftStep(st_.done, len)) {
+        const uint64_t unit = ZoneUnit(), want = o_.gate->ZoneLength(len);
+        if (want < len) len = std::max<uint64_t>(want / unit * unit, unit);
+        len = std::min(len, end - st_.done);
+      }
+      DS_RETURN_IF_ERROR(Step(len, hz, have));
     }
     if (end < st_.data_size) {
       if (done_uncommitted_) DS_RETURN_IF_ERROR(Commit(st_.done, std::nullopt));
@@ -148,8 +173,11 @@ class Runner {
     return st_.ShiftStepLength(st_.done);
   }
 
+  // Every hotzone is a whole number of these (sectors and resilience blocks).
+  uint64_t ZoneUnit() const { return std::max<uint64_t>(st_.sector_size(), st_.area.block); }
+
   uint64_t HotzoneLimit() const {
-    const uint64_t unit = std::max<uint64_t>(st_.sector_size(), st_.area.block);
+    const uint64_t unit = ZoneUnit();
     // Outside datashift two hotzone buffers are live at once (the one being written and the
     // next one, read ahead): each gets half of the memory bound.
     // Online (in_use) nothing is read ahead: one buffer, the whole bound.
@@ -279,12 +307,18 @@ class Runner {
       if (o_.progress) o_.progress->Advance(len);
       return Status::Ok();
     }
+    StepTiming tm;
+    tm.offset = pos;
+    tm.len = len;
+    Clock clk;
     if (o_.gate) DS_RETURN_IF_ERROR(o_.gate->Hold(pos, len, done + len));
+    tm.hold = clk.Lap();
     if (!have) {
       buf_.resize(len);
       if (o_.in_use) data_.DropCache(st_.OldAt(pos), len);
       DS_RETURN_IF_ERROR(data_.ReadAt(st_.OldAt(pos), buf_));
     }
+    tm.read = clk.Lap();
     have = false;
     // Read-ahead: the next hotzone is read into next_ on a reader thread while this one goes
     // through resilience, commit, transform, write, sync and commit. Safe because of this
@@ -310,7 +344,9 @@ class Runner {
       // recovery does not read the resilience area: overwriting it here is safe, and the
       // commit below records that hotzone done.
       DS_RETURN_IF_ERROR(WriteResilience(buf_));
+      tm.resilience = clk.Lap();
       DS_RETURN_IF_ERROR(Commit(done, len));  // commit point: the hotzone is now in progress
+      tm.commit_flag = clk.Lap();
       done_uncommitted_ = false;
       // Transformed and written piece by piece on every thread: each piece goes from the cipher
       // to the device while in cache, and the writes start as early as they can.
@@ -322,8 +358,12 @@ class Runner {
         return Status::Ok();
       });
       DS_RETURN_IF_ERROR(written);
+      tm.write = clk.Lap();
       DS_RETURN_IF_ERROR(data_.Sync());
-      return Commit(done + len, std::nullopt);  // the hotzone is done
+      tm.sync = clk.Lap();
+      DS_RETURN_IF_ERROR(Commit(done + len, std::nullopt));  // the hotzone is done
+      tm.commit_done = clk.Lap();
+      return Status::Ok();
     }();
     const bool read_ahead = ra.started();
     // Joined before anything returns: the reader writes into next_. A failed read-ahead is not
@@ -332,6 +372,8 @@ class Runner {
     DS_RETURN_IF_ERROR(s);
     st_.done = ndone;
     if (o_.gate) DS_RETURN_IF_ERROR(o_.gate->Release(v_.metadata()));
+    tm.release = clk.Lap();
+    if (o_.timings) o_.timings->push_back(tm);
     if (o_.progress) o_.progress->Advance(len);
     if (read_ahead && ahead_ok) {
       std::swap(buf_, next_);

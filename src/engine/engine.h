@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <map>
+#include <vector>
 
 #include "luks2/volume.h"
 #include "util/progress.h"
@@ -47,6 +48,23 @@ class ZoneGate {
   virtual Status Hold(uint64_t offset, uint64_t len, uint64_t done_after) = 0;
   // The hotzone is committed done; `md` is the header as committed.
   virtual Status Release(const luks2::Metadata& md) = 0;
+  // The length the gate wants for the next hotzone, at most `max` (the engine's limit): a gate
+  // whose users are busy asks for shorter zones, so no one waits long for one. The engine rounds
+  // it down to whole resilience blocks (at least one). Called before Hold.
+  virtual uint64_t ZoneLength(uint64_t max) { return max; }
+};
+
+// Where one hotzone step's time went (seconds), for profiling an online run.
+struct StepTiming {
+  uint64_t offset = 0, len = 0;
+  double hold = 0;         // ZoneGate::Hold (switching the mapping)
+  double read = 0;         // dropping the cache and reading the zone
+  double resilience = 0;   // checksums or journal written and synced
+  double commit_flag = 0;  // header commit: the zone in progress
+  double write = 0;        // transform and write
+  double sync = 0;         // data sync
+  double commit_done = 0;  // header commit: the zone done
+  double release = 0;      // ZoneGate::Release
 };
 
 struct EngineOptions {
@@ -68,6 +86,8 @@ struct EngineOptions {
   // Stop (ok, not kInterrupted) once the progress reaches this many bytes (State::done); no
   // step crosses it. 0: run to the end. Used to finish exactly one hotzone (online recovery).
   uint64_t until_done = 0;
+  // Not owned; when set, one entry is appended per hotzone step (not for data shift steps).
+  std::vector<StepTiming>* timings = nullptr;
 };
 
 // `keys` maps digest id -> volume key for the keys the operation needs (the new key to encrypt).

@@ -265,6 +265,61 @@ TEST(Engine, OnlineGateWrapsEveryHotzoneAndUntilDoneStopsAtAZoneEnd) {
   }
 }
 
+// A gate that asks for zones of varying lengths (not multiples of the checksum block, some
+// below one block): the engine rounds each down to whole blocks (at least one), the zones still
+// cover the data exactly once in order, and the result is right both ways.
+class ShrinkingGate : public RecordingGate {
+ public:
+  using RecordingGate::RecordingGate;
+  uint64_t ZoneLength(uint64_t max) override {
+    static constexpr uint64_t kAsk[] = {5000, 100, 3 * 4096 + 7, 1u << 30};
+    asked_max.push_back(max);
+    return kAsk[calls_++ % 4];
+  }
+  std::vector<uint64_t> asked_max;
+
+ private:
+  size_t calls_ = 0;
+};
+
+TEST(Engine, OnlineGateMayShortenZonesToWholeBlocks) {
+  for (bool decrypt : {false, true}) {
+    Fixture f = decrypt ? MakeDecryptInitialised(Resilience::kChecksum, 4096) : MakeInitialised(Resilience::kChecksum, 4096);
+    MemDevice h("hdr", f.header);
+    FaultDevice d("data", f.data);
+    auto v = Open(&h, &d);
+    ASSERT_TRUE(v.ok());
+    ShrinkingGate gate(h, d);
+    EngineOptions eo;
+    eo.hotzone_bytes = kHotzone;
+    eo.threads = 2;
+    eo.in_use = true;
+    eo.gate = &gate;
+    ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+    uint64_t covered = 0;
+    for (size_t i = 0; i < gate.zones.size(); ++i) {
+      const auto [off, len] = gate.zones[i];
+      EXPECT_EQ(len % 4096, 0u) << i;
+      EXPECT_LE(len, kHotzone) << i;
+      EXPECT_EQ(off, decrypt ? kDataSize - covered - len : covered) << i;
+      covered += len;
+    }
+    EXPECT_EQ(covered, kDataSize);
+    // The lengths asked for: 5000 -> 4096, 100 -> 4096, 12295 -> 12288, 1 GiB -> the limit.
+    ASSERT_GE(gate.zones.size(), 4u);
+    EXPECT_EQ(gate.zones[0].second, 4096u);
+    EXPECT_EQ(gate.zones[1].second, 4096u);
+    EXPECT_EQ(gate.zones[2].second, 3 * 4096u);
+    EXPECT_EQ(gate.zones[3].second, kHotzone);
+    for (uint64_t m : gate.asked_max) EXPECT_LE(m, kHotzone);
+    auto plain = v->OpenData({{0, &f.key}});
+    ASSERT_TRUE(plain.ok());
+    Bytes out((*plain)->Size());
+    ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
+    EXPECT_EQ(out, f.plain) << (decrypt ? "decrypt" : "encrypt");
+  }
+}
+
 TEST(Engine, TamperedReencryptionMetadataIsRefusedBeforeAnyWrite) {
   Fixture f = MakeInitialised(Resilience::kChecksum, 4096);
   MemDevice h("hdr", f.header);

@@ -4,10 +4,14 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -118,6 +122,17 @@ Status FinishZone(const VolumeRef& ref, const std::map<int, const SecureBuffer*>
   return engine::RunOperation(v, keys, eo);
 }
 
+// Removes the helper. Just after someone removed NAME the kernel may still hold the helper
+// open for a moment (NAME's tables release it asynchronously): busy is retried, bounded.
+Status RemoveHelper(const std::string& hz_name) {
+  Status s = dm::Remove(hz_name);
+  for (int i = 0; i < 100 && s.code() == Code::kBusy; ++i) {
+    ::usleep(20 * 1000);
+    s = dm::Remove(hz_name);
+  }
+  return s;
+}
+
 // See the file comment of dm_online.h: brings NAME back to the plain table of the header on disk
 // and removes the helper, whatever state a run left them in.
 Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int, const SecureBuffer*>& keys,
@@ -130,7 +145,7 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
     // is consistent (a zone left flagged is recovered by the next open or resume).
     if (hz) {
       if (hz->suspended) DS_RETURN_IF_ERROR(dm::Resume(hz_name, true));
-      DS_RETURN_IF_ERROR(dm::Remove(hz_name));
+      DS_RETURN_IF_ERROR(RemoveHelper(hz_name));
     }
     return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation; nothing is lost: open it "
                     "again and run `diskseal resume` to carry on");
@@ -196,6 +211,7 @@ class DmGate final : public engine::ZoneGate {
     if (::pipe2(fds, O_CLOEXEC) != 0) return PosixError("pipe", errno);
     std::cout.flush();
     std::cerr.flush();
+    const pid_t parent = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) {
       const int e = errno;
@@ -216,7 +232,9 @@ class DmGate final : public engine::ZoneGate {
         if (errno != EINTR && errno != EAGAIN) break;
       }
       Status s = Restore(ref_, name_, keys_, hotzone_bytes);
-      if (!s.ok()) std::fprintf(stderr, "diskseal: %s\n", s.message().c_str());
+      // A mapping closed under the run is reported by the run itself while it lives (RunOnline).
+      const bool run_reports = s.code() == Code::kNotFound && ::getppid() == parent;
+      if (!s.ok() && !run_reports) std::fprintf(stderr, "diskseal: %s\n", s.message().c_str());
       ::_exit(s.ok() ? 0 : 1);
     }
     ::close(fds[0]);
@@ -225,9 +243,30 @@ class DmGate final : public engine::ZoneGate {
     return Status::Ok();
   }
 
+  // Busy (users did I/O on NAME within the last kBusyMemoryMs): a zone that holds for about kBusyHold at
+  // the rate the last step had, at least kMinBusyZone; idle: `max` (the rate is best with big
+  // zones). The hold of a zone is what a user touching it waits for.
+  uint64_t ZoneLength(uint64_t max) override {
+    const uint64_t ios = UserIos();
+    const auto now = std::chrono::steady_clock::now();
+    // Users blocked on a short zone do little I/O during it: busy stays busy for kBusyMemory.
+    // A few I/Os (a filesystem's lazy inode table init, a journal commit) are not a workload.
+    if (ios >= last_ios_ + kBusyIos) busy_until_ = now + std::chrono::milliseconds(kBusyMemoryMs);
+    last_ios_ = ios;
+    if (now >= busy_until_) return max;
+    if (last_held_ <= 0 || last_len_ == 0) return std::min(max, kFirstBusyZone);
+    const double want = double(last_len_) / last_held_ * kBusyHold;
+    return std::min<uint64_t>(max, std::max<uint64_t>(kMinBusyZone, uint64_t(want)));
+  }
+
   Status Hold(uint64_t off, uint64_t len, uint64_t) override {
     DS_ASSIGN_OR_RETURN(dm::Activation a, TableFor(v_, name_, ref_.device, keys_, off, len));
     a.read_only = read_only_;
+    // Suspending NAME waits for its I/O in flight, and all I/O arriving meanwhile queues behind
+    // it: let a burst in flight finish first (bounded: a steady stream must not stop the run).
+    BackOff();
+    held_at_ = std::chrono::steady_clock::now();
+    last_len_ = len;
     DS_RETURN_IF_ERROR(dm::Reload(a));
     DS_RETURN_IF_ERROR(dm::Suspend(name_));
     // Top to bottom: the helper is suspended while NAME is, so no I/O can be in it half-way.
@@ -237,7 +276,23 @@ class DmGate final : public engine::ZoneGate {
     return r;
   }
 
-  Status Release(const luks2::Metadata&) override { return dm::Resume(HotzoneName(name_), true); }
+  Status Release(const luks2::Metadata&) override {
+    Status s = dm::Resume(HotzoneName(name_), true);
+    last_held_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - held_at_).count();
+    return s;
+  }
+
+  // Watches NAME's block statistics for kObserveMs before the first zone, so that a first zone
+  // under a running workload is short too.
+  void Observe(dev_t top) {
+    sysfs_ = "/sys/dev/block/" + std::to_string(major(top)) + ":" + std::to_string(minor(top));
+    last_ios_ = UserIos();
+    ::usleep(kObserveMs * 1000);
+    (void)ZoneLength(0);
+  }
+
+  double backoff_total() const { return backoff_total_; }
+  double backoff_max() const { return backoff_max_; }
 
   // Ends the run: the guardian restores the mapping; returns its verdict.
   Status Finish() {
@@ -259,9 +314,63 @@ class DmGate final : public engine::ZoneGate {
   VolumeRef ref_;
   std::string name_;
   std::map<int, const SecureBuffer*> keys_;
+  // Reads a small sysfs file of NAME (not the volume: safe while a zone is held) into `out`.
+  bool ReadSysfs(const char* file, char* out, size_t n) const {
+    if (sysfs_.empty()) return false;
+    const int fd = ::open((sysfs_ + "/" + file).c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    const ssize_t r = ::read(fd, out, n - 1);
+    ::close(fd);
+    if (r <= 0) return false;
+    out[r] = 0;
+    return true;
+  }
+
+  // Reads and writes NAME completed (its users' I/O: the engine's goes to the data device).
+  uint64_t UserIos() const {
+    char buf[256];
+    if (!ReadSysfs("stat", buf, sizeof buf)) return 0;
+    unsigned long long f[5] = {};
+    if (std::sscanf(buf, "%llu %llu %llu %llu %llu", &f[0], &f[1], &f[2], &f[3], &f[4]) != 5) return 0;
+    return f[0] + f[4];
+  }
+
+  // Waits, at most kMaxBackOff, for NAME to have no I/O in flight.
+  void BackOff() {
+    const auto t0 = std::chrono::steady_clock::now();
+    double waited = 0;
+    for (;;) {
+      char buf[64];
+      unsigned long long r = 0, w = 0;
+      if (!ReadSysfs("inflight", buf, sizeof buf) || std::sscanf(buf, "%llu %llu", &r, &w) != 2 || r + w == 0) break;
+      waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      if (waited >= kMaxBackOff) break;
+      ::usleep(1000);
+    }
+    backoff_total_ += waited;
+    backoff_max_ = std::max(backoff_max_, waited);
+  }
+
+  // Each step also costs a fixed ~50 ms in the QEMU guest (table load, suspend/resume, two
+  // commits): a shorter target would spend most of the step on that.
+  static constexpr double kBusyHold = 0.3;          // seconds
+  static constexpr uint64_t kMinBusyZone = 2u << 20;
+  static constexpr uint64_t kFirstBusyZone = 4u << 20;  // before any step measured the rate
+  static constexpr uint64_t kBusyIos = 4;
+  static constexpr int kObserveMs = 100;
+  static constexpr double kMaxBackOff = 0.05;       // seconds
+  static constexpr int kBusyMemoryMs = 1000;
+
   bool read_only_;
   int pipe_ = -1;
   pid_t guardian_ = -1;
+  std::string sysfs_;
+  uint64_t last_ios_ = 0;
+  uint64_t last_len_ = 0;
+  double last_held_ = 0;
+  std::chrono::steady_clock::time_point busy_until_;
+  std::chrono::steady_clock::time_point held_at_;
+  double backoff_total_ = 0, backoff_max_ = 0;
 };
 
 // The new layout's encryption sector becomes the mapping's logical block size as zones switch:
@@ -282,6 +391,30 @@ Status CheckSectorFits(Env& env, luks2::Volume& v, const std::string& name) {
                            std::to_string(unit) + " bytes): the mounted filesystem would fail; close it and run offline, "
                            "or initialise with --sector-size " + std::to_string(unit));
   return Status::Ok();
+}
+
+void PrintTimings(const std::string& name, const std::vector<engine::StepTiming>& ts, double backoff_total,
+                  double backoff_max) {
+  engine::StepTiming sum;
+  double held_max = 0;
+  for (const auto& t : ts) {
+    const double held = t.hold + t.read + t.resilience + t.commit_flag + t.write + t.sync + t.commit_done + t.release;
+    held_max = std::max(held_max, held);
+    std::fprintf(stderr,
+                 "timing %s zone off=%llu len=%llu hold=%.3f read=%.3f resilience=%.3f commit_flag=%.3f write=%.3f "
+                 "sync=%.3f commit_done=%.3f release=%.3f total=%.3f\n",
+                 name.c_str(), (unsigned long long)t.offset, (unsigned long long)t.len, t.hold, t.read, t.resilience,
+                 t.commit_flag, t.write, t.sync, t.commit_done, t.release, held);
+    sum.len += t.len;
+    sum.hold += t.hold, sum.read += t.read, sum.resilience += t.resilience, sum.commit_flag += t.commit_flag;
+    sum.write += t.write, sum.sync += t.sync, sum.commit_done += t.commit_done, sum.release += t.release;
+  }
+  std::fprintf(stderr,
+               "timing %s sum zones=%zu bytes=%llu hold=%.3f read=%.3f resilience=%.3f commit_flag=%.3f write=%.3f "
+               "sync=%.3f commit_done=%.3f release=%.3f longest_step=%.3f backoff_total=%.3f backoff_max=%.3f\n",
+               name.c_str(), ts.size(), (unsigned long long)sum.len, sum.hold, sum.read, sum.resilience,
+               sum.commit_flag, sum.write, sum.sync, sum.commit_done, sum.release, held_max, backoff_total,
+               backoff_max);
 }
 
 }  // namespace
@@ -327,11 +460,30 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
     (void)munlockall();
     return started;
   }
+  gate.Observe(top->dev);
   eo.in_use = true;
   eo.gate = &gate;
+  // DISKSEAL_ONLINE_TIMING=1: where each hotzone step's time went, on stderr after the run
+  // (nothing is written while a zone is held). A profiling aid for bench/online.sh.
+  std::vector<engine::StepTiming> timings;
+  const char* want_timing = std::getenv("DISKSEAL_ONLINE_TIMING");
+  if (want_timing && *want_timing == '1') {
+    timings.reserve(4096);
+    eo.timings = &timings;
+  }
   Status run = engine::RunOperation(v, keys, eo);
   Status fin = gate.Finish();
   (void)munlockall();
+  if (eo.timings) PrintTimings(name, timings, gate.backoff_total(), gate.backoff_max());
+  if (!run.ok() || !fin.ok()) {
+    // Someone closed NAME under the run (possible while it is not mounted): the engine stopped
+    // at its next switch, before flagging another zone, and the guardian removed the helper.
+    auto still = dm::Find(name);
+    if (still.ok() && !*still)
+      return NotFound(name + ": /dev/mapper/" + name + " was closed by someone else during the operation; it "
+                      "stopped at a commit point and nothing is lost: open it again and run `diskseal resume` "
+                      "to carry on");
+  }
   if (!run.ok()) return fin.ok() ? run : run.WithContext(fin.message());
   return fin;
 }

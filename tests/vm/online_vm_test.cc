@@ -216,6 +216,96 @@ echo DISKSEAL-CARRIES-ON-OK
   EXPECT_NE(g.console.find("DISKSEAL-CARRIES-ON-OK"), std::string::npos) << g.console;
 }
 
+// Bad input on the online path: the wrong key for a resume on an active mapping changes nothing;
+// the mapping closed by someone else mid-run (not mounted, so `dmsetup remove` can) stops the run
+// with a message naming it, the helper device is gone, nothing is lost and a later open + resume
+// finishes.
+TEST(VmOnline, WrongKeyAndMappingClosedMidRunLoseNothing) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+seed
+diskseal encrypt /dev/vda $DS --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+diskseal open /dev/vda vol $DS
+before="$(dmsetup table vol)"
+printf wrong > /tmp/bad
+if diskseal resume /dev/vda --key-file /tmp/bad --header /hdr 2> /tmp/run.log; then fail "wrong key accepted"; fi
+cat /tmp/run.log
+test "$(dmsetup table vol)" = "$before" || fail "table changed by a wrong key"
+dmsetup info vol-dshz > /dev/null 2>&1 && fail "helper device left by a wrong key"
+echo WRONG-KEY-OK
+
+diskseal resume /dev/vda $DS --hotzone-size 1M --progress-json 2> /tmp/run.log &
+RUN=$!
+n=0
+until grep -q '"done":[1-9][0-9]\{6,\}' /tmp/run.log 2>/dev/null; do
+  n=$((n + 1)); [ $n -lt 3000 ] || { cat /tmp/run.log; fail "no progress"; }; sleep 0.05
+done
+n=0
+until dmsetup remove vol 2> /dev/null; do
+  n=$((n + 1)); [ $n -lt 200 ] || fail "dmsetup remove vol kept failing"; sleep 0.05
+done
+if wait $RUN; then tail -3 /tmp/run.log; fail "the run did not stop when its mapping was closed"; fi
+grep -v '^{' /tmp/run.log | tail -3
+grep -q 'vol: /dev/mapper/vol was closed by someone else' /tmp/run.log || fail "no message naming the closed mapping"
+dmsetup info vol-dshz > /dev/null 2>&1 && fail "helper device left after the close"
+diskseal open /dev/vda vol $DS || fail "open after the close"
+diskseal resume /dev/vda $DS --hotzone-size 4M 2> /tmp/run.log || { cat /tmp/run.log; fail "resume after the close"; }
+test "$(tables)" = "      1 crypt " || fail "table after the resume"
+e2fsck -fn /dev/mapper/vol > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck"; }
+mount -o ro /dev/mapper/vol /mnt
+(cd /mnt && sha256sum -c /tmp/seed.sums > /dev/null) || fail "seed files differ"
+umount /mnt
+diskseal close vol
+echo CLOSED-MID-RUN-OK
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("WRONG-KEY-OK"), std::string::npos) << g.console;
+  EXPECT_NE(g.console.find("CLOSED-MID-RUN-OK"), std::string::npos) << g.console;
+}
+
+// ENOSPC where the header lives (a small tmpfs): --init-only reserves the whole header file before
+// writing anything, so a full filesystem fails there with a clear error, the device untouched and
+// no file left behind; once it is created, an online run never allocates (every commit and the
+// resilience area are written in place), so it finishes on a full filesystem.
+TEST(VmOnline, FullFilesystemForTheHeaderFailsAtInitAndNeverMidRun) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+seed
+mkdir -p /h
+mount -t tmpfs -o size=20m tmpfs /h
+dd if=/dev/zero of=/h/fill bs=1M count=10 2> /dev/null
+DSH="--key-file /tmp/pw --header /h/hdr"
+sha256sum < /dev/vda > /tmp/before
+if diskseal encrypt /dev/vda $DSH --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000 2> /tmp/run.log; then
+  fail "init-only on a full filesystem succeeded"
+fi
+cat /tmp/run.log
+grep -q 'No space left on device' /tmp/run.log || fail "ENOSPC not named"
+grep -q '/h/hdr' /tmp/run.log || fail "the header file not named"
+test -z "$(ls /h | grep -v '^fill$')" || { ls -la /h; fail "files left in the header's filesystem"; }
+sha256sum < /dev/vda | cmp -s - /tmp/before || fail "device changed by a failed init"
+rm /h/fill
+diskseal encrypt /dev/vda $DSH --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000 || fail "init-only after freeing space"
+diskseal open /dev/vda vol $DSH
+mount /dev/mapper/vol /mnt
+dd if=/dev/zero of=/h/fill bs=4k 2> /dev/null || true
+test "$(df -k /h | awk 'NR == 2 {print $4}')" = 0 || fail "the header's filesystem is not full"
+start_workload
+wait_workload 3
+diskseal resume /dev/vda $DSH --hotzone-size 2M 2> /tmp/run.log || { cat /tmp/run.log; fail "online run on a full header filesystem"; }
+stop_workload
+test "$(tables)" = "      1 crypt " || fail "table after the run"
+remount_check
+umount /mnt
+diskseal close vol
+echo FULL-HEADER-FS-OK
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("FULL-HEADER-FS-OK"), std::string::npos) << g.console;
+}
+
 // Power cuts of the guest at random instants of an online encryption under the workload. The
 // header and the workload's records (one small file per fsync'd workload file, itself fsync'd)
 // live on a second, plain disk, so that both survive the cut; the guest's page cache does not.
