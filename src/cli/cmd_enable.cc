@@ -212,6 +212,14 @@ Runner SetupEnable(CLI::App& app, Globals& g) {
       return InvalidArgument("enable: no --vault given, so no key or header would be escrowed and the volumes could not be "
                              "recovered if this machine's disk is lost; pass --vault URL ... or, to accept that, --no-escrow");
     if (a->vault.enabled() && a->no_escrow) return InvalidArgument("enable: --vault and --no-escrow contradict each other");
+    if (a->volume_type != "Data" && !a->vault.enabled())
+      return InvalidArgument("enable --volume-type " + a->volume_type +
+                             ": the OS volume needs a vault (--vault URL --vault-token-file FILE): the initramfs fetches its "
+                             "key from there at every boot");
+    if (a->volume_type != "Data" && a->vault.token_file.empty())
+      return InvalidArgument("enable --volume-type " + a->volume_type +
+                             ": the OS volume needs the vault token in a file (--vault-token-file): the initramfs, which "
+                             "fetches the key at boot, has no environment to take it from");
     std::unique_ptr<vault::VaultClient> client;
     DS_ASSIGN_OR_RETURN(machine::EnableOptions o, MakeOptions(g, *a, "enable", client));
     std::vector<machine::VolumeOutcome> vols;

@@ -122,18 +122,7 @@ class Runner {
   // (crypttab with header=, the in-progress header opens as it is) and `resume --all` carries on.
   Status EnableOnline(VolumeRecord& r) {
     const std::string tmp = r.header + ".diskseal-new";
-    if (r.step == Step::kPlanned) {
-      if (!env_.Exists(r.key_file)) {
-        DS_ASSIGN_OR_RETURN(SecureBuffer pass, vault::GeneratePassphrase());
-        DS_RETURN_IF_ERROR(env_.WriteFileAtomic(r.key_file, pass.view(), 0400));
-      }
-      if (env_.Exists(r.header)) {
-        DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));  // crash between rename and record
-      } else {
-        DS_RETURN_IF_ERROR(FormatAndEscrow(r, tmp, true));
-        DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
-      }
-    }
+    if (r.step == Step::kPlanned) DS_RETURN_IF_ERROR(FormatMounted(r, tmp));
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
     if (r.step == Step::kEscrowed) DS_RETURN_IF_ERROR(PlaceHeader(r, tmp));
     if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
@@ -161,6 +150,19 @@ class Runner {
     return Status::Ok();
   }
 
+  // planned -> escrowed for a volume that stays mounted: the key file first (a crash after the
+  // header is placed must find the key that opens it), then the header made and escrowed as
+  // `tmp`; a header already in place is a crash between its rename and the record.
+  Status FormatMounted(VolumeRecord& r, const std::string& tmp) {
+    if (!env_.Exists(r.key_file)) {
+      DS_ASSIGN_OR_RETURN(SecureBuffer pass, vault::GeneratePassphrase());
+      DS_RETURN_IF_ERROR(env_.WriteFileAtomic(r.key_file, pass.view(), 0400));
+    }
+    if (env_.Exists(r.header)) return Advance(r, Step::kHeaderPlaced);
+    DS_RETURN_IF_ERROR(FormatAndEscrow(r, tmp, true));
+    return Advance(r, Step::kEscrowed);
+  }
+
   // --- the OS volume (enable.h) ----------------------------------------------------------------
 
   // Root cannot be unmounted: its mapping comes from the initramfs at the next boot, and the
@@ -168,18 +170,9 @@ class Runner {
   Status EnableOs(VolumeRecord& r) {
     const std::string tmp = r.header + ".diskseal-new";
     if (r.step == Step::kPlanned) {
-      if (!env_.Exists(r.key_file)) {
-        DS_ASSIGN_OR_RETURN(SecureBuffer pass, vault::GeneratePassphrase());
-        DS_RETURN_IF_ERROR(env_.WriteFileAtomic(r.key_file, pass.view(), 0400));
-      }
-      if (env_.Exists(r.header)) {
-        DS_RETURN_IF_ERROR(Advance(r, Step::kHeaderPlaced));  // crash between rename and record
-      } else {
-        const std::string dir = r.header.substr(0, r.header.rfind('/'));
-        if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return PosixError(dir, errno);
-        DS_RETURN_IF_ERROR(FormatAndEscrow(r, tmp, true));
-        DS_RETURN_IF_ERROR(Advance(r, Step::kEscrowed));
-      }
+      const std::string dir = r.header.substr(0, r.header.rfind('/'));
+      if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) return PosixError(dir, errno);
+      DS_RETURN_IF_ERROR(FormatMounted(r, tmp));
     }
     if (r.step == Step::kEscrowed) {
       // The initramfs learns of the volume before its header exists where it looks: a boot in

@@ -47,6 +47,26 @@ std::string Canonical(const std::string& path) {
   return ::realpath(path.c_str(), buf) ? std::string(buf) : path;
 }
 
+// The row of a recorded volume, before its state is worked out.
+VolumeStatus FromRecord(const VolumeRecord& r) {
+  VolumeStatus v;
+  v.mountpoint = r.mountpoint;
+  v.device = r.device;
+  v.name = r.name;
+  v.step = StepName(r.step);
+  v.last_error = r.last_error;
+  return v;
+}
+
+// Speed and time left only from the process that holds the lock now, while its engine runs: a
+// rate left by a crashed run describes nothing.
+void LiveRate(const VolumeRecord& r, int64_t running_pid, VolumeStatus& v) {
+  if (!r.rate.pid || r.rate.pid != running_pid || (r.step != Step::kEncrypting && r.step != Step::kDecrypting)) return;
+  v.mib_s = r.rate.mib_s;
+  v.eta_s = r.rate.eta_s;
+  v.pid = r.rate.pid;
+}
+
 std::string Pct(double p) {
   std::ostringstream o;
   o << int(p) << "%";
@@ -85,12 +105,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
       }
       continue;
     }
-    VolumeStatus v;
-    v.mountpoint = r.mountpoint;
-    v.device = r.device;
-    v.name = r.name;
-    v.step = StepName(r.step);
-    v.last_error = r.last_error;
+    VolumeStatus v = FromRecord(r);
     const std::string src = MountedAt(m, "/");
     const bool on_mapping = !src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name);
     if (r.step == Step::kPlanned) {
@@ -110,11 +125,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
       if (r.step >= Step::kHeaderPlaced) {
         if (auto p = HeaderPercent(env, root, r)) v.percent = *p;
       }
-      if (r.rate.pid && r.rate.pid == running_pid && r.step == Step::kEncrypting) {
-        v.mib_s = r.rate.mib_s;
-        v.eta_s = r.rate.eta_s;
-        v.pid = r.rate.pid;
-      }
+      LiveRate(r, running_pid, v);
     }
     out.os_volume = v.state;
     if (!r.last_error.empty() && !running_pid)
@@ -145,12 +156,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
       if (src.empty() || Canonical(src) != Canonical(r.device)) disabled_current = false;
       continue;
     }
-    VolumeStatus v;
-    v.mountpoint = r.mountpoint;
-    v.device = r.device;
-    v.name = r.name;
-    v.step = StepName(r.step);
-    v.last_error = r.last_error;
+    VolumeStatus v = FromRecord(r);
     const bool disable = r.step >= Step::kDisabling;
     if (r.step == Step::kConfigured) {
       v.state = MountedAt(m, r.mountpoint).empty() ? "NotMounted" : "Encrypted";
@@ -170,13 +176,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
       } else if (r.rate.total) {
         v.percent = Floor1(100.0 * double(r.rate.done) / double(r.rate.total));
       }
-      // Speed and time left only from the process that holds the lock now: a rate left by a
-      // crashed run describes nothing.
-      if (r.rate.pid && r.rate.pid == running_pid && (r.step == Step::kEncrypting || r.step == Step::kDecrypting)) {
-        v.mib_s = r.rate.mib_s;
-        v.eta_s = r.rate.eta_s;
-        v.pid = r.rate.pid;
-      }
+      LiveRate(r, running_pid, v);
     }
     out.volumes.push_back(std::move(v));
   }

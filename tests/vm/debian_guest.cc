@@ -73,6 +73,48 @@ bool CopyImage(const DebianImage& image, const std::string& dest, std::string* e
   return r.exit_code == 0;
 }
 
+namespace {
+
+const char kImageShell[] = R"SH(
+set -euo pipefail
+loops=() mounts=()
+cleanup() {
+  local i
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" || true; done
+  for i in "${loops[@]}"; do losetup -d "$i" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+mount_image() {
+  rl=$(losetup -f --show -o "$ROOT_OFFSET" --sizelimit "$ROOT_SIZE" "$IMG"); loops+=("$rl")
+  bl=$(losetup -f --show -o "$BOOT_OFFSET" --sizelimit "$BOOT_SIZE" "$IMG"); loops+=("$bl")
+  m="$WORK/mnt"
+  mkdir -p "$m"
+  mount "$rl" "$m"; mounts+=("$m")
+  mount "$bl" "$m/boot"; mounts+=("$m/boot")
+}
+chroot_mounts() {
+  mount -t proc proc "$m/proc"; mounts+=("$m/proc")
+  mount -t sysfs sysfs "$m/sys"; mounts+=("$m/sys")
+  mount --bind /dev "$m/dev"; mounts+=("$m/dev")
+}
+)SH";
+
+}  // namespace
+
+RunResult RunOnImage(const DebianImage& image, const std::string& disk,
+                     const std::map<std::string, std::string>& vars, const std::string& script) {
+  std::vector<std::string> argv = {"env"};
+  for (const char* k : {"ROOT_OFFSET", "ROOT_SIZE", "BOOT_OFFSET", "BOOT_SIZE", "ROOT_PARTUUID", "BOOT_UUID"}) {
+    auto it = image.env.find(k);
+    argv.push_back(std::string(k) + "=" + (it == image.env.end() ? "" : it->second));
+  }
+  argv.push_back("IMG=" + disk);
+  for (const auto& [k, v] : vars) argv.push_back(k + "=" + v);
+  for (const char* a : {"bash", "-c"}) argv.push_back(a);
+  argv.push_back(std::string(kImageShell) + script);
+  return RunProgram(argv);
+}
+
 DebianGuest::DebianGuest(Options opts) : o_(std::move(opts)) {
   ::unlink((o_.work_dir + "/console.log").c_str());
 }

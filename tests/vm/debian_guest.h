@@ -37,6 +37,16 @@ bool PrepareDebianImage(const std::vector<std::string>& args, DebianImage* out, 
 // Copies `image.disk` to `dest` sparsely (each test boots its own copy).
 bool CopyImage(const DebianImage& image, const std::string& dest, std::string* err);
 
+// Runs `script` with bash on the host against `disk` (a copy of `image.disk`), with the image's
+// geometry (ROOT_OFFSET, ROOT_SIZE, BOOT_OFFSET, BOOT_SIZE, ROOT_PARTUUID, BOOT_UUID), IMG=disk and
+// `vars` (paths and names only) in its environment, `set -euo pipefail`, and two shell functions:
+// `mount_image` (root at $m = $WORK/mnt with /boot below it; $rl/$bl are their loop devices) and
+// `chroot_mounts` (proc, sys and /dev inside $m). Everything is unmounted and detached at exit.
+// Returns what bash printed and its exit status (testlib.h RunResult).
+struct RunResult;
+RunResult RunOnImage(const DebianImage& image, const std::string& disk,
+                     const std::map<std::string, std::string>& vars, const std::string& script);
+
 struct ExecResult {
   int exit_code = -1;   // the script's exit status; -1 when no answer came (timeout, guest gone)
   std::string output;   // stdout and stderr, interleaved

@@ -19,20 +19,7 @@ namespace {
 // the image, rebuilds the image's initramfs in a chroot, writes a payload, then encrypts the root
 // partition in place (detached header at /boot/luks/osluksheader in the image's /boot).
 const char kPrepare[] = R"SH(
-set -euo pipefail
-loops=() mounts=()
-cleanup() {
-  local i
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" || true; done
-  for i in "${loops[@]}"; do losetup -d "$i" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-rl=$(losetup -f --show -o "$ROOT_OFFSET" --sizelimit "$ROOT_SIZE" "$IMG"); loops+=("$rl")
-bl=$(losetup -f --show -o "$BOOT_OFFSET" --sizelimit "$BOOT_SIZE" "$IMG"); loops+=("$bl")
-m="$WORK/mnt"
-mkdir -p "$m"
-mount "$rl" "$m"; mounts+=("$m")
-mount "$bl" "$m/boot"; mounts+=("$m/boot")
+mount_image
 # Stripped, as a package ships it (the build's binary carries debug info). The image has the
 # libraries a normal build links; others (a sanitizer build's runtime) come from the host.
 strip -o "$m/usr/sbin/diskseal" "$DISKSEAL"
@@ -61,9 +48,7 @@ install -m 0644 "$VAULT_CA" "$m/etc/diskseal/vault-ca.pem"
 head -c 3145728 /dev/urandom >"$m/root/payload"
 (cd "$m/root" && sha256sum payload) >"$m/root/payload.sum"
 cp "$m/root/payload.sum" "$WORK/payload.sum"
-mount -t proc proc "$m/proc"; mounts+=("$m/proc")
-mount -t sysfs sysfs "$m/sys"; mounts+=("$m/sys")
-mount --bind /dev "$m/dev"; mounts+=("$m/dev")
+chroot_mounts
 chroot "$m" update-initramfs -u -k all >"$WORK/update-initramfs.log" 2>&1 ||
   { cat "$WORK/update-initramfs.log"; exit 1; }
 umount "$m/dev" "$m/sys" "$m/proc"
@@ -117,16 +102,11 @@ TEST(VmOsBoot, EncryptedRootOpensFromTheBekVolumeAtEveryBootWithTheHeaderOnBoot)
   const std::string admin = vault.Token("admin", "all");
   const std::string machine = vault.Token("machine", "secrets:get");
 
-  std::string env;
-  for (const char* k : {"ROOT_OFFSET", "ROOT_SIZE", "BOOT_OFFSET", "BOOT_SIZE", "ROOT_PARTUUID", "BOOT_UUID"})
-    env += std::string(k) + "=" + img.env[k] + " ";
-  RunResult prep = RunProgram({"bash", "-c",
-                        "env " + env + "IMG=" + dir / "disk.img" + " WORK=" + dir.path() +
-                            " DISKSEAL=" + DISKSEAL_BIN + " SRC=" + DISKSEAL_SOURCE_DIR + " VAULT_URL=" + vault.url() +
-                            " VAULT_CA=" + vault.ca() + " ADMIN_TOKEN=" + admin +
-                            " MACHINE_TOKEN=" + machine +
-                            " bash -c \"$0\"",
-                        kPrepare});
+  RunResult prep = RunOnImage(img, dir / "disk.img",
+                              {{"WORK", dir.path()}, {"DISKSEAL", DISKSEAL_BIN}, {"SRC", DISKSEAL_SOURCE_DIR},
+                               {"VAULT_URL", vault.url()}, {"VAULT_CA", vault.ca()}, {"ADMIN_TOKEN", admin},
+                               {"MACHINE_TOKEN", machine}},
+                              kPrepare);
   ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
 
   DebianGuest::Options o;

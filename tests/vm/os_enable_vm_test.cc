@@ -21,26 +21,11 @@ namespace {
 // chroot (its initramfs hook does nothing until enable configures it); the machine's diskseal
 // configuration and vault credentials; a payload to find again.
 const char kInstall[] = R"SH(
-set -euo pipefail
-loops=() mounts=()
-cleanup() {
-  local i
-  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" || true; done
-  for i in "${loops[@]}"; do losetup -d "$i" 2>/dev/null || true; done
-}
-trap cleanup EXIT
 "$SRC/scripts/package" --build-dir "$BUILD" --out "$WORK/deb" --no-lintian >"$WORK/package.log" 2>&1 ||
   { cat "$WORK/package.log"; exit 1; }
 deb=$(ls "$WORK"/deb/diskseal_*_amd64.deb)
-rl=$(losetup -f --show -o "$ROOT_OFFSET" --sizelimit "$ROOT_SIZE" "$IMG"); loops+=("$rl")
-bl=$(losetup -f --show -o "$BOOT_OFFSET" --sizelimit "$BOOT_SIZE" "$IMG"); loops+=("$bl")
-m="$WORK/mnt"
-mkdir -p "$m"
-mount "$rl" "$m"; mounts+=("$m")
-mount "$bl" "$m/boot"; mounts+=("$m/boot")
-mount -t proc proc "$m/proc"; mounts+=("$m/proc")
-mount -t sysfs sysfs "$m/sys"; mounts+=("$m/sys")
-mount --bind /dev "$m/dev"; mounts+=("$m/dev")
+mount_image
+chroot_mounts
 cp "$deb" "$m/tmp/diskseal.deb"
 chroot "$m" env DEBIAN_FRONTEND=noninteractive dpkg -i /tmp/diskseal.deb >"$WORK/dpkg.log" 2>&1 ||
   { cat "$WORK/dpkg.log"; exit 1; }
@@ -94,14 +79,11 @@ TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
   // initramfs uses the same file to fetch the key at boot.
   const std::string token = vault.Token("machine", "secrets:get,secrets:set");
 
-  std::string env;
-  for (const char* k : {"ROOT_OFFSET", "ROOT_SIZE", "BOOT_OFFSET", "BOOT_SIZE"}) env += std::string(k) + "=" + img.env[k] + " ";
   const std::string build = std::string(DISKSEAL_BIN).substr(0, std::string(DISKSEAL_BIN).rfind('/'));
-  RunResult prep = RunProgram({"bash", "-c",
-                               "env " + env + "IMG=" + dir / "disk.img" + " WORK=" + dir.path() + " BUILD=" + build +
-                                   " SRC=" + DISKSEAL_SOURCE_DIR + " VAULT_CA=" + vault.ca() + " TOKEN=" + token +
-                                   " bash -c \"$0\"",
-                               kInstall});
+  RunResult prep = RunOnImage(img, dir / "disk.img",
+                              {{"WORK", dir.path()}, {"BUILD", build}, {"SRC", DISKSEAL_SOURCE_DIR},
+                               {"VAULT_CA", vault.ca()}, {"TOKEN", token}},
+                              kInstall);
   ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
 
   DebianGuest::Options o;
