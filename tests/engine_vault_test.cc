@@ -3,6 +3,8 @@
 // header before the first data block is written; resume/decrypt fetch it from the vault.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 #include <map>
 #include <optional>
@@ -10,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "luks2/volume.h"
+#include "machine/state.h"
 #include "testlib.h"
 #include "engine/volume_escrow.h"
 #include "vault_testutil.h"
@@ -331,6 +334,245 @@ TEST(EngineVaultTest, ReencryptMarksTheEscrowedHeaderStaleAndResumeReplacesIt) {
   ASSERT_EQ(Diskseal(open).exit_code, 0);
   EXPECT_EQ(ReadFileOrDie(run + "/v"), std::string(plain.begin(), plain.end()));
   ASSERT_EQ(Diskseal({"close", "--run-dir", run, "v"}).exit_code, 0);
+}
+
+// Real loop devices over image files, detached when the test ends.
+struct Loops {
+  std::vector<std::string> devs;
+  ~Loops() {
+    for (auto it = devs.rbegin(); it != devs.rend(); ++it) RunProgram({"losetup", "-d", *it});
+  }
+  std::string Attach(const std::string& img) {
+    RunResult r = RunProgram({"losetup", "-f", "--show", img});
+    std::string dev = r.exit_code == 0 ? r.out.substr(0, r.out.find('\n')) : "";
+    if (!dev.empty()) devs.push_back(dev);
+    return dev;
+  }
+};
+
+// The volume-header findings of `doctor --json` (this machine's other findings are not this
+// test's: other programs run here at the same time).
+std::vector<nlohmann::json> HeaderFindings(const std::vector<std::string>& args) {
+  std::vector<std::string> cmd = {"doctor", "--json"};
+  cmd.insert(cmd.end(), args.begin(), args.end());
+  RunResult r = Diskseal(cmd);
+  std::vector<nlohmann::json> out;
+  auto j = nlohmann::json::parse(r.out, nullptr, false);
+  if (!j.is_object()) {
+    ADD_FAILURE() << "doctor --json printed no JSON: " << r.out << r.err;
+    return out;
+  }
+  for (const auto& f : j["findings"])
+    if (f["check"] == "volume-header") out.push_back(f);
+  return out;
+}
+
+bool EvidenceHas(const nlohmann::json& f, const std::string& part) {
+  for (const auto& e : f["evidence"])
+    if (e.get<std::string>().find(part) != std::string::npos) return true;
+  return false;
+}
+
+// A state record as enable writes it, for a volume encrypted on `dev` with header `hdr`.
+void Record(const std::string& state, const std::string& uuid, const std::string& dev, const std::string& hdr,
+            const std::string& secret_id) {
+  machine::StateDir sd(*PosixEnv(), state);
+  ASSERT_TRUE(sd.Prepare().ok());
+  machine::VolumeRecord rec;
+  rec.name = uuid;
+  rec.device = dev;
+  rec.mountpoint = "/srv/t-" + uuid.substr(0, 8);
+  rec.fstype = "ext4";
+  rec.header = hdr;
+  rec.key_file = state + "/keys/" + uuid + ".key";
+  rec.secret_id = secret_id;
+  rec.step = machine::Step::kConfigured;
+  ASSERT_TRUE(sd.Save(rec).ok());
+}
+
+// Issue 13: the OS volume's header on plaintext /boot is a single point of failure. On a real loop
+// device: doctor notices the recorded header missing (blocking, the way out named) and, with the
+// vault, that the vault holds a final header; `repair --vault` restores it; the files read back;
+// a header that loads is not "repaired"; one whose both copies are destroyed is put back, the
+// damaged file kept beside it.
+TEST(EngineVaultTest, DoctorNoticesAMissingHeaderAndRepairRestoresItFromTheVault) {
+  TempDir dir;
+  VaultProcess vp(dir / "vault");
+  vp.Start();
+  const std::string tok = vp.Token("machine", "secrets:get,secrets:set");
+  const std::string img = dir / "disk.img", hdr = dir / "boot/luks/osluksheader", state = dir / "state";
+  ASSERT_EQ(::mkdir((dir / "boot").c_str(), 0755), 0);
+  ASSERT_EQ(::mkdir((dir / "boot/luks").c_str(), 0755), 0);
+  std::map<std::string, std::string> files;
+  ASSERT_EQ(MakeExt4WithFiles(dir.path(), img, files), "");
+  Loops loops;
+  const std::string dev = loops.Attach(img);
+  ASSERT_FALSE(dev.empty());
+  const std::vector<std::string> vault = {"--vault", vp.url(), "--vault-token-file", tok, "--vault-ca", vp.ca()};
+  const std::vector<std::string> fast = {"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"};
+  std::vector<std::string> enc = {"encrypt", dev, "--header", hdr, "--hotzone-size", "1M"};
+  enc.insert(enc.end(), vault.begin(), vault.end());
+  enc.insert(enc.end(), fast.begin(), fast.end());
+  RunResult r = Diskseal(enc);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string uuid;
+  auto pin = PinOf(dev, hdr, &uuid);
+  ASSERT_TRUE(pin.has_value());
+  ASSERT_EQ(pin->header_state, "final");
+  Record(state, uuid, dev, hdr, pin->passphrase_secret);
+
+  // header in place: fine; without the vault the stale check says it was skipped
+  auto f = HeaderFindings({"--state-dir", state});
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0]["severity"], "info");
+  EXPECT_NE(f[0]["message"].get<std::string>().find("stale check skipped"), std::string::npos) << f[0];
+  std::vector<std::string> with_vault = {"--state-dir", state};
+  with_vault.insert(with_vault.end(), vault.begin(), vault.end());
+  f = HeaderFindings(with_vault);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0]["severity"], "info") << f[0];
+  EXPECT_NE(f[0]["message"].get<std::string>().find("is not older than the header escrowed"), std::string::npos) << f[0];
+
+  // repair --vault refuses a header that loads: nothing to restore, nothing changed
+  const std::string sum = Sha256File(hdr);
+  std::vector<std::string> rep = {"repair", dev, "--header", hdr, "--uuid", uuid};
+  rep.insert(rep.end(), vault.begin(), vault.end());
+  rep.insert(rep.end(), fast.begin(), fast.end());
+  RunResult same = Diskseal(rep);
+  EXPECT_EQ(same.exit_code, 1) << same.err;
+  EXPECT_NE(same.err.find("nothing to restore from the vault"), std::string::npos) << same.err;
+  EXPECT_EQ(std::count(same.err.begin(), same.err.end(), '\n'), 1) << same.err;
+  EXPECT_EQ(Sha256File(hdr), sum);
+
+  // /boot lost the header
+  ASSERT_EQ(::unlink(hdr.c_str()), 0);
+  f = HeaderFindings({"--state-dir", state});
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0]["severity"], "blocking");
+  EXPECT_NE(f[0]["message"].get<std::string>().find(hdr + " of " + dev + " is missing"), std::string::npos) << f[0];
+  EXPECT_NE(f[0]["fix"].get<std::string>().find("diskseal repair " + dev + " --header " + hdr + " --uuid " + uuid),
+            std::string::npos) << f[0];
+  f = HeaderFindings(with_vault);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_TRUE(EvidenceHas(f[0], "(final)")) << f[0];
+  EXPECT_NE(f[0]["fix"].get<std::string>().find("rebuild it from the vault: diskseal repair"), std::string::npos) << f[0];
+
+  RunResult rs = Diskseal(rep);
+  ASSERT_EQ(rs.exit_code, 0) << rs.err;
+  EXPECT_NE(rs.out.find("header restored from the vault into " + hdr), std::string::npos) << rs.out;
+  EXPECT_EQ(HeaderFindings(with_vault)[0]["severity"], "info");
+  const std::string run = dir / "run";
+  std::vector<std::string> open = {"open", "--userspace", "--run-dir", run, dev, "v", "--header", hdr};
+  open.insert(open.end(), vault.begin(), vault.end());
+  RunResult o = Diskseal(open);
+  ASSERT_EQ(o.exit_code, 0) << o.err;
+  for (const auto& [name, content] : files) EXPECT_EQ(DebugfsCat(run + "/v", name), content) << name;
+  ASSERT_EQ(Diskseal({"close", "--run-dir", run, "v"}).exit_code, 0);
+
+  // both copies destroyed: unreadable; repair puts it back and keeps the damaged file
+  const std::string junk(1 << 20, 'z');
+  WriteFile(hdr, junk);
+  f = HeaderFindings({"--state-dir", state});
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0]["severity"], "blocking");
+  EXPECT_NE(f[0]["message"].get<std::string>().find("does not read as a LUKS2 header"), std::string::npos) << f[0];
+  RunResult rs2 = Diskseal(rep);
+  ASSERT_EQ(rs2.exit_code, 0) << rs2.err;
+  EXPECT_NE(rs2.err.find("kept as " + hdr + ".damaged"), std::string::npos) << rs2.err;
+  EXPECT_EQ(ReadFileOrDie(hdr + ".damaged"), junk);
+  RunResult o2 = Diskseal(open);
+  ASSERT_EQ(o2.exit_code, 0) << o2.err;
+  EXPECT_EQ(DebugfsCat(run + "/v", "a.txt"), files["a.txt"]);
+  ASSERT_EQ(Diskseal({"close", "--run-dir", run, "v"}).exit_code, 0);
+}
+
+// repair --vault refuses, with one line and nothing changed: when the vault holds only the header
+// escrowed before the encryption finished, and when the rebuilt header does not belong to the
+// device (another loop device of the same size). Doctor calls a header older than the vault's
+// final one stale (blocking); `resume --vault` is what escrows a pending final header.
+TEST(EngineVaultTest, RepairRefusesAnUnfinishedEscrowAndAnotherDeviceAndDoctorSeesAStaleHeader) {
+  TempDir dir;
+  VaultProcess vp(dir / "vault");
+  vp.Start();
+  const std::string tok = vp.Token("machine", "secrets:get,secrets:set");
+  const std::string img = dir / "disk.img", other_img = dir / "other.img", hdr = dir / "disk.hdr",
+                    old = dir / "disk.hdr.old", state = dir / "state";
+  std::map<std::string, std::string> files;
+  ASSERT_EQ(MakeExt4WithFiles(dir.path(), img, files), "");
+  ASSERT_EQ(RunProgram({"truncate", "-s", "24M", other_img}).exit_code, 0);
+  ASSERT_EQ(RunProgram({"mkfs.ext4", "-q", "-F", other_img}).exit_code, 0);
+  Loops loops;
+  const std::string dev = loops.Attach(img), other = loops.Attach(other_img);
+  ASSERT_FALSE(dev.empty());
+  ASSERT_FALSE(other.empty());
+  const std::vector<std::string> vault = {"--vault", vp.url(), "--vault-token-file", tok, "--vault-ca", vp.ca()};
+  const std::vector<std::string> fast = {"--pbkdf", "pbkdf2", "--pbkdf-force-iterations", "1000"};
+  std::vector<std::string> enc = {"encrypt", dev, "--header", hdr, "--hotzone-size", "1M", "--stop-after", "4M"};
+  enc.insert(enc.end(), vault.begin(), vault.end());
+  enc.insert(enc.end(), fast.begin(), fast.end());
+  ASSERT_EQ(Diskseal(enc).exit_code, 9);
+  std::string uuid;
+  auto pin = PinOf(dev, hdr, &uuid);
+  ASSERT_TRUE(pin.has_value());
+  ASSERT_EQ(pin->header_state, "encrypting");
+  Record(state, uuid, dev, hdr, pin->passphrase_secret);
+  WriteFile(old, ReadFileOrDie(hdr));  // a backup of the header taken mid-encryption
+
+  // only the "encrypting" header in the vault: repair refuses, nothing written
+  const std::string dev_sum = Sha256File(img);
+  ASSERT_EQ(::rename(hdr.c_str(), (dir / "aside.hdr").c_str()), 0);
+  std::vector<std::string> rep = {"repair", dev, "--header", hdr, "--uuid", uuid};
+  rep.insert(rep.end(), vault.begin(), vault.end());
+  rep.insert(rep.end(), fast.begin(), fast.end());
+  RunResult r1 = Diskseal(rep);
+  EXPECT_EQ(r1.exit_code, 5) << r1.err;
+  EXPECT_NE(r1.err.find("before the encryption of " + dev + " finished"), std::string::npos) << r1.err;
+  EXPECT_EQ(std::count(r1.err.begin(), r1.err.end(), '\n'), 1) << r1.err;
+  EXPECT_NE(::access(hdr.c_str(), F_OK), 0);
+  EXPECT_NE(::access((hdr + ".diskseal-restored").c_str(), F_OK), 0);
+  EXPECT_EQ(Sha256File(img), dev_sum);
+  std::vector<std::string> with_vault = {"--state-dir", state};
+  with_vault.insert(with_vault.end(), vault.begin(), vault.end());
+  auto f = HeaderFindings(with_vault);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0]["severity"], "blocking");
+  EXPECT_NE(f[0]["fix"].get<std::string>().find("the vault holds only the header escrowed before"), std::string::npos) << f[0];
+
+  // finish the encryption: the final header goes to the vault
+  ASSERT_EQ(::rename((dir / "aside.hdr").c_str(), hdr.c_str()), 0);
+  std::vector<std::string> res = {"resume", dev, "--header", hdr};
+  res.insert(res.end(), vault.begin(), vault.end());
+  RunResult rs = Diskseal(res);
+  ASSERT_EQ(rs.exit_code, 0) << rs.err;
+  ASSERT_EQ(PinOf(dev, hdr)->header_state, "final");
+  EXPECT_EQ(HeaderFindings(with_vault)[0]["severity"], "info");
+
+  // /boot restored from the backup taken mid-encryption: stale
+  const std::string current = ReadFileOrDie(hdr);
+  WriteFile(hdr, ReadFileOrDie(old));
+  f = HeaderFindings(with_vault);
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0]["severity"], "blocking") << f[0];
+  EXPECT_NE(f[0]["message"].get<std::string>().find(hdr + " is stale"), std::string::npos) << f[0];
+  EXPECT_NE(f[0]["message"].get<std::string>().find("still records an operation in progress"), std::string::npos) << f[0];
+  EXPECT_NE(f[0]["fix"].get<std::string>().find("mv " + hdr + " " + hdr + ".stale"), std::string::npos) << f[0];
+  // without the vault, doctor cannot tell, and says so
+  f = HeaderFindings({"--state-dir", state});
+  EXPECT_NE(f[0]["message"].get<std::string>().find("stale check skipped"), std::string::npos) << f[0];
+  WriteFile(hdr, current);
+
+  // the header rebuilt for another device of the same size: refused by the binding, nothing written
+  const std::string hdr2 = dir / "other.hdr", other_sum = Sha256File(other_img);
+  std::vector<std::string> wrong = {"repair", other, "--header", hdr2, "--uuid", uuid};
+  wrong.insert(wrong.end(), vault.begin(), vault.end());
+  wrong.insert(wrong.end(), fast.begin(), fast.end());
+  RunResult w = Diskseal(wrong);
+  EXPECT_EQ(w.exit_code, 4) << w.err;
+  EXPECT_NE(w.err.find("belongs to another device than " + other), std::string::npos) << w.err;
+  EXPECT_EQ(std::count(w.err.begin(), w.err.end(), '\n'), 1) << w.err;
+  EXPECT_NE(::access(hdr2.c_str(), F_OK), 0);
+  EXPECT_NE(::access((hdr2 + ".diskseal-restored").c_str(), F_OK), 0);
+  EXPECT_EQ(Sha256File(other_img), other_sum);
 }
 
 }  // namespace

@@ -9,8 +9,10 @@
 #include "cli/claim.h"
 #include "cli/commands.h"
 #include "cli/luks_options.h"
+#include "cli/vault_options.h"
 #include "crypto/crypto.h"
 #include "engine/binding.h"
+#include "engine/volume_escrow.h"
 #include "io/mem_device.h"
 #include "luks2/dump.h"
 #include "luks2/format.h"
@@ -355,10 +357,39 @@ Runner SetupHeader(CLI::App& app, Globals& g) {
   return Dispatch(std::move(subs));
 }
 
+// repair DEVICE [--header F]: one damaged header copy rewritten from the other. With --vault, a
+// detached header file that is missing or unreadable altogether is put back from the vault
+// (engine::RestoreHeader, which `recover` shares).
 Runner SetupRepair(CLI::App& app, Globals& g) {
-  auto d = std::make_shared<DeviceArgs>();
-  AddDeviceArgs(app, *d);
-  return [d, &g]() -> Status {
+  struct Opts {
+    DeviceArgs dev;
+    VaultOptions vault;
+    std::string uuid;
+    luks2::PbkdfOptions pbkdf;
+  };
+  auto o = std::make_shared<Opts>();
+  AddDeviceArgs(app, o->dev);
+  AddVaultOptions(app, o->vault);
+  AddPbkdfOptions(app, o->pbkdf);
+  app.add_option("--uuid", o->uuid,
+                 "with --vault: the volume's LUKS UUID (names its secrets: diskseal-<UUID>, diskseal-<UUID>-header)");
+  return [o, &g]() -> Status {
+    DeviceArgs* d = &o->dev;
+    if (o->vault.enabled()) {
+      const std::string& dev = d->device;
+      if (d->header.empty())
+        return InvalidArgument(dev + ": repair --vault needs --header F: the detached header file to restore");
+      if (o->uuid.empty() == o->vault.secret_name.empty())
+        return InvalidArgument(dev + ": repair --vault needs exactly one of --uuid UUID or --vault-secret-name NAME");
+      if (!o->uuid.empty() && !luks2::IsValidUuid(o->uuid)) return InvalidArgument("--uuid " + o->uuid + " is not a UUID");
+      DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, *d, ClaimMode::kExclusive, false));
+      DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, o->vault));
+      const std::string secret = engine::HeaderSecretName(o->vault.SecretNameFor(o->uuid));
+      DS_RETURN_IF_ERROR(engine::RestoreHeader(*g.env, *client, dev, secret, d->header, o->pbkdf, *g.err));
+      *g.out << dev << ": header restored from the vault into " << d->header << ".\n";
+      return Status::Ok();
+    }
+    if (!o->uuid.empty()) return InvalidArgument("--uuid needs --vault (it names the volume's secrets in the vault)");
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, *d, ClaimMode::kExclusive, d->header.empty()));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, d->device, d->header, true));
     const luks2::HeaderRead& st = v.header_state();

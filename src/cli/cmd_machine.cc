@@ -18,6 +18,7 @@ struct DoctorFlags {
   std::string root = "/";
   std::string header_mode = "detached";
   std::string header_dir = "/var/lib/diskseal";
+  std::string state_dir = "/var/lib/diskseal";
   std::vector<std::string> ignore;
   VaultOptions vault;
 };
@@ -31,6 +32,9 @@ Runner SetupDoctor(CLI::App& app, Globals& g) {
   app.add_option("--header-mode", o->header_mode,
                  "where headers go: detached (a file in --header-dir, default) or shrink (ext2/3/4)");
   app.add_option("--header-dir", o->header_dir, "directory for detached header files")
+      ->capture_default_str();
+  app.add_option("--state-dir", o->state_dir,
+                 "the volumes enable recorded, whose detached headers are checked (under --root)")
       ->capture_default_str();
   std::string ids;
   for (const auto& id : machine::CheckIds()) ids += (ids.empty() ? "" : ", ") + id;
@@ -47,6 +51,7 @@ Runner SetupDoctor(CLI::App& app, Globals& g) {
     else if (o->header_mode == "shrink") opts.header_mode = machine::HeaderMode::kShrink;
     else return InvalidArgument("--header-mode must be detached or shrink, not '" + o->header_mode + "'");
     opts.header_dir = o->header_dir;
+    opts.state_dir = o->state_dir;
     opts.ignore = o->ignore;
     opts.self_pid = int(::getpid());
     if (o->vault.enabled()) {

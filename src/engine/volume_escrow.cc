@@ -8,7 +8,9 @@
 
 #include <openssl/crypto.h>
 
+#include "engine/binding.h"
 #include "luks2/digest.h"
+#include "luks2/header_io.h"
 
 namespace ds::engine {
 
@@ -355,9 +357,12 @@ Status RecoverHeader(Env& env, VaultClient& client, const std::string& device,
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Format(env, device, tmp, f, pass.span(), hook));
     DS_RETURN_IF_ERROR(WritePin(v, pin));
     DS_ASSIGN_OR_RETURN(luks2::Volume check, luks2::Volume::Load(env, device, tmp, false));
+    // The escrowed binding token came along (it names no keyslot): this device must be the one
+    // the header was made for, before the header is put where `open` would use it.
+    DS_RETURN_IF_ERROR(CheckBindingKeyless(env, check, new_header));
     DS_ASSIGN_OR_RETURN(luks2::Volume::Unlocked u, check.Unlock(pass.span()));
     if (!u.key.Equals(vk.span())) return Corrupt("the rebuilt header opens a different key");
-    return Status::Ok();
+    return CheckBindingUnlocked(check, new_header, {{u.digest, &u.key}});
   }();
   if (!made.ok()) {
     (void)env.Remove(tmp);
@@ -366,6 +371,59 @@ Status RecoverHeader(Env& env, VaultClient& client, const std::string& device,
   DS_RETURN_IF_ERROR(env.Rename(tmp, new_header));
   log << device << ": header rebuilt from " << s.id << " into " << new_header << "\n";
   return Status::Ok();
+}
+
+Status RestoreHeader(Env& env, VaultClient& client, const std::string& device,
+                     const std::string& header_secret_name, const std::string& header,
+                     const luks2::PbkdfOptions& pbkdf, std::ostream& log) {
+  const bool present = env.Exists(header);
+  if (present) {
+    // The header alone, without the device: "loads" means either copy reads as LUKS2.
+    DS_ASSIGN_OR_RETURN(auto h, env.Open(header, OpenOptions{}));
+    auto read = luks2::ReadHeader(*h);
+    if (read.ok())
+      return InvalidArgument(header + ": reads as the LUKS2 header " + read->md.uuid +
+                             "; nothing to restore from the vault (`diskseal repair " + device + " --header " +
+                             header + "` without --vault rewrites a damaged copy from the intact one)");
+  }
+  // Rebuilt beside it first: the unreadable file stays where it is until the new one is checked.
+  const std::string fresh = header + ".diskseal-restored";
+  if (env.Exists(fresh)) DS_RETURN_IF_ERROR(env.Remove(fresh));
+  DS_RETURN_IF_ERROR(RecoverHeader(env, client, device, header_secret_name, fresh, pbkdf, log));
+  if (present) {
+    std::string keep = header + ".damaged";
+    for (int i = 1; env.Exists(keep); ++i) {
+      if (i > 999) {
+        (void)env.Remove(fresh);
+        return Busy(header + ".damaged.1 to .999 exist; remove the old copies of the damaged header first");
+      }
+      keep = header + ".damaged." + std::to_string(i);
+    }
+    Status moved = env.Rename(header, keep);
+    if (!moved.ok()) {
+      (void)env.Remove(fresh);
+      return moved.WithContext(header + ": keeping the damaged header");
+    }
+    log << header << ": the unreadable header is kept as " << keep << "\n";
+  }
+  DS_RETURN_IF_ERROR(env.Rename(fresh, header));
+  log << device << ": header restored from the vault into " << header << "\n";
+  return Status::Ok();
+}
+
+Result<EscrowedHeader> NewestEscrowedHeader(VaultClient& client, const std::string& header_secret_name) {
+  DS_ASSIGN_OR_RETURN(SecretBundle s, NewestEnabled(client, header_secret_name));
+  DS_ASSIGN_OR_RETURN(Envelope e, ParseEnvelope(s));
+  EscrowedHeader h;
+  h.id = s.id;
+  h.version = s.version;
+  h.state = e.state;
+  h.uuid = e.md.uuid;
+  const auto segs = luks2::Segments(e.md);
+  h.finished = segs.size() == 1 && segs.front().type == "crypt";
+  if (h.finished)
+    if (auto d = luks2::DigestOfSegment(e.md, 0)) h.segment0_digest = d->digest;
+  return h;
 }
 
 }  // namespace ds::engine

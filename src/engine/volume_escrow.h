@@ -97,10 +97,36 @@ Result<SecureBuffer> FetchPinnedPassphrase(VaultClient& client, const EscrowPin&
 
 // From the vault alone: fetches the newest enabled version of `header_secret_name`, refuses one
 // escrowed before the operation finished, fetches the pinned passphrase, rebuilds the header for
-// `device` into `new_header` (which must not exist) and checks that the passphrase opens it to
-// the escrowed volume key. `pbkdf` makes the new keyslot.
+// `device` into `new_header` (which must not exist), checks that the passphrase opens it to the
+// escrowed volume key and that it belongs to `device` (engine/binding.h: size and ids, then the
+// plaintext's filesystem through the rebuilt header; kWrongDevice otherwise, nothing written).
+// `pbkdf` makes the new keyslot.
 Status RecoverHeader(Env& env, VaultClient& client, const std::string& device,
                      const std::string& header_secret_name, const std::string& new_header,
                      const luks2::PbkdfOptions& pbkdf, std::ostream& log);
+
+// `repair DEVICE --header F --vault ...`: puts back a detached header file that is missing or no
+// longer reads as LUKS2 (both copies damaged), rebuilt by RecoverHeader from the vault. Refused,
+// with nothing changed: when F reads as a LUKS2 header (kInvalidArgument: nothing to restore;
+// `repair` without --vault rewrites one damaged copy from the other), when the vault holds only
+// the header escrowed before the encryption finished (kBusy), when the rebuilt header does not
+// belong to `device` (kWrongDevice). An unreadable F is kept beside it as F.damaged (or
+// F.damaged.N when that exists) and named in `log`; the rebuilt header replaces F by rename.
+Status RestoreHeader(Env& env, VaultClient& client, const std::string& device,
+                     const std::string& header_secret_name, const std::string& header,
+                     const luks2::PbkdfOptions& pbkdf, std::ostream& log);
+
+// What the vault holds for a volume's header, as `doctor` needs it (nothing unwrapped, so a token
+// with secrets:get alone will do): the newest enabled version of `header_secret_name`.
+struct EscrowedHeader {
+  std::string id, version;  // secret id (with version) and the version alone
+  std::string state;        // "encrypting" | "final"
+  std::string uuid;         // the LUKS2 UUID it describes
+  bool finished = false;    // one crypt segment: the operation that wrote it had finished
+  Bytes segment0_digest;    // digest of segment 0's volume key (empty when not finished)
+};
+// kNotFound when the vault has no such secret (or no enabled version); kCorrupt when the newest
+// version is not a header document.
+Result<EscrowedHeader> NewestEscrowedHeader(VaultClient& client, const std::string& header_secret_name);
 
 }  // namespace ds::engine

@@ -5,7 +5,9 @@
 #include <sstream>
 #include <unordered_map>
 
+#include "engine/volume_escrow.h"
 #include "luks2/header_io.h"
+#include "machine/state.h"
 
 namespace ds::machine {
 
@@ -20,6 +22,7 @@ const char* const kChecks[] = {
     "open-files",    "concurrent-tools", "selinux",     "lvm-layout",      "memory",
     "nested-mounts", "filesystem-mode",  "header-space", "header-location", "shrink-space",
     "already-encrypted", "interrupted",  "kernel-support", "vault",       "no-targets",
+    "volume-header", "initramfs",
 };
 
 std::string Mib(uint64_t bytes) { return std::to_string((bytes + kMiB / 2) / kMiB) + " MiB"; }
@@ -194,10 +197,13 @@ class Doctor {
     NestedMounts();
     FilesystemMode();
     HeaderSpace();
+    OsHeaderLocation();
+    Initramfs();
     Encrypted();
     Interrupted();
     r.open_mode = KernelSupport();
     if (o_.vault && !o_.vault->url.empty()) Vault();
+    VolumeHeaders();
     r.findings = f_.Take();
     for (auto& x : r.findings)
       if (std::find(o_.ignore.begin(), o_.ignore.end(), x.check) != o_.ignore.end()) {
@@ -484,8 +490,10 @@ class Doctor {
 
   void HeaderSpace() {
     std::vector<const Volume*> need;
+    // The OS volume's header goes to /boot, not to header_dir (OsHeaderLocation checks it).
     for (const auto& t : targets_)
-      if (!t.volume->encrypted) need.push_back(t.volume);
+      if (!t.volume->encrypted && (t.volume->role != VolumeRole::kOs || o_.header_mode == HeaderMode::kShrink))
+        need.push_back(t.volume);
     if (need.empty()) return;
     if (o_.header_mode == HeaderMode::kShrink) {
       for (const Volume* v : need) {
@@ -501,22 +509,16 @@ class Doctor {
       return;
     }
     // The header directory must live on a filesystem that is not itself being encrypted (the
-    // header is needed to open the volume) and, for the OS volume, be readable before / is.
+    // header is needed to open the volume). On the OS volume it is fine for Data headers: / is
+    // unlocked at boot before any data volume.
     std::string hd = o_.header_dir;
     int owner = mounts_.Owner(hd);
     if (owner >= 0 && mount_target_[size_t(owner)] >= 0) {
       const Volume& v = *targets_[size_t(mount_target_[size_t(owner)])].volume;
-      if (v.role == VolumeRole::kOs) {
-        if (!m_.boot())
-          f_.Add("header-location", Severity::kBlocking, Name(v),
-                 "the OS volume's detached header must be readable before / is unlocked, and "
-                 "there is no separate /boot to hold it",
-                 "use --header-mode shrink (ext4), or add a /boot partition");
-      } else {
+      if (v.role != VolumeRole::kOs)
         f_.Add("header-location", Severity::kBlocking, Name(v),
                hd + " is on " + Name(v) + ", which is to be encrypted: its header cannot live there",
                "choose a header directory on another filesystem");
-      }
     }
     bool known = false;
     uint64_t avail = FreeBytes(hd, known);
@@ -529,6 +531,261 @@ class Doctor {
                  (need.size() == 1 ? "" : "s") + " of " + Mib(o_.header_bytes) + " in " + hd,
              "free " + Mib(want - avail) + " on the filesystem holding " + hd);
     }
+  }
+
+  const Target* OsTarget() const {
+    for (const auto& t : targets_)
+      if (t.volume->role == VolumeRole::kOs && !t.volume->encrypted) return &t;
+    return nullptr;
+  }
+
+  // The OS volume's detached header is read by the initramfs before / is unlocked, so it must be
+  // on a filesystem of its own that stays plaintext: a separate /boot (not /boot/efi, which the
+  // firmware owns), with room for the header and the temporary copy written while it is placed.
+  void OsHeaderLocation() {
+    const Target* os = OsTarget();
+    if (!os || o_.header_mode == HeaderMode::kShrink) return;
+    const Volume& v = *os->volume;
+    const std::string room = Mib(2 * o_.header_bytes);
+    int boot = -1;
+    for (size_t i = 0; i < m_.mounts.size(); ++i)
+      if (m_.mounts[i].mountpoint == "/boot") boot = int(i);
+    if (boot < 0) {
+      f_.Add("header-location", Severity::kBlocking, Name(v),
+             "no separate /boot: the OS volume's detached header (" + o_.os_header + ") must be "
+             "readable before / is unlocked, and / is the volume being encrypted",
+             "add a separate /boot partition (ext4) with at least " + room + " free for the "
+             "header, or put the header on a device of its own (an unencrypted partition or disk); "
+             "diskseal does not carve /boot out of / yet");
+      return;
+    }
+    int t = TargetOf(o_.os_header);
+    if (t >= 0) {
+      const Mount& bm = m_.mounts[size_t(boot)];
+      f_.Add("header-location", Severity::kBlocking, Name(v),
+             o_.os_header + " is on " + Name(*targets_[size_t(t)].volume) + " (" + bm.source +
+                 " at /boot), which is to be encrypted: the header cannot live there",
+             "/boot must be a filesystem of its own on a partition that stays plaintext, with at "
+             "least " + room + " free");
+      return;
+    }
+    bool known = false;
+    uint64_t avail = FreeBytes("/boot", known);
+    if (!known) {
+      f_.Add("header-space", Severity::kWarning, "/boot", "cannot read the free space under /boot");
+    } else if (avail < o_.header_bytes) {
+      f_.Add("header-space", Severity::kBlocking, "/boot",
+             "only " + Mib(avail) + " free on /boot for the OS volume's " + Mib(o_.header_bytes) +
+                 " detached header (" + o_.os_header + ")",
+             "free " + Mib(2 * o_.header_bytes - avail) + " on /boot (old kernels: apt-get autoremove), "
+             "or give /boot a larger partition");
+    } else if (avail < 2 * o_.header_bytes) {
+      f_.Add("header-space", Severity::kWarning, "/boot",
+             "only " + Mib(avail) + " free on /boot: the " + Mib(o_.header_bytes) + " header fits, "
+             "the next kernel's initramfs may not",
+             "free space on /boot (apt-get autoremove) to keep at least " + room + " free");
+    }
+  }
+
+  // The boot side is an initramfs-tools hook and boot script (packaging/initramfs-tools): without
+  // initramfs-tools nothing unlocks / at boot. dracut machines are not supported yet.
+  void Initramfs() {
+    if (!OsTarget()) return;
+    auto any = [&](std::initializer_list<const char*> paths, std::string& seen) {
+      for (const char* p : paths)
+        if (root_.env->Exists(root_.Path(p))) {
+          seen = p;
+          return true;
+        }
+      return false;
+    };
+    std::string upd, conf, dracut;
+    bool has_upd = any({"/usr/sbin/update-initramfs", "/sbin/update-initramfs", "/usr/bin/update-initramfs",
+                        "/bin/update-initramfs"}, upd);
+    bool has_conf = any({"/etc/initramfs-tools"}, conf);
+    bool has_dracut = any({"/usr/bin/dracut", "/usr/sbin/dracut", "/sbin/dracut", "/etc/dracut.conf",
+                           "/etc/dracut.conf.d"}, dracut);
+    std::vector<std::string> ev = {"update-initramfs: " + (has_upd ? upd : std::string("not found")),
+                                   "/etc/initramfs-tools: " + std::string(has_conf ? "yes" : "no"),
+                                   "dracut: " + (has_dracut ? dracut : std::string("not found"))};
+    Finding* f = nullptr;
+    if (has_upd && has_conf) {
+      f = &f_.Add("initramfs", Severity::kInfo, "",
+                  "initramfs-tools builds the initramfs: diskseal's hook goes into every initramfs "
+                  "it builds, for this kernel and the next ones");
+    } else if (has_dracut) {
+      f = &f_.Add("initramfs", Severity::kBlocking, "",
+                  "this machine builds its initramfs with dracut: diskseal's boot hook exists for "
+                  "initramfs-tools only, dracut is not supported yet",
+                  "install initramfs-tools (apt-get install initramfs-tools) where the distribution "
+                  "allows it, or wait for dracut support");
+      f->code = Code::kUnsupported;
+    } else {
+      f = &f_.Add("initramfs", Severity::kBlocking, "",
+                  "initramfs-tools is not installed (no update-initramfs and /etc/initramfs-tools): "
+                  "nothing would unlock / at boot",
+                  "apt-get install initramfs-tools, then run doctor again");
+    }
+    f->evidence = std::move(ev);
+  }
+
+  // For every volume recorded in the state directory whose detached header is in place: the
+  // header file is there and reads as LUKS2; with a vault, it is not stale. Stale means: the
+  // vault's newest enabled version of the volume's header secret is "final", it is not the version
+  // the file's escrow pin names, and the file disagrees with it (it still records an operation in
+  // progress, or its data segment has another volume key): the file is older than what the vault
+  // proves, e.g. /boot restored from an old backup. Opening with it would read the data wrongly.
+  void VolumeHeaders() {
+    if (o_.state_dir.empty()) return;
+    StateDir sd(*root_.env, root_.Path(o_.state_dir));
+    auto recs = sd.List();
+    if (!recs.ok()) {
+      f_.Add("volume-header", Severity::kWarning, o_.state_dir,
+             "cannot read the volume records: " + recs.status().message());
+      return;
+    }
+    const bool with_vault = o_.vault && !o_.vault->url.empty();
+    std::unique_ptr<vault::VaultClient> client;
+    std::string client_error;
+    if (with_vault) {
+      auto c = vault::VaultClient::Create(*root_.env, *o_.vault);
+      if (c.ok()) client = std::move(c).value();
+      else client_error = c.status().message();
+    }
+    for (const auto& rec : *recs) {
+      if (rec.header.empty() || rec.step < Step::kHeaderPlaced || rec.step >= Step::kDisabled) continue;
+      CheckVolumeHeader(rec, with_vault, client.get(), client_error);
+    }
+  }
+
+  void CheckVolumeHeader(const VolumeRecord& rec, bool with_vault, vault::VaultClient* client,
+                         const std::string& client_error) {
+    const std::string vol = rec.mountpoint.empty() ? rec.device : rec.mountpoint;
+    const std::string& hp = rec.header;
+    // The secret names: from the record's escrowed passphrase version (the pin in the header
+    // says the same; the record is what is left when the header is lost).
+    std::string base;
+    if (!rec.secret_id.empty())
+      if (auto id = vault::ParseObjectId(rec.secret_id, "secrets"); id.ok()) base = id->first;
+    const std::string hname = base.empty() ? "" : engine::HeaderSecretName(base);
+    const std::string vault_flags =
+        with_vault ? "--vault " + o_.vault->url + " --vault-token-file ..." : "--vault URL --vault-token-file F";
+    const std::string names = base == "diskseal-" + rec.name ? "--uuid " + rec.name : "--vault-secret-name " + base;
+    const std::string repair = "diskseal repair " + rec.device + " --header " + hp + " " + names + " " + vault_flags;
+
+    std::string unreadable;
+    std::optional<luks2::HeaderRead> read;
+    if (!root_.env->Exists(root_.Path(hp))) {
+      unreadable = "is missing";
+    } else {
+      auto dev = root_.env->Open(root_.Path(hp), OpenOptions{});
+      if (!dev.ok()) {
+        unreadable = "cannot be opened (" + dev.status().message() + ")";
+      } else {
+        auto r = luks2::ReadHeader(**dev);
+        if (r.ok()) read = std::move(r).value();
+        else unreadable = "does not read as a LUKS2 header (" + r.status().message() + ")";
+      }
+    }
+    std::vector<std::string> ev = {"record: " + rec.name + " (" + rec.device + ", step " + StepName(rec.step) + ")"};
+    std::optional<engine::EscrowedHeader> escrowed;
+    std::string vault_note;
+    if (!hname.empty() && with_vault) {
+      if (!client) {
+        vault_note = "vault: not asked (" + client_error + ")";
+      } else {
+        auto e = engine::NewestEscrowedHeader(*client, hname);
+        if (e.ok()) {
+          escrowed = *e;
+          vault_note = "vault: newest header " + e->id + " (" + e->state + ")";
+        } else {
+          vault_note = "vault: " + hname + ": " + e.status().message();
+        }
+      }
+    }
+    if (!unreadable.empty()) {
+      ev.push_back(hp + " " + unreadable);
+      std::string fix;
+      if (hname.empty()) {
+        fix = "restore " + hp + " from your own header backup: the volume was not escrowed to a vault";
+      } else if (!with_vault) {
+        ev.push_back("vault: not checked (give doctor --vault ... to see what it holds)");
+        fix = "rebuild it from the vault's final header: " + repair;
+      } else if (escrowed && escrowed->state == "final") {
+        ev.push_back(vault_note);
+        fix = "rebuild it from the vault: " + repair;
+      } else {
+        ev.push_back(vault_note.empty() ? "vault: not asked" : vault_note);
+        fix = escrowed ? "the vault holds only the header escrowed before the encryption finished, which "
+                         "cannot say how far it got: restore " + hp + " from a backup of it"
+                       : "restore " + hp + " from a backup, or check the vault (" + repair + " once it answers)";
+      }
+      auto& f = f_.Add("volume-header", Severity::kBlocking, vol,
+                       "the detached header " + hp + " of " + rec.device + " " + unreadable +
+                           ": without it the volume cannot be opened",
+                       fix);
+      f.evidence = std::move(ev);
+      f.code = Code::kNotFound;
+      return;
+    }
+    const luks2::Metadata& md = read->md;
+    ev.push_back(hp + ": LUKS2 " + md.uuid);
+    if (read->needs_repair()) {
+      auto& f = f_.Add("volume-header", Severity::kWarning, vol,
+                       "one of the two copies in " + hp + " is damaged or older; the other is intact",
+                       "diskseal repair " + rec.device + " --header " + hp);
+      f.evidence = ev;
+    }
+    auto pin = engine::ReadEscrowPin(md);
+    std::string pinned_version;
+    if (pin.ok() && *pin && !(*pin)->header_secret.empty()) {
+      if (auto id = vault::ParseObjectId((*pin)->header_secret, "secrets"); id.ok()) pinned_version = id->second;
+      ev.push_back("pin: " + (*pin)->header_secret + " (" + (*pin)->header_state + ")");
+    }
+    if (hname.empty()) {
+      auto& f = f_.Add("volume-header", Severity::kInfo, vol,
+                       hp + " reads as LUKS2; it is not escrowed (no vault): keep a backup of it");
+      f.evidence = std::move(ev);
+      return;
+    }
+    if (!with_vault) {
+      auto& f = f_.Add("volume-header", Severity::kInfo, vol,
+                       hp + " reads as LUKS2; stale check skipped: give doctor --vault ... to compare it "
+                            "with the header escrowed in the vault");
+      f.evidence = std::move(ev);
+      return;
+    }
+    ev.push_back(vault_note);
+    const auto segs = luks2::Segments(md);
+    const bool local_finished = segs.size() == 1 && segs.front().type == "crypt";
+    Bytes local_digest;
+    if (local_finished)
+      if (auto d = luks2::DigestOfSegment(md, 0)) local_digest = d->digest;
+    if (escrowed && escrowed->state == "final" && escrowed->version != pinned_version &&
+        (!local_finished || local_digest != escrowed->segment0_digest)) {
+      auto& f = f_.Add("volume-header", Severity::kBlocking, vol,
+                       hp + " is stale: the vault's newest header " + escrowed->id + " records the finished " +
+                           "encryption, and this file " +
+                           (local_finished ? "has another volume key" : "still records an operation in progress") +
+                           (pinned_version.empty() ? "" : " and names the older version " + pinned_version),
+                       "do not open the volume with it; if " + hp + " came from an old backup, move it aside "
+                       "(mv " + hp + " " + hp + ".stale) and run " + repair);
+      f.evidence = std::move(ev);
+      f.code = Code::kCorrupt;
+      return;
+    }
+    if (local_finished && engine::FinalHeaderEscrowPending(md)) {
+      auto& f = f_.Add("volume-header", Severity::kWarning, vol,
+                       "the vault does not hold " + hp + " as it is now (finished): a lost header could not "
+                       "be rebuilt",
+                       "diskseal resume " + rec.device + " --header " + hp + " " + vault_flags +
+                           " escrows it");
+      f.evidence = std::move(ev);
+      return;
+    }
+    auto& f = f_.Add("volume-header", Severity::kInfo, vol,
+                     hp + " reads as LUKS2 and is not older than the header escrowed in the vault");
+    f.evidence = std::move(ev);
   }
 
   void Encrypted() {
@@ -767,6 +1024,7 @@ Status ReportStatus(const Report& r) {
       {"memory", Code::kNoMemory},          {"filesystem-mode", Code::kUnsupported},
       {"kernel-support", Code::kUnsupported}, {"header-space", Code::kIOError},
       {"shrink-space", Code::kIOError},     {"header-location", Code::kUnsupported},
+      {"initramfs", Code::kUnsupported},    {"volume-header", Code::kCorrupt},
       {"vault", Code::kNetwork}};
   Code code = first->code != Code::kOk ? first->code
               : kCodes.count(first->check) ? kCodes.at(first->check) : Code::kInternal;

@@ -6,7 +6,7 @@
 // Checks (stable ids; docs/json-schemas.md and README "doctor" list them):
 //   open-files, concurrent-tools, selinux, lvm-layout, memory, nested-mounts, filesystem-mode,
 //   header-space, header-location, shrink-space, already-encrypted, interrupted,
-//   kernel-support, vault, no-targets.
+//   kernel-support, vault, no-targets, volume-header, initramfs.
 // Everything machine-side is read below the MachineRoot through its Env, so a captured tree
 // tests each check; only the vault probe talks to the network.
 //
@@ -74,9 +74,18 @@ struct DoctorOptions {
   // When not empty, only the Data volumes mounted at these mount points are targets (enable checks
   // the volumes it is about to start, not those it already encrypted or was told to leave alone).
   std::vector<std::string> only;
-  // The vault probe runs when `vault.url` is set; `kek` adds the key permissions.
+  // The vault probe runs when `vault.url` is set; `kek` adds the key permissions. With
+  // `state_dir`, the vault is also asked (secrets:get only) what it holds of each recorded
+  // volume's header.
   std::optional<vault::VaultClientOptions> vault;
   std::string kek;
+  // The state directory (machine path) whose volume records (machine/state.h) name the detached
+  // headers that check volume-header looks at; "" skips that check (enable, which checks volumes
+  // it is about to start, leaves it empty).
+  std::string state_dir;
+  // Where the OS volume's detached header goes: on /boot, which the initramfs reads before / is
+  // unlocked (README "OS volume: boot path").
+  std::string os_header = "/boot/luks/osluksheader";
 };
 
 struct Report {
@@ -96,7 +105,8 @@ std::string FormatText(const Report& r);
 nlohmann::ordered_json ToJson(const Report& r);
 // Ok without a blocking finding; else the Status of the first one, whose code is the exit code
 // (README "Exit codes"): open-files, concurrent-tools 5; memory 3; filesystem-mode,
-// kernel-support, header-location 7; header-space, shrink-space 6; vault 8; unless the finding
+// kernel-support, header-location, initramfs 7; header-space, shrink-space 6; volume-header 4;
+// vault 8; unless the finding
 // names its own `code` (vault: 2 token or permission refused, 4 no such key, 1 bad token file).
 Status ReportStatus(const Report& r);
 

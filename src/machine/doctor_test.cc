@@ -13,6 +13,7 @@
 
 #include <httplib.h>
 
+#include "machine/state.h"
 #include "machine/test_tree.h"
 #include "vault/vault_crypto.h"
 #include "vault_testutil.h"
@@ -380,6 +381,168 @@ TEST_F(DoctorTest, KernelSupportChoosesTheOpenMode) {
   r = Doctor();
   EXPECT_EQ(r.open_mode, "none");
   EXPECT_EQ(Of(r, "kernel-support")[0].severity, Severity::kBlocking);
+}
+
+// Issue 13: the OS volume's detached header goes to /boot, which the initramfs reads before / is
+// unlocked. No separate /boot (only /boot/efi, as in many cloud images) is blocking, with the way
+// out; so is a /boot that is on / itself, and a /boot without room for the header.
+TEST_F(DoctorTest, OsVolumeWithoutASeparateBootIsBlockingWithTheWayOut) {
+  t.File("usr/sbin/update-initramfs", "");
+  t.Dir("etc/initramfs-tools");
+  opts.volume_type = VolumeType::kOs;
+  t.Block("sda15", {.devno = "8:15", .partition = true});
+  t.Mount("8:15", "/boot/efi", "vfat", "/dev/sda15");  // the firmware's, not a /boot
+  Report r = Doctor();
+  auto f = Of(r, "header-location");
+  ASSERT_EQ(f.size(), 1u) << Text(r);
+  EXPECT_EQ(f[0].severity, Severity::kBlocking);
+  EXPECT_EQ(f[0].volume, "/");
+  EXPECT_TRUE(Contains(f[0].message, "no separate /boot")) << f[0].message;
+  EXPECT_TRUE(Contains(f[0].fix, "separate /boot partition")) << f[0].fix;
+  EXPECT_TRUE(Contains(f[0].fix, "at least 32 MiB free")) << f[0].fix;
+  EXPECT_TRUE(Contains(f[0].fix, "a device of its own")) << f[0].fix;
+  EXPECT_EQ(ExitCode(ReportStatus(r)), 7);
+  // Data headers in /var/lib/diskseal on / are fine: / is unlocked before any data volume
+  opts.volume_type = VolumeType::kAll;
+  f = Of(Doctor(), "header-location");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].volume, "/");
+  // Data alone: nothing about /boot
+  opts.volume_type = VolumeType::kData;
+  EXPECT_TRUE(Of(Doctor(), "header-location").empty());
+}
+
+TEST_F(DoctorTest, OsHeaderOnBootNeedsRoomThere) {
+  t.File("usr/sbin/update-initramfs", "");
+  t.Dir("etc/initramfs-tools");
+  opts.volume_type = VolumeType::kOs;
+  t.Block("sda2", {.devno = "8:2", .partition = true});
+  t.Device("sda2", test::Ext4Image(0x05, "boot"));
+  t.Mount("8:2", "/boot", "ext4", "/dev/sda2");
+  opts.free_bytes["/boot"] = 200u << 20;
+  Report r = Doctor();
+  EXPECT_TRUE(Of(r, "header-location").empty()) << Text(r);
+  EXPECT_TRUE(Of(r, "header-space").empty()) << Text(r);
+  EXPECT_FALSE(r.blocking()) << Text(r);
+  opts.free_bytes["/boot"] = 10u << 20;  // less than the 16 MiB header
+  r = Doctor();
+  auto f = Of(r, "header-space");
+  ASSERT_EQ(f.size(), 1u) << Text(r);
+  EXPECT_EQ(f[0].severity, Severity::kBlocking);
+  EXPECT_EQ(f[0].volume, "/boot");
+  EXPECT_TRUE(Contains(f[0].message, "only 10 MiB free on /boot for the OS volume's 16 MiB detached header "
+                                     "(/boot/luks/osluksheader)")) << f[0].message;
+  EXPECT_EQ(ExitCode(ReportStatus(r)), 6);
+  opts.free_bytes["/boot"] = 20u << 20;  // the header fits, little else
+  f = Of(Doctor(), "header-space");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].severity, Severity::kWarning);
+}
+
+TEST_F(DoctorTest, OsHeaderOnTheVolumeBeingEncryptedIsRefused) {
+  t.File("usr/sbin/update-initramfs", "");
+  t.Dir("etc/initramfs-tools");
+  opts.volume_type = VolumeType::kOs;
+  opts.free_bytes["/boot"] = 1ull << 30;
+  // /boot bind-mounted from a directory of / itself: it is still the root filesystem
+  t.Mount("8:1", "/boot", "ext4", "/dev/sda1", "/boot");
+  Report r = Doctor();
+  auto f = Of(r, "header-location");
+  ASSERT_EQ(f.size(), 1u) << Text(r);
+  EXPECT_EQ(f[0].severity, Severity::kBlocking);
+  EXPECT_TRUE(Contains(f[0].message, "/boot/luks/osluksheader is on /")) << f[0].message;
+  EXPECT_TRUE(Contains(f[0].message, "which is to be encrypted")) << f[0].message;
+  EXPECT_EQ(ExitCode(ReportStatus(r)), 7);
+}
+
+TEST_F(DoctorTest, OsNeedsInitramfsToolsAndDracutIsNotSupportedYet) {
+  t.Block("sda2", {.devno = "8:2", .partition = true});
+  t.Device("sda2", test::Ext4Image(0x05, "boot"));
+  t.Mount("8:2", "/boot", "ext4", "/dev/sda2");
+  opts.free_bytes["/boot"] = 1ull << 30;
+  opts.volume_type = VolumeType::kOs;
+  Report r = Doctor();
+  auto f = Of(r, "initramfs");
+  ASSERT_EQ(f.size(), 1u) << Text(r);
+  EXPECT_EQ(f[0].severity, Severity::kBlocking);
+  EXPECT_TRUE(Contains(f[0].message, "initramfs-tools is not installed")) << f[0].message;
+  EXPECT_TRUE(Contains(f[0].fix, "apt-get install initramfs-tools")) << f[0].fix;
+  EXPECT_EQ(ExitCode(ReportStatus(r)), 7);
+  // the command without its configuration is not initramfs-tools either
+  t.File("usr/sbin/update-initramfs", "");
+  EXPECT_EQ(Of(Doctor(), "initramfs")[0].severity, Severity::kBlocking);
+  t.Dir("etc/initramfs-tools");
+  r = Doctor();
+  f = Of(r, "initramfs");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].severity, Severity::kInfo);
+  EXPECT_FALSE(r.blocking()) << Text(r);
+  // dracut only (a RHEL-style machine): said as not supported yet
+  ASSERT_EQ(::unlink((t / "usr/sbin/update-initramfs").c_str()), 0);
+  ASSERT_EQ(::rmdir((t / "etc/initramfs-tools").c_str()), 0);
+  t.File("usr/bin/dracut", "");
+  t.File("etc/dracut.conf", "");
+  r = Doctor();
+  f = Of(r, "initramfs");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].severity, Severity::kBlocking);
+  EXPECT_TRUE(Contains(f[0].message, "dracut is not supported yet")) << f[0].message;
+  EXPECT_TRUE(std::find(f[0].evidence.begin(), f[0].evidence.end(), "dracut: /usr/bin/dracut") != f[0].evidence.end());
+  EXPECT_EQ(ExitCode(ReportStatus(r)), 7);
+  // Data volumes do not need the initramfs
+  opts.volume_type = VolumeType::kData;
+  EXPECT_TRUE(Of(Doctor(), "initramfs").empty());
+}
+
+// Issue 13: the detached headers of the volumes enable recorded. A missing or unreadable one is
+// blocking, with `repair --vault` as the way out when it was escrowed; without vault options the
+// stale check says it was skipped. (With a real vault: tests/engine_vault_test.cc.)
+TEST_F(DoctorTest, RecordedVolumeWithAMissingOrUnreadableHeader) {
+  opts.state_dir = "/var/lib/diskseal";
+  EXPECT_TRUE(Of(Doctor(), "volume-header").empty());
+  t.Dir("var/lib/diskseal");
+  StateDir sd(*PosixEnv(), t / "var/lib/diskseal");
+  ASSERT_TRUE(sd.Prepare().ok());
+  const std::string uuid = "0b6e1c9a-7f00-4d6e-9a53-3c2b1a0f9e11";
+  VolumeRecord rec;
+  rec.name = uuid;
+  rec.device = "/dev/sdb1";
+  rec.mountpoint = "/data";
+  rec.fstype = "xfs";
+  rec.header = "/var/lib/diskseal/headers/" + uuid + ".luks2";
+  rec.key_file = "/var/lib/diskseal/keys/" + uuid + ".key";
+  rec.secret_id = "https://vault:8443/secrets/diskseal-" + uuid + "/0123456789abcdef";
+  rec.step = Step::kPlanned;  // no header placed yet: nothing to check
+  ASSERT_TRUE(sd.Save(rec).ok());
+  EXPECT_TRUE(Of(Doctor(), "volume-header").empty());
+  rec.step = Step::kConfigured;
+  ASSERT_TRUE(sd.Save(rec).ok());
+  Report r = Doctor();
+  auto f = Of(r, "volume-header");
+  ASSERT_EQ(f.size(), 1u) << Text(r);
+  EXPECT_EQ(f[0].severity, Severity::kBlocking);
+  EXPECT_EQ(f[0].volume, "/data");
+  EXPECT_TRUE(Contains(f[0].message, rec.header + " of /dev/sdb1 is missing")) << f[0].message;
+  EXPECT_TRUE(Contains(f[0].fix, "diskseal repair /dev/sdb1 --header " + rec.header + " --uuid " + uuid +
+                                     " --vault URL --vault-token-file F")) << f[0].fix;
+  EXPECT_TRUE(std::find(f[0].evidence.begin(), f[0].evidence.end(),
+                        "vault: not checked (give doctor --vault ... to see what it holds)") != f[0].evidence.end());
+  EXPECT_EQ(ExitCode(ReportStatus(r)), 4);
+  // garbage in its place: unreadable, the same way out
+  t.File("var/lib/diskseal/headers/" + uuid + ".luks2", std::string(64 << 10, 'x'));
+  f = Of(Doctor(), "volume-header");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_EQ(f[0].severity, Severity::kBlocking);
+  EXPECT_TRUE(Contains(f[0].message, "does not read as a LUKS2 header")) << f[0].message;
+  // not escrowed (enable --no-escrow): the way out is the admin's own backup
+  rec.secret_id.clear();
+  ASSERT_TRUE(sd.Save(rec).ok());
+  f = Of(Doctor(), "volume-header");
+  ASSERT_EQ(f.size(), 1u);
+  EXPECT_TRUE(Contains(f[0].fix, "from your own header backup")) << f[0].fix;
+  // without --state-dir (enable's own run) the records are not read
+  opts.state_dir.clear();
+  EXPECT_TRUE(Of(Doctor(), "volume-header").empty());
 }
 
 TEST_F(DoctorTest, NoTargets) {
