@@ -773,16 +773,13 @@ Runner SetupRecover(CLI::App& app, Globals& g) {
   AddDeviceArgs(app, o->dev);
   AddVaultOptions(app, o->vault);
   AddPbkdfOptions(app, o->pbkdf);
-  app.add_option("--uuid", o->uuid, "the volume's LUKS UUID (names its secrets: diskseal-<UUID>, diskseal-<UUID>-header)");
+  AddVolumeUuidOption(app, o->uuid);
   return [o, &g]() -> Status {
     const std::string& dev = o->dev.device;
     if (o->dev.header.empty()) return InvalidArgument(dev + ": recover needs --header NEWFILE: where to write the rebuilt header");
     if (!o->vault.enabled()) return InvalidArgument(dev + ": recover needs --vault (the header is rebuilt from the vault)");
-    if (o->uuid.empty() == o->vault.secret_name.empty())
-      return InvalidArgument(dev + ": recover needs exactly one of --uuid UUID or --vault-secret-name NAME");
-    if (!o->uuid.empty() && !luks2::IsValidUuid(o->uuid)) return InvalidArgument("--uuid " + o->uuid + " is not a UUID");
+    DS_ASSIGN_OR_RETURN(const std::string secret, HeaderSecretFor(dev + ": recover", o->vault, o->uuid));
     DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, o->vault));
-    const std::string secret = engine::HeaderSecretName(o->vault.SecretNameFor(o->uuid));
     DS_RETURN_IF_ERROR(engine::RecoverHeader(*g.env, *client, dev, secret, o->dev.header, o->pbkdf, *g.err));
     *g.out << dev << ": header rebuilt into " << o->dev.header << "; open it with `diskseal open " << dev << " NAME --header "
            << o->dev.header << " --vault " << o->vault.url << " ...`\n";

@@ -371,20 +371,16 @@ Runner SetupRepair(CLI::App& app, Globals& g) {
   AddDeviceArgs(app, o->dev);
   AddVaultOptions(app, o->vault);
   AddPbkdfOptions(app, o->pbkdf);
-  app.add_option("--uuid", o->uuid,
-                 "with --vault: the volume's LUKS UUID (names its secrets: diskseal-<UUID>, diskseal-<UUID>-header)");
+  AddVolumeUuidOption(app, o->uuid, "with --vault: ");
   return [o, &g]() -> Status {
     DeviceArgs* d = &o->dev;
     if (o->vault.enabled()) {
       const std::string& dev = d->device;
       if (d->header.empty())
         return InvalidArgument(dev + ": repair --vault needs --header F: the detached header file to restore");
-      if (o->uuid.empty() == o->vault.secret_name.empty())
-        return InvalidArgument(dev + ": repair --vault needs exactly one of --uuid UUID or --vault-secret-name NAME");
-      if (!o->uuid.empty() && !luks2::IsValidUuid(o->uuid)) return InvalidArgument("--uuid " + o->uuid + " is not a UUID");
+      DS_ASSIGN_OR_RETURN(const std::string secret, HeaderSecretFor(dev + ": repair --vault", o->vault, o->uuid));
       DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, *d, ClaimMode::kExclusive, false));
       DS_ASSIGN_OR_RETURN(auto client, MakeVaultClient(*g.env, o->vault));
-      const std::string secret = engine::HeaderSecretName(o->vault.SecretNameFor(o->uuid));
       DS_RETURN_IF_ERROR(engine::RestoreHeader(*g.env, *client, dev, secret, d->header, o->pbkdf, *g.err));
       *g.out << dev << ": header restored from the vault into " << d->header << ".\n";
       return Status::Ok();

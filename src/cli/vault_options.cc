@@ -2,6 +2,7 @@
 
 #include "vault/escrow.h"
 #include "engine/volume_escrow.h"
+#include "luks2/volume.h"
 
 namespace ds::cli {
 
@@ -49,6 +50,18 @@ Result<SecureBuffer> ObtainPassphrase(Env& env, const KeySource& keys, const Vau
     return std::move(p).value();
   }
   return ReadKey(env, keys, "Enter passphrase for " + device + ": ", false);
+}
+
+void AddVolumeUuidOption(CLI::App& app, std::string& uuid, const std::string& help_prefix) {
+  app.add_option("--uuid", uuid,
+                 help_prefix + "the volume's LUKS UUID (names its secrets: diskseal-<UUID>, diskseal-<UUID>-header)");
+}
+
+Result<std::string> HeaderSecretFor(const std::string& what, const VaultOptions& o, const std::string& uuid) {
+  if (uuid.empty() == o.secret_name.empty())
+    return InvalidArgument(what + " needs exactly one of --uuid UUID or --vault-secret-name NAME");
+  if (!uuid.empty() && !luks2::IsValidUuid(uuid)) return InvalidArgument("--uuid " + uuid + " is not a UUID");
+  return engine::HeaderSecretName(o.SecretNameFor(uuid));
 }
 
 }  // namespace ds::cli

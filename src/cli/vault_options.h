@@ -37,6 +37,13 @@ void AddVaultOptions(CLI::App& app, VaultOptions& o);
 // kInvalidArgument when --vault is given without a token source (or the reverse).
 Result<std::unique_ptr<vault::VaultClient>> MakeVaultClient(Env& env, const VaultOptions& o);
 
+// `--uuid U`: which volume's secrets a header is rebuilt from (recover, repair --vault), the
+// other way being --vault-secret-name. HeaderSecretFor checks that exactly one was given and
+// returns the name of that volume's header secret; `what` names the command in the error
+// ("dev: recover needs exactly one of ...").
+void AddVolumeUuidOption(CLI::App& app, std::string& uuid, const std::string& help_prefix = "");
+Result<std::string> HeaderSecretFor(const std::string& what, const VaultOptions& o, const std::string& uuid);
+
 // The passphrase of an existing volume: when --vault is given and no key file is, the escrowed
 // secret fetched from the vault (unwrapped with the KEK when it was wrapped): exactly the version
 // the volume's diskseal-escrow token pins (engine/volume_escrow.h), or, for a volume escrowed
