@@ -190,7 +190,7 @@ class Runner {
     if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
       DS_RETURN_IF_ERROR(ConfigureOs(r));
       DS_ASSIGN_OR_RETURN(std::string src, MountedSource("/"));
-      if (src.empty() || Canonical(src) != Canonical("/dev/mapper/" + r.name)) {
+      if (!IsMapping(src, r)) {
         restart_pending_ = true;
         *o_.log << "/: " << r.device << " is ready to be encrypted; restart the machine (VMRestartPending): the "
                 << "initramfs opens it as /dev/mapper/" << r.name << " and diskseal-resume.service encrypts it "
@@ -214,7 +214,7 @@ class Runner {
   Status DisableOs(VolumeRecord& r) {
     if (r.step == Step::kConfigured || r.step == Step::kDecrypting) {
       DS_ASSIGN_OR_RETURN(std::string src, MountedSource("/"));
-      if (src.empty() || Canonical(src) != Canonical("/dev/mapper/" + r.name))
+      if (!IsMapping(src, r))
         return Busy("/: not mounted from /dev/mapper/" + r.name + " (it is " + (src.empty() ? "not mounted" : src) +
                     "): the OS volume is decrypted while it runs on its mapping; restart the machine first");
       DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
@@ -224,22 +224,13 @@ class Runner {
       DS_RETURN_IF_ERROR(Decrypt(r, pass));
     }
     if (r.step == Step::kDecrypted) {
-      const std::string conf = o_.os.initramfs_conf.empty() ? o_.root.Etc("diskseal/initramfs.conf") : o_.os.initramfs_conf;
-      if (env_.Exists(conf)) {
-        DS_ASSIGN_OR_RETURN(std::string before, env_.ReadFile(conf, 1 << 20));
-        DS_RETURN_IF_ERROR(env_.Remove(conf));
-        if (!o_.os.rebuild_initramfs) return Unsupported("/: no way to rebuild the initramfs was given");
-        *o_.log << "/: rebuilding the initramfs without diskseal's boot configuration\n";
-        Status built = o_.os.rebuild_initramfs(*o_.log);
-        if (!built.ok()) {
-          // The data is plaintext; the old initramfs opens it as a linear mapping: nothing lost,
-          // and the next run tries again.
-          Status back = env_.WriteFileAtomic(conf, before, 0644);
-          return Status(built.code(), "/: the OS volume is decrypted, but the initramfs could not be rebuilt (" +
-                                          built.message() + "); run disable again" +
-                                          (back.ok() ? "" : "; " + conf + " could not be restored: " + back.message()));
-        }
-        ::sync();
+      if (env_.Exists(InitramfsConf())) {
+        // On failure the data is plaintext and the old initramfs opens it as a linear mapping:
+        // nothing lost, and the next run tries again.
+        Status off = SwapBootConfig(std::nullopt);
+        if (!off.ok())
+          return Status(off.code(), "/: the OS volume is decrypted, but the initramfs could not be rebuilt (" + off.message() +
+                                        "); run disable again");
       }
       DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
         return SetCrypttabLine(t, r.name, std::nullopt);
@@ -258,6 +249,11 @@ class Runner {
               << " until the next restart, which mounts " << r.device << " itself\n";
     }
     return Status::Ok();
+  }
+
+  // Whether `src` (what / is mounted from) is the OS volume's mapping.
+  static bool IsMapping(const std::string& src, const VolumeRecord& r) {
+    return !src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name);
   }
 
   // Whether the last EnableOs stopped for the reboot.
@@ -298,25 +294,37 @@ class Runner {
       if (v.find_first_of("'\n") != std::string::npos) return InvalidArgument(k + ": " + v + ": a quote or newline cannot be written");
       if (!v.empty()) text += k + "='" + v + "'\n";
     }
-    const std::string conf = o_.os.initramfs_conf.empty() ? o_.root.Etc("diskseal/initramfs.conf") : o_.os.initramfs_conf;
+    Status on = SwapBootConfig(text);
+    if (!on.ok()) return Status(on.code(), "/: the initramfs could not be rebuilt, so nothing was changed (" + on.message() + ")");
+    return Status::Ok();
+  }
+
+  std::string InitramfsConf() const {
+    return o_.os.initramfs_conf.empty() ? o_.root.Etc("diskseal/initramfs.conf") : o_.os.initramfs_conf;
+  }
+
+  // The initramfs configuration set to `text` (nullopt: removed) and the initramfs rebuilt, then
+  // synced: the boot that follows, even after a power cut, runs with it. If the rebuild fails
+  // the previous configuration is put back; the error is the rebuild's (callers say what it means).
+  Status SwapBootConfig(const std::optional<std::string>& text) {
+    if (!o_.os.rebuild_initramfs) return Unsupported("/: no way to rebuild the initramfs was given");
+    const std::string conf = InitramfsConf();
     const std::string dir = conf.substr(0, conf.rfind('/'));
     if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return PosixError(dir, errno);
     std::optional<std::string> before;
     if (env_.Exists(conf)) {
       DS_ASSIGN_OR_RETURN(before, env_.ReadFile(conf, 1 << 20));
     }
-    DS_RETURN_IF_ERROR(env_.WriteFileAtomic(conf, text, 0644));
-    if (!o_.os.rebuild_initramfs) return Unsupported("/: no way to rebuild the initramfs was given");
-    *o_.log << "/: rebuilding the initramfs with diskseal's boot script (" << conf << ")\n";
+    DS_RETURN_IF_ERROR(text ? env_.WriteFileAtomic(conf, *text, 0644) : env_.Remove(conf));
+    *o_.log << "/: rebuilding the initramfs " << (text ? "with" : "without") << " diskseal's boot configuration (" << conf
+            << ")\n";
     Status built = o_.os.rebuild_initramfs(*o_.log);
     if (built.ok()) {
-      // The new initramfs must be on disk before the header goes in place: a power cut in
-      // between has to boot with the boot script that reads it.
       ::sync();
       return Status::Ok();
     }
     Status back = before ? env_.WriteFileAtomic(conf, *before, 0644) : env_.Remove(conf);
-    return Status(built.code(), "/: the initramfs could not be rebuilt, so nothing was changed (" + built.message() + ")" +
+    return Status(built.code(), built.message() +
                                     (back.ok() ? "" : "; " + conf + " could not be restored: " + back.message()));
   }
 
