@@ -1,6 +1,8 @@
 #include "machine/config.h"
 
 #include <algorithm>
+#include <cctype>
+#include <optional>
 
 #include <functional>
 #include <sstream>
@@ -145,6 +147,116 @@ std::string SetFstabLine(std::string_view text, const std::string& mountpoint,
 std::string SetCrypttabLine(std::string_view text, const std::string& name,
                             const std::optional<std::string>& line) {
   return SetLine(text, 0, name, line);
+}
+
+namespace {
+
+constexpr std::string_view kLvmBegin = "# diskseal begin";
+constexpr std::string_view kLvmEnd = "# diskseal end";
+
+// A path as an LVM filter regex matching exactly it: regex metacharacters in brackets; "" when the
+// path holds a character that cannot be written that way in an LVM config string.
+std::string ExactRegex(const std::string& path) {
+  std::string out = "^";
+  for (char c : path) {
+    if (std::isalnum(uint8_t(c)) || std::string_view("/-_:@,=%").find(c) != std::string_view::npos) out += c;
+    else if (std::string_view(".*+?()[{}$").find(c) != std::string_view::npos) out += std::string("[") + c + "]";
+    else return "";
+  }
+  return out + "$";
+}
+
+// The line without its comment, trimmed.
+std::string_view Setting(std::string_view line) {
+  line = line.substr(0, line.find('#'));
+  while (!line.empty() && (line.front() == ' ' || line.front() == '\t')) line.remove_prefix(1);
+  while (!line.empty() && (line.back() == ' ' || line.back() == '\t' || line.back() == '\r')) line.remove_suffix(1);
+  return line;
+}
+
+// The value of `key = value` on a setting line, or nullopt when the line sets something else.
+std::optional<std::string_view> ValueOf(std::string_view setting, std::string_view key) {
+  if (setting.substr(0, key.size()) != key) return std::nullopt;
+  std::string_view rest = setting.substr(key.size());
+  while (!rest.empty() && (rest.front() == ' ' || rest.front() == '\t')) rest.remove_prefix(1);
+  if (rest.empty() || rest.front() != '=') return std::nullopt;
+  rest.remove_prefix(1);
+  while (!rest.empty() && (rest.front() == ' ' || rest.front() == '\t')) rest.remove_prefix(1);
+  return rest;
+}
+
+}  // namespace
+
+std::string WithoutLvmRejectFilter(std::string_view lvmlocal) {
+  std::string out;
+  bool inside = false;
+  size_t pos = 0;
+  while (pos < lvmlocal.size()) {
+    size_t nl = lvmlocal.find('\n', pos);
+    std::string_view cur = lvmlocal.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+    pos = nl == std::string_view::npos ? lvmlocal.size() : nl + 1;
+    if (!inside && cur.substr(0, kLvmBegin.size()) == kLvmBegin) {
+      inside = true;
+      continue;
+    }
+    if (inside) {
+      if (cur.substr(0, kLvmEnd.size()) == kLvmEnd) inside = false;
+      continue;
+    }
+    out += cur;
+    if (nl != std::string_view::npos) out += '\n';
+  }
+  return out;
+}
+
+std::string WithLvmRejectFilter(std::string_view lvmlocal, const std::vector<std::string>& paths) {
+  std::string out = WithoutLvmRejectFilter(lvmlocal);
+  if (!out.empty() && out.back() != '\n') out += '\n';
+  std::string patterns;
+  for (const auto& p : paths) {
+    std::string re = ExactRegex(p);
+    if (re.empty()) continue;
+    patterns += (patterns.empty() ? "\"r|" : ", \"r|") + re + "|\"";
+  }
+  out += std::string(kLvmBegin) +
+         ": the encrypted OS volume's raw device is never an LVM physical volume (diskseal enable --volume-type OS)\n"
+         "devices {\n"
+         "\tglobal_filter = [ " + patterns + " ]\n"
+         "}\n" + std::string(kLvmEnd) + "\n";
+  return out;
+}
+
+std::string LvmFilterProblem(std::string_view lvm_conf, std::string_view lvmlocal) {
+  const std::string local = WithoutLvmRejectFilter(lvmlocal);
+  for (const auto& [file, text] : {std::pair<std::string_view, std::string_view>{"lvm.conf", lvm_conf},
+                                   std::pair<std::string_view, std::string_view>{"lvmlocal.conf", local}}) {
+    size_t pos = 0;
+    while (pos < text.size()) {
+      size_t nl = text.find('\n', pos);
+      std::string_view s = Setting(text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos));
+      pos = nl == std::string_view::npos ? text.size() : nl + 1;
+      if (ValueOf(s, "global_filter"))
+        return std::string(file) + " sets devices/global_filter: diskseal's filter for the OS volume would replace it "
+                                   "(merging with it is not supported yet)";
+      if (auto v = ValueOf(s, "use_devicesfile"); v && *v != "0")
+        return std::string(file) + " sets devices/use_devicesfile = " + std::string(*v) +
+               ": LVM would ignore the encrypted OS volume's mapping (a devices file is not supported yet)";
+    }
+  }
+  return "";
+}
+
+std::string MachineLvmFilterProblem(Env& env, const MachineRoot& root) {
+  std::string text[2];
+  const char* names[2] = {"lvm/lvm.conf", "lvm/lvmlocal.conf"};
+  for (int i = 0; i < 2; ++i) {
+    const std::string path = root.Etc(names[i]);
+    if (!env.Exists(path)) continue;
+    auto t = env.ReadFile(path, 1 << 20);
+    if (!t.ok()) return path + ": cannot be read: " + t.status().message();
+    text[i] = std::move(*t);
+  }
+  return LvmFilterProblem(text[0], text[1]);
 }
 
 Status ApplyEtcEdit(Env& env, const MachineRoot& root, const std::string& file,

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "io/block_device.h"
 #include "machine/discovery.h"
@@ -49,6 +50,25 @@ std::string SetFstabLine(std::string_view text, const std::string& mountpoint,
 // crypttab: the same keyed by the mapping name (first field).
 std::string SetCrypttabLine(std::string_view text, const std::string& name,
                             const std::optional<std::string>& line);
+
+// LVM (root on a logical volume over the OS volume): the raw device under /dev/mapper/osencrypt
+// must never be used as a physical volume: until its start is encrypted it shows the same PV as
+// the mapping, and LVM activating the root LV on it would let writes bypass the encryption. So
+// lvm/lvmlocal.conf (read after lvm.conf by every LVM command, and copied into the initramfs by
+// lvm2's hook) gets a block between "# diskseal begin" and "# diskseal end" whose
+// devices/global_filter rejects the device's `paths` (each a /dev path; LVM rejects a device when
+// any of its names matches a reject pattern). Reject patterns only: an accept pattern would let
+// another name of the same device through. Replaces an earlier diskseal block.
+std::string WithLvmRejectFilter(std::string_view lvmlocal, const std::vector<std::string>& paths);
+// `lvmlocal` without diskseal's block (the text unchanged when it has none).
+std::string WithoutLvmRejectFilter(std::string_view lvmlocal);
+// Why diskseal cannot add its filter, or "" when it can: an active global_filter of the admin's
+// (diskseal would replace it) or a devices file (use_devicesfile = 1: LVM would ignore the
+// mapping) in lvm.conf or lvmlocal.conf.
+std::string LvmFilterProblem(std::string_view lvm_conf, std::string_view lvmlocal);
+// The same for the machine's <etc>/lvm/lvm.conf and lvmlocal.conf (a missing file is empty; one
+// that cannot be read is the problem).
+std::string MachineLvmFilterProblem(Env& env, const MachineRoot& root);
 
 // Reads <etc>/<file> (missing: empty), writes <etc>/<file>.diskseal.bak once if it does not exist
 // yet (the admin's file as it was before diskseal first touched it), applies `edit` and replaces

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <set>
 
@@ -505,6 +506,40 @@ Result<Machine> Discover(const MachineRoot& root) {
     return a.dev < b.dev;
   });
   return m;
+}
+
+bool BuiltOn(const Machine& m, const Volume& v, const std::string& dm_name) {
+  Resolver r(m);
+  return AnyBelow(m, r, v.block, [&](const BlockInfo& b) { return !b.dm_name.empty() && b.dm_name == dm_name; });
+}
+
+Result<std::string> LvmPhysicalDevice(const Machine& m, const Volume& v) {
+  if (!v.lvm_lv || v.block < 0) return Unsupported(v.dev + ": not on an LVM logical volume");
+  Resolver r(m);
+  std::set<int> leaves;
+  std::string odd;
+  // Down the slaves: LVM's own devices (the LV, its sub-LVs) until the first that is not LVM's.
+  std::function<void(int, int)> walk = [&](int i, int depth) {
+    if (i < 0 || depth > 16) return;
+    const BlockInfo& b = m.blocks[size_t(i)];
+    if (IsLv(b) && !b.slaves.empty()) {
+      for (const auto& s : b.slaves) walk(r.FindName(s), depth + 1);
+      return;
+    }
+    if (!b.dm_uuid.empty() || b.name.rfind("md", 0) == 0) odd = b.dev;
+    leaves.insert(i);
+  };
+  walk(v.block, 0);
+  if (!odd.empty())
+    return Unsupported(v.dev + ": its logical volume sits on " + odd +
+                       " (device-mapper or md below LVM): only a plain partition or disk as the physical volume is supported");
+  if (leaves.size() != 1) {
+    std::string names;
+    for (int i : leaves) names += (names.empty() ? "" : ", ") + m.blocks[size_t(i)].dev;
+    return Unsupported(v.dev + ": its logical volume spans " + std::to_string(leaves.size()) + " physical volumes (" +
+                       names + "): only one can be encrypted under it");
+  }
+  return m.blocks[size_t(*leaves.begin())].dev;
 }
 
 }  // namespace ds::machine

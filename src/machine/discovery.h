@@ -122,4 +122,13 @@ void ProbeSignature(std::span<const uint8_t> first_bytes, BlockInfo& info);
 // Reads the whole model under `root`. Missing files (no /etc/crypttab) are empty, not errors.
 Result<Machine> Discover(const MachineRoot& root);
 
+// Whether `v` is the device-mapper device named `dm_name` or is built on it (root on an LVM
+// logical volume over it): the OS volume runs on its mapping.
+bool BuiltOn(const Machine& m, const Volume& v, const std::string& dm_name);
+// For a volume on an LVM logical volume: the one device below it that is not device-mapper (the
+// physical volume, e.g. "/dev/vda2"), which `enable --volume-type OS` encrypts. kUnsupported
+// naming the devices when the LV spans several, or when the stack holds something else (dm-crypt,
+// md) between them.
+Result<std::string> LvmPhysicalDevice(const Machine& m, const Volume& v);
+
 }  // namespace ds::machine

@@ -201,6 +201,26 @@ TEST_F(DiscoverTest, LvmLvAndUnusedPv) {
   EXPECT_EQ(pv.fstype, "LVM2_member");
 }
 
+TEST_F(DiscoverTest, LvmPhysicalDeviceAndBuiltOn) {
+  auto m = Discover(t.Root());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const Volume* lv = m->data()[1];
+  auto pv = LvmPhysicalDevice(*m, *lv);
+  ASSERT_TRUE(pv.ok()) << pv.status().ToString();
+  EXPECT_EQ(*pv, "/dev/sdd");
+  EXPECT_TRUE(BuiltOn(*m, *lv, "vg-lv"));
+  EXPECT_FALSE(BuiltOn(*m, *lv, "data1"));
+  EXPECT_TRUE(BuiltOn(*m, *m->data()[0], "data1"));
+  // Not an LV, or an LV over two PVs: refused with the devices named.
+  EXPECT_EQ(LvmPhysicalDevice(*m, *m->os()).status().code(), Code::kUnsupported);
+  t.Block("dm-1", {.devno = "253:1", .slaves = {"sdd", "sde"}, .dm_name = "vg-lv", .dm_uuid = "LVM-abcdefabcdef"});
+  auto two = Discover(t.Root());
+  ASSERT_TRUE(two.ok());
+  auto spans = LvmPhysicalDevice(*two, *two->data()[1]);
+  ASSERT_FALSE(spans.ok());
+  EXPECT_NE(spans.status().message().find("/dev/sdd, /dev/sde"), std::string::npos) << spans.status().message();
+}
+
 TEST_F(DiscoverTest, ResourceDiskNeedsAHint) {
   // /mnt without a label or cloud-init's fstab mark is an ordinary data disk
   t.Device("sdb1", test::Ext4Image(0x03, "scratch"));

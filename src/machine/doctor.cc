@@ -1,5 +1,7 @@
 #include "machine/doctor.h"
 
+#include "machine/config.h"
+
 #include <algorithm>
 #include <set>
 #include <sstream>
@@ -362,16 +364,29 @@ class Doctor {
     for (const auto& t : targets_) {
       const Volume& v = *t.volume;
       if (!v.lvm_lv) continue;
-      if (v.role == VolumeRole::kOs)
-        f_.Add("lvm-layout", Severity::kWarning, Name(v),
-               "the OS volume is an LVM logical volume (" + v.dev + "): diskseal encrypts the root "
-               "LV itself, inside the volume group; the other LVs are Data volumes of their own, "
-               "and encrypting the physical volume under the group is not supported",
-               "nothing to do for root; encrypt the other LVs with --volume-type Data");
-      else
+      if (v.role != VolumeRole::kOs) {
         f_.Add("lvm-layout", Severity::kInfo, Name(v),
                "an LVM logical volume (" + v.dev + "): encrypted inside the LV, the volume group "
                "is not changed");
+        continue;
+      }
+      auto pv = LvmPhysicalDevice(m_, v);
+      if (!pv.ok()) {
+        f_.Add("lvm-layout", Severity::kBlocking, Name(v), pv.status().message(),
+               "move the root LV onto one physical volume (pvmove), or keep / unencrypted");
+        continue;
+      }
+      const std::string problem = root_.env ? MachineLvmFilterProblem(*root_.env, root_) : "";
+      if (!problem.empty()) {
+        f_.Add("lvm-layout", Severity::kBlocking, Name(v),
+               "the OS volume is an LVM logical volume on " + *pv + ", and " + problem,
+               "remove that setting from /etc/lvm (diskseal adds its own filter for " + *pv + ")");
+        continue;
+      }
+      f_.Add("lvm-layout", Severity::kInfo, Name(v),
+             "the OS volume is an LVM logical volume (" + v.dev + "): diskseal encrypts the physical volume " +
+                 *pv + " under it, with every LV of the group on it; the initramfs opens it before LVM "
+                 "activates, and a filter in /etc/lvm/lvmlocal.conf keeps LVM off the raw device");
     }
   }
 

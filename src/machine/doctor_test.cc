@@ -209,23 +209,41 @@ TEST_F(DoctorTest, LvmLayout) {
   EXPECT_EQ(f[0].severity, Severity::kInfo);
 }
 
-TEST_F(DoctorTest, LvmOsVolumeIsAWarningWithTheLayout) {
+// Root on an LV: enable encrypts the one physical volume under it; two PVs, or an LVM setting
+// that would defeat diskseal's filter, block.
+TEST_F(DoctorTest, LvmOsVolumeNamesThePhysicalVolumeOrWhatBlocksIt) {
   MachineTree lvm;
   lvm.Block("sda", {.devno = "8:0", .holders = {"dm-0"}});
   lvm.Device("sda", test::LvmPvImage("PVPVPVPVPVPVPVPVPVPVPVPVPVPVPVPV"));
   lvm.Block("dm-0", {.devno = "253:0", .slaves = {"sda"}, .dm_name = "rootvg-rootlv",
                      .dm_uuid = "LVM-bbbb"});
   lvm.Mount("253:0", "/", "xfs", "/dev/mapper/rootvg-rootlv");
-  MachineRoot root = lvm.Root();
-  auto m = Discover(root);
-  ASSERT_TRUE(m.ok());
-  opts.volume_type = VolumeType::kAll;
-  auto r = RunDoctor(root, *m, opts);
-  ASSERT_TRUE(r.ok());
-  auto f = Of(*r, "lvm-layout");
-  ASSERT_EQ(f.size(), 1u) << FormatText(*r);
-  EXPECT_EQ(f[0].severity, Severity::kWarning);
-  EXPECT_EQ(f[0].volume, "/");
+  lvm.File("etc/lvm/lvm.conf", "devices {\n\t# use_devicesfile = 0\n}\n");
+  auto run = [&]() {
+    MachineRoot root = lvm.Root();
+    auto m = Discover(root);
+    EXPECT_TRUE(m.ok());
+    opts.volume_type = VolumeType::kAll;
+    auto r = RunDoctor(root, *m, opts);
+    EXPECT_TRUE(r.ok());
+    auto f = Of(*r, "lvm-layout");
+    EXPECT_EQ(f.size(), 1u) << FormatText(*r);
+    return f.empty() ? Finding{} : f[0];
+  };
+  Finding f = run();
+  EXPECT_EQ(f.severity, Severity::kInfo);
+  EXPECT_EQ(f.volume, "/");
+  EXPECT_TRUE(Contains(f.message, "encrypts the physical volume /dev/sda")) << f.message;
+  lvm.File("etc/lvm/lvmlocal.conf", "devices {\n\tuse_devicesfile = 1\n}\n");
+  f = run();
+  EXPECT_EQ(f.severity, Severity::kBlocking);
+  EXPECT_TRUE(Contains(f.message, "use_devicesfile = 1")) << f.message;
+  lvm.File("etc/lvm/lvmlocal.conf", "");
+  lvm.Block("sdb", {.devno = "8:16", .holders = {"dm-0"}});
+  lvm.Block("dm-0", {.devno = "253:0", .slaves = {"sda", "sdb"}, .dm_name = "rootvg-rootlv", .dm_uuid = "LVM-bbbb"});
+  f = run();
+  EXPECT_EQ(f.severity, Severity::kBlocking);
+  EXPECT_TRUE(Contains(f.message, "spans 2 physical volumes")) << f.message;
 }
 
 TEST_F(DoctorTest, MemoryAgainstWhatDisksealNeeds) {

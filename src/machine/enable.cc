@@ -189,8 +189,9 @@ class Runner {
     }
     if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
       DS_RETURN_IF_ERROR(ConfigureOs(r));
-      DS_ASSIGN_OR_RETURN(std::string src, MountedSource("/"));
-      if (!IsMapping(src, r)) {
+      std::string src;
+      DS_ASSIGN_OR_RETURN(bool on_mapping, RootOnMapping(r, src));
+      if (!on_mapping) {
         restart_pending_ = true;
         *o_.log << "/: " << r.device << " is ready to be encrypted; restart the machine (VMRestartPending): the "
                 << "initramfs opens it as /dev/mapper/" << r.name << " and diskseal-resume.service encrypts it "
@@ -213,9 +214,10 @@ class Runner {
   //   -> [header and key removed] disabled
   Status DisableOs(VolumeRecord& r) {
     if (r.step == Step::kConfigured || r.step == Step::kDecrypting) {
-      DS_ASSIGN_OR_RETURN(std::string src, MountedSource("/"));
-      if (!IsMapping(src, r))
-        return Busy("/: not mounted from /dev/mapper/" + r.name + " (it is " + (src.empty() ? "not mounted" : src) +
+      std::string src;
+      DS_ASSIGN_OR_RETURN(bool on_mapping, RootOnMapping(r, src));
+      if (!on_mapping)
+        return Busy("/: not on /dev/mapper/" + r.name + " (it is mounted from " + (src.empty() ? "nothing" : src) +
                     "): the OS volume is decrypted while it runs on its mapping; restart the machine first");
       DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
@@ -227,7 +229,16 @@ class Runner {
       if (env_.Exists(InitramfsConf())) {
         // On failure the data is plaintext and the old initramfs opens it as a linear mapping:
         // nothing lost, and the next run tries again.
-        Status off = SwapBootConfig(std::nullopt);
+        std::vector<BootFile> files = {{InitramfsConf(), std::nullopt}};
+        if (r.lvm) {
+          // LVM may use the (plaintext again) physical volume itself from the next boot on.
+          DS_ASSIGN_OR_RETURN(std::string local, ReadEtc("lvm/lvmlocal.conf"));
+          std::string without = WithoutLvmRejectFilter(local);
+          files.push_back({o_.root.Etc("lvm/lvmlocal.conf"),
+                           without.find_first_not_of(" \t\n") == std::string::npos ? std::nullopt
+                                                                                   : std::optional<std::string>(without)});
+        }
+        Status off = SwapBootConfig(files);
         if (!off.ok())
           return Status(off.code(), "/: the OS volume is decrypted, but the initramfs could not be rebuilt (" + off.message() +
                                         "); run disable again");
@@ -235,7 +246,7 @@ class Runner {
       DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
         return SetCrypttabLine(t, r.name, std::nullopt);
       }));
-      if (r.fstab) {
+      if (r.fstab && !r.lvm) {
         const std::string line = FstabLine(*r.fstab);
         DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "fstab", [&](std::string_view t) { return SetFstabLine(t, "/", line); }));
       }
@@ -251,9 +262,14 @@ class Runner {
     return Status::Ok();
   }
 
-  // Whether `src` (what / is mounted from) is the OS volume's mapping.
-  static bool IsMapping(const std::string& src, const VolumeRecord& r) {
-    return !src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name);
+  // Whether / runs on the OS volume's mapping: mounted from it, or from an LVM logical volume
+  // over it. Returns what / is mounted from in `src` for messages.
+  Result<bool> RootOnMapping(const VolumeRecord& r, std::string& src) {
+    DS_ASSIGN_OR_RETURN(src, MountedSource("/"));
+    if (!src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name)) return true;
+    DS_ASSIGN_OR_RETURN(Machine m, Discover(o_.root));
+    const Volume* os = m.os();
+    return os && BuiltOn(m, *os, r.name);
   }
 
   // Whether the last EnableOs stopped for the reboot.
@@ -278,7 +294,8 @@ class Runner {
     std::vector<std::pair<std::string, std::string>> vars = {
         {"DS_NAME", r.name},
         {"DS_ROOT_DEV", BootDeviceSpec(env_, o_.root, r.device)},
-        {"DS_ROOT_FS_UUID", fs_uuid(os)},
+        {"DS_ROOT_FS_UUID", r.lvm ? std::string() : fs_uuid(os)},
+        {"DS_LVM", r.lvm ? "1" : ""},
         {"DS_BOOT_DEV", "UUID=" + fs_uuid(boot)},
         {"DS_BOOT_FSTYPE", boot->fstype},
         {"DS_HEADER", r.header.substr(bmp.size())},
@@ -294,38 +311,79 @@ class Runner {
       if (v.find_first_of("'\n") != std::string::npos) return InvalidArgument(k + ": " + v + ": a quote or newline cannot be written");
       if (!v.empty()) text += k + "='" + v + "'\n";
     }
-    Status on = SwapBootConfig(text);
+    std::vector<BootFile> files = {{InitramfsConf(), text}};
+    if (r.lvm) {
+      // LVM must never activate the root LV on the raw physical volume (it shows the same PV as
+      // the mapping until its start is encrypted): its names are rejected by a filter that both
+      // the initramfs (lvm2's hook copies /etc/lvm) and the running system read.
+      std::vector<std::string> names;
+      const std::string spec = BootDeviceSpec(env_, o_.root, r.device);
+      if (spec.rfind("PARTUUID=", 0) == 0) names.push_back("/dev/disk/by-partuuid/" + spec.substr(9));
+      names.push_back(r.device);
+      DS_ASSIGN_OR_RETURN(std::string local, ReadEtc("lvm/lvmlocal.conf"));
+      files.push_back({o_.root.Etc("lvm/lvmlocal.conf"), WithLvmRejectFilter(local, names)});
+    }
+    Status on = SwapBootConfig(files);
     if (!on.ok()) return Status(on.code(), "/: the initramfs could not be rebuilt, so nothing was changed (" + on.message() + ")");
     return Status::Ok();
+  }
+
+  // <etc>/<name>, "" when it does not exist.
+  Result<std::string> ReadEtc(const std::string& name) {
+    const std::string path = o_.root.Etc(name);
+    if (!env_.Exists(path)) return std::string();
+    return env_.ReadFile(path, 1 << 20);
   }
 
   std::string InitramfsConf() const {
     return o_.os.initramfs_conf.empty() ? o_.root.Etc("diskseal/initramfs.conf") : o_.os.initramfs_conf;
   }
 
-  // The initramfs configuration set to `text` (nullopt: removed) and the initramfs rebuilt, then
-  // synced: the boot that follows, even after a power cut, runs with it. If the rebuild fails
-  // the previous configuration is put back; the error is the rebuild's (callers say what it means).
-  Status SwapBootConfig(const std::optional<std::string>& text) {
+  // A file of the boot configuration and what it becomes (nullopt: removed).
+  struct BootFile {
+    std::string path;
+    std::optional<std::string> text;
+  };
+
+  // The boot configuration files set (the initramfs configuration; for root on LVM also
+  // lvmlocal.conf) and the initramfs rebuilt, then synced: the boot that follows, even after a
+  // power cut, runs with them. If the rebuild fails every file is put back as it was; the error
+  // is the rebuild's (callers say what it means).
+  Status SwapBootConfig(const std::vector<BootFile>& files) {
     if (!o_.os.rebuild_initramfs) return Unsupported("/: no way to rebuild the initramfs was given");
-    const std::string conf = InitramfsConf();
-    const std::string dir = conf.substr(0, conf.rfind('/'));
-    if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return PosixError(dir, errno);
-    std::optional<std::string> before;
-    if (env_.Exists(conf)) {
-      DS_ASSIGN_OR_RETURN(before, env_.ReadFile(conf, 1 << 20));
+    std::vector<BootFile> before;
+    auto restore = [&]() -> Status {
+      Status first;
+      for (const auto& b : before) {
+        Status s = b.text ? env_.WriteFileAtomic(b.path, *b.text, 0644) : (env_.Exists(b.path) ? env_.Remove(b.path) : Status::Ok());
+        if (!s.ok() && first.ok()) first = s.WithContext(b.path + " could not be restored");
+      }
+      return first;
+    };
+    for (const auto& f : files) {
+      const std::string dir = f.path.substr(0, f.path.rfind('/'));
+      if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) return PosixError(dir, errno);
+      BootFile old{f.path, std::nullopt};
+      if (env_.Exists(f.path)) {
+        DS_ASSIGN_OR_RETURN(old.text, env_.ReadFile(f.path, 1 << 20));
+      }
+      before.push_back(old);
+      Status w = f.text ? env_.WriteFileAtomic(f.path, *f.text, 0644) : (old.text ? env_.Remove(f.path) : Status::Ok());
+      if (!w.ok()) {
+        (void)restore();  // the write's error is the one to report
+        return w;
+      }
     }
-    DS_RETURN_IF_ERROR(text ? env_.WriteFileAtomic(conf, *text, 0644) : env_.Remove(conf));
-    *o_.log << "/: rebuilding the initramfs " << (text ? "with" : "without") << " diskseal's boot configuration (" << conf
-            << ")\n";
+    const bool on = files.front().text.has_value();
+    *o_.log << "/: rebuilding the initramfs " << (on ? "with" : "without") << " diskseal's boot configuration ("
+            << files.front().path << ")\n";
     Status built = o_.os.rebuild_initramfs(*o_.log);
     if (built.ok()) {
       ::sync();
       return Status::Ok();
     }
-    Status back = before ? env_.WriteFileAtomic(conf, *before, 0644) : env_.Remove(conf);
-    return Status(built.code(), built.message() +
-                                    (back.ok() ? "" : "; " + conf + " could not be restored: " + back.message()));
+    Status back = restore();
+    return Status(built.code(), built.message() + (back.ok() ? "" : "; " + back.message()));
   }
 
   // fstab mounts / from the mapping; crypttab names it (noauto: the initramfs opens it, not
@@ -336,7 +394,8 @@ class Runner {
     DS_RETURN_IF_ERROR(ApplyEtcEdit(env_, o_.root, "crypttab", [&](std::string_view t) {
       return SetCrypttabLine(t, r.name, ct);
     }));
-    if (!r.fstab) return Status::Ok();
+    // On LVM, / stays the logical volume (now over the mapping): its fstab line is right as it is.
+    if (!r.fstab || r.lvm) return Status::Ok();
     FstabEntry e = *r.fstab;
     e.spec = "/dev/mapper/" + r.name;
     return ApplyEtcEdit(env_, o_.root, "fstab", [&](std::string_view t) { return SetFstabLine(t, "/", FstabLine(e)); });
@@ -834,12 +893,26 @@ Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions&
     if (os->is_luks || os->encrypted) why = "it is already encrypted";
     else if (os->fstype != "ext4" && os->fstype != "xfs") why = "filesystem " + os->fstype + " (ext4 and xfs are supported)";
     else if (os->dev.rfind("/dev/", 0) != 0) why = "it is not on a block device (" + os->dev + ")";
-    else if (os->lvm_lv) why = "it is an LVM logical volume: encrypting the physical volume under root is not supported yet";
     if (!why.empty()) return Unsupported("/ (" + os->dev + "): the OS volume cannot be encrypted: " + why);
+    // Root on an LVM logical volume: the physical volume under it is what gets encrypted (the
+    // initramfs opens it before LVM activates the group on it).
+    std::string device = os->dev;
+    if (os->lvm_lv) {
+      auto pv = LvmPhysicalDevice(m, *os);
+      if (!pv.ok()) return Unsupported("/ (" + os->dev + "): the OS volume cannot be encrypted: " + pv.status().message());
+      device = *pv;
+      if (std::string why_lvm = MachineLvmFilterProblem(env, o.root); !why_lvm.empty())
+        return Unsupported("/ (" + os->dev + " on " + device + "): the OS volume cannot be encrypted: " + why_lvm);
+    }
     const Volume* boot = m.boot();
     if (!boot || boot->dev == os->dev)
       return Unsupported("/ (" + os->dev + "): there is no separate /boot to hold the OS volume's header, which must be "
                          "readable before / is opened (diskseal doctor --volume-type OS says what to do)");
+    auto boot_pv = boot->lvm_lv ? LvmPhysicalDevice(m, *boot) : Result<std::string>(std::string());
+    if (os->lvm_lv && boot_pv.ok() && *boot_pv == device)
+      return Unsupported("/boot (" + boot->dev + ") is a logical volume on " + device +
+                         ", the physical volume that would be encrypted: the OS volume's header cannot live there "
+                         "(doctor: header-location)");
     if (!o.vault)
       return InvalidArgument("/ (" + os->dev + "): the OS volume needs a vault (--vault): the initramfs fetches its key "
                              "from there at every boot");
@@ -848,7 +921,8 @@ Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions&
     r.os = true;
     r.name = o.os.name;
     r.uuid = luks2::NewUuid();
-    r.device = os->dev;
+    r.device = device;
+    r.lvm = os->lvm_lv;
     r.mountpoint = "/";
     r.fstype = os->fstype;
     r.mount_options = os->mount_options;

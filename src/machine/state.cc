@@ -104,6 +104,7 @@ std::string RecordToJson(const VolumeRecord& r) {
   };
   if (r.os) j["os"] = true;
   if (!r.uuid.empty()) j["uuid"] = r.uuid;
+  if (r.lvm) j["lvm"] = true;
   if (r.fstab)
     j["fstab"] = {{"spec", r.fstab->spec},       {"file", r.fstab->file},
                   {"vfstype", r.fstab->vfstype}, {"options", r.fstab->options},
@@ -132,6 +133,7 @@ Result<VolumeRecord> RecordFromJson(const std::string& text, const std::string& 
     r.last_error = j.value("last_error", "");
     r.os = j.value("os", false);
     r.uuid = j.value("uuid", "");
+    r.lvm = j.value("lvm", false);
     DS_ASSIGN_OR_RETURN(r.step, ParseStep(j.at("step").get<std::string>()));
     if (j.contains("fstab")) {
       const auto& f = j["fstab"];

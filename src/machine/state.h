@@ -64,6 +64,9 @@ struct VolumeRecord {
   // so the LUKS2 UUID is kept apart in `uuid`.
   bool os = false;
   std::string uuid;            // the LUKS2 UUID when it differs from `name`
+  // OS volume only: / is an LVM logical volume and `device` the physical volume under it (the
+  // initramfs opens it before LVM activates; lvmlocal.conf keeps LVM off the raw device).
+  bool lvm = false;
   const std::string& LuksUuid() const { return uuid.empty() ? name : uuid; }
   std::string device;          // the block device holding the data ("/dev/sdb1")
   std::string mountpoint, fstype;

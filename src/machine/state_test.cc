@@ -165,7 +165,13 @@ TEST(StateTest, OsRecordRoundTripsWithItsUuid) {
   auto back = RecordFromJson(RecordToJson(r), "test");
   ASSERT_TRUE(back.ok()) << back.status().ToString();
   EXPECT_TRUE(back->os);
+  EXPECT_FALSE(back->lvm);
   EXPECT_EQ(back->LuksUuid(), r.uuid);
+  r.lvm = true;  // / on an LV, `device` the physical volume under it
+  auto lvm = RecordFromJson(RecordToJson(r), "test");
+  ASSERT_TRUE(lvm.ok());
+  EXPECT_TRUE(lvm->lvm);
+  r.lvm = false;
   VolumeRecord data = r;
   data.os = false;
   data.uuid.clear();
@@ -239,6 +245,32 @@ TEST(ConfigTest, ApplyKeepsTheFirstBackupAndWritesAtomically) {
               }).ok());
   EXPECT_EQ(ds::test::ReadFileOrDie(t / "etc/crypttab"), "u UUID=u /k luks,nofail,header=/h\n");
   EXPECT_EQ(ds::test::ReadFileOrDie(t / "etc/crypttab.diskseal.bak"), "");
+}
+
+TEST(ConfigTest, LvmRejectFilterBlockComesAndGoesLeavingTheRest) {
+  const std::string local = "local {\n\t# system_id = \"x\"\n}\n";
+  const std::string with = WithLvmRejectFilter(local, {"/dev/disk/by-partuuid/0a1b-02", "/dev/vda2", "/dev/bad|x"});
+  EXPECT_EQ(with.substr(0, local.size()), local);
+  EXPECT_NE(with.find("global_filter = [ \"r|^/dev/disk/by-partuuid/0a1b-02$|\", \"r|^/dev/vda2$|\" ]"), std::string::npos)
+      << with;
+  EXPECT_EQ(with.find("bad"), std::string::npos);  // a path that cannot be written as a pattern is left out
+  EXPECT_EQ(with.find("a|"), std::string::npos);    // reject patterns only
+  EXPECT_EQ(WithLvmRejectFilter(with, {"/dev/disk/by-partuuid/0a1b-02", "/dev/vda2"}),
+            WithLvmRejectFilter(local, {"/dev/disk/by-partuuid/0a1b-02", "/dev/vda2"}));  // replaced, not added
+  EXPECT_EQ(WithoutLvmRejectFilter(with), local);
+  EXPECT_EQ(WithoutLvmRejectFilter(local), local);
+  EXPECT_NE(WithLvmRejectFilter("", {"/dev/sda.1"}).find("r|^/dev/sda[.]1$|"), std::string::npos);
+}
+
+TEST(ConfigTest, LvmFilterProblemNamesTheSettingThatIsInTheWay) {
+  const std::string debian = "devices {\n\t# global_filter = [ \"a|.*|\" ]\n\t# use_devicesfile = 0\n}\n";
+  EXPECT_EQ(LvmFilterProblem(debian, "local {\n}\n"), "");
+  EXPECT_EQ(LvmFilterProblem(debian, WithLvmRejectFilter("", {"/dev/vda2"})), "");  // diskseal's own block
+  EXPECT_NE(LvmFilterProblem("devices {\n  global_filter=[ \"r|sdb|\" ]\n}\n", "").find("lvm.conf sets devices/global_filter"),
+            std::string::npos);
+  EXPECT_NE(LvmFilterProblem(debian, "devices { \n use_devicesfile = 1 # RHEL 9\n}\n").find("lvmlocal.conf sets devices/use_devicesfile = 1"),
+            std::string::npos);
+  EXPECT_EQ(LvmFilterProblem("devices {\n\tuse_devicesfile = 0\n}\n", ""), "");
 }
 
 TEST(ConfigTest, EscapesRoundTrip) {

@@ -99,7 +99,7 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
       // Decrypted: / may still sit on the (now plain) mapping until the next restart, whose
       // dm UUID discovery reads as encrypted.
       const std::string src = MountedAt(m, "/");
-      if (!src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name)) {
+      if ((!src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name)) || (os && BuiltOn(m, *os, r.name))) {
         out.os_volume = "NotEncrypted";
         os_message = "Decryption succeeded for the OS volume; it leaves its plain mapping at the next restart";
       }
@@ -107,7 +107,9 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
     }
     VolumeStatus v = FromRecord(r);
     const std::string src = MountedAt(m, "/");
-    const bool on_mapping = !src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name);
+    // / on the mapping, or on an LVM logical volume over it.
+    const bool on_mapping = (!src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name)) ||
+                            (os && BuiltOn(m, *os, r.name));
     if (r.step == Step::kPlanned) {
       v.state = "NotEncrypted";  // nothing changed yet
     } else if (r.step >= Step::kDisabling) {

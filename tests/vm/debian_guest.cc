@@ -86,6 +86,16 @@ cleanup() {
 trap cleanup EXIT
 mount_image() {
   rl=$(losetup -f --show -o "$ROOT_OFFSET" --sizelimit "$ROOT_SIZE" "$IMG"); loops+=("$rl")
+  if [ "${LVM:-0}" = 1 ]; then
+    # Root is the LV dsvg/root, one linear segment from the PV's first extent (as the image
+    # script made it): reached through a loop device at its place (no device-mapper here).
+    local opt=(--devices "$rl" --driverloaded n --noheadings --units b --nosuffix)
+    local pe lv
+    pe=$(LVM_SUPPRESS_FD_WARNINGS=1 pvs "${opt[@]}" -o pe_start "$rl" 2>/dev/null | tr -d ' ')
+    lv=$(LVM_SUPPRESS_FD_WARNINGS=1 lvs "${opt[@]}" -o lv_size dsvg/root 2>/dev/null | tr -d ' ')
+    [ -n "$pe" ] && [ -n "$lv" ] || { echo "mount_image: no dsvg/root on the root partition"; return 1; }
+    rl=$(losetup -f --show -o $((ROOT_OFFSET + pe)) --sizelimit "$lv" "$IMG"); loops+=("$rl")
+  fi
   bl=$(losetup -f --show -o "$BOOT_OFFSET" --sizelimit "$BOOT_SIZE" "$IMG"); loops+=("$bl")
   m="$WORK/mnt"
   mkdir -p "$m"
@@ -104,7 +114,7 @@ chroot_mounts() {
 RunResult RunOnImage(const DebianImage& image, const std::string& disk,
                      const std::map<std::string, std::string>& vars, const std::string& script) {
   std::vector<std::string> argv = {"env"};
-  for (const char* k : {"ROOT_OFFSET", "ROOT_SIZE", "BOOT_OFFSET", "BOOT_SIZE", "ROOT_PARTUUID", "BOOT_UUID"}) {
+  for (const char* k : {"ROOT_OFFSET", "ROOT_SIZE", "BOOT_OFFSET", "BOOT_SIZE", "ROOT_PARTUUID", "BOOT_UUID", "LVM"}) {
     auto it = image.env.find(k);
     argv.push_back(std::string(k) + "=" + (it == image.env.end() ? "" : it->second));
   }

@@ -38,9 +38,10 @@ bool PrepareDebianImage(const std::vector<std::string>& args, DebianImage* out, 
 bool CopyImage(const DebianImage& image, const std::string& dest, std::string* err);
 
 // Runs `script` with bash on the host against `disk` (a copy of `image.disk`), with the image's
-// geometry (ROOT_OFFSET, ROOT_SIZE, BOOT_OFFSET, BOOT_SIZE, ROOT_PARTUUID, BOOT_UUID), IMG=disk and
+// geometry (ROOT_OFFSET, ROOT_SIZE, BOOT_OFFSET, BOOT_SIZE, ROOT_PARTUUID, BOOT_UUID, LVM), IMG=disk and
 // `vars` (paths and names only) in its environment, `set -euo pipefail`, and two shell functions:
-// `mount_image` (root at $m = $WORK/mnt with /boot below it; $rl/$bl are their loop devices) and
+// `mount_image` (root at $m = $WORK/mnt with /boot below it; $rl/$bl are their loop devices; on
+// an LVM image $rl is the root LV's place on the PV) and
 // `chroot_mounts` (proc, sys and /dev inside $m). Everything is unmounted and detached at exit.
 // Returns what bash printed and its exit status (testlib.h RunResult).
 struct RunResult;

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <memory>
 
 #include "debian_guest.h"
 #include "testlib.h"
@@ -66,35 +67,54 @@ os_state() { diskseal status --json | sed -n 's/.*"OsVolumeEncrypted": "\([A-Za-
 os_percent() { diskseal status --json | sed -n 's/.*"percent": \([0-9]*\).*/\1/p' | head -1; }
 )SH";
 
-TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
+// A Debian guest of an image variant with diskseal installed from its package (kInstall), a
+// vault on the host reachable from the guest, booted with its network up.
+struct InstalledGuest {
   DebianImage img;
-  std::string err;
-  ASSERT_TRUE(PrepareDebianImage({}, &img, &err)) << err;
   TempDir dir;
-  ASSERT_TRUE(CopyImage(img, dir / "disk.img", &err)) << err;
-  VaultProcess vault(dir / "vault");
-  vault.SetExtraArgs({"--hostname", "10.0.2.100"});
-  vault.Start();
+  std::unique_ptr<VaultProcess> vault;
+  std::unique_ptr<DebianGuest> guest;
+};
+
+// Fatal failures end the calling test (check HasFatalFailure()).
+void BootInstalled(const std::vector<std::string>& variant, InstalledGuest& s) {
+  std::string err;
+  ASSERT_TRUE(PrepareDebianImage(variant, &s.img, &err)) << err;
+  ASSERT_TRUE(CopyImage(s.img, s.dir / "disk.img", &err)) << err;
+  s.vault = std::make_unique<VaultProcess>(s.dir / "vault");
+  s.vault->SetExtraArgs({"--hostname", "10.0.2.100"});
+  s.vault->Start();
   // The machine's token: it escrows (set) and reads back (get) its own volumes' secrets; the
   // initramfs uses the same file to fetch the key at boot.
-  const std::string token = vault.Token("machine", "secrets:get,secrets:set");
+  const std::string token = s.vault->Token("machine", "secrets:get,secrets:set");
 
   const std::string build = std::string(DISKSEAL_BIN).substr(0, std::string(DISKSEAL_BIN).rfind('/'));
-  RunResult prep = RunOnImage(img, dir / "disk.img",
-                              {{"WORK", dir.path()}, {"BUILD", build}, {"SRC", DISKSEAL_SOURCE_DIR},
-                               {"VAULT_CA", vault.ca()}, {"TOKEN", token}},
+  RunResult prep = RunOnImage(s.img, s.dir / "disk.img",
+                              {{"WORK", s.dir.path()}, {"BUILD", build}, {"SRC", DISKSEAL_SOURCE_DIR},
+                               {"VAULT_CA", s.vault->ca()}, {"TOKEN", token}},
                               kInstall);
   ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
 
   DebianGuest::Options o;
-  o.disk = dir / "disk.img";
-  o.work_dir = dir.path();
-  o.vault_port = vault.port();
-  // What the boot loader says, before and after enable: root=UUID=<the root filesystem>.
-  o.root_arg = img.env["ROOT_ARG"];
-  DebianGuest g(o);
-  ASSERT_TRUE(g.Boot(300, &err)) << err;
-  ASSERT_EQ(g.Exec(kNet).exit_code, 0);
+  o.disk = s.dir / "disk.img";
+  o.work_dir = s.dir.path();
+  o.vault_port = s.vault->port();
+  // What the boot loader says, before and after enable (root=UUID=<the root filesystem>, or the
+  // root LV).
+  o.root_arg = s.img.env["ROOT_ARG"];
+  s.guest = std::make_unique<DebianGuest>(o);
+  ASSERT_TRUE(s.guest->Boot(300, &err)) << err;
+  ASSERT_EQ(s.guest->Exec(kNet).exit_code, 0);
+}
+
+TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
+  InstalledGuest s;
+  BootInstalled({}, s);
+  if (HasFatalFailure()) return;
+  DebianImage& img = s.img;
+  TempDir& dir = s.dir;
+  DebianGuest& g = *s.guest;
+  std::string err;
   ExecResult doc = g.Exec("diskseal doctor --volume-type OS 2>&1; echo rc=$?");
   std::printf("[ doctor] %s", doc.output.c_str());
 
@@ -286,6 +306,116 @@ md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
   EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
   EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
   EXPECT_NE(dump.out.find("0: crypt"), std::string::npos) << dump.out;
+}
+
+// Root on LVM (RHEL-style: xfs on the logical volume dsvg/root over partition 2): enable encrypts
+// the physical volume under the group; the initramfs opens it before LVM activates the group on
+// the mapping, and lvmlocal.conf keeps LVM off the raw partition at every boot. A power cut with
+// the encryption frozen at 30%; disable puts LVM back on the plain partition. Also the xfs root
+// of the OS flow.
+TEST(VmOsEnable, RootOnLvmAndXfsEncryptsThePhysicalVolumeUnderTheGroup) {
+  InstalledGuest s;
+  BootInstalled({"--root-fs", "xfs", "--lvm"}, s);
+  if (HasFatalFailure()) return;
+  DebianGuest& g = *s.guest;
+  std::string err;
+
+  ExecResult en = g.Exec(std::string(kWaitStopped) + R"SH(
+findmnt -no FSTYPE,SOURCE /
+diskseal doctor --volume-type OS 2>&1 | grep -A2 lvm-layout
+echo written-before > /root/before && sync
+find /usr/bin /usr/sbin /usr/lib/x86_64-linux-gnu -xdev -type f -print0 | xargs -0 md5sum > /root/system.sums
+diskseal enable --volume-type OS --pbkdf pbkdf2 --pbkdf-force-iterations 1000 > /tmp/enable.out 2>&1; echo "rc=$?"
+tail -3 /tmp/enable.out
+echo "after-enable: $(os_state)"
+grep ' / ' /etc/fstab
+cat /etc/crypttab
+grep global_filter /etc/lvm/lvmlocal.conf
+grep DS_LVM /etc/diskseal/initramfs.conf
+lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -c 'etc/lvm/lvmlocal.conf$'
+mkdir -p /etc/systemd/system/diskseal-resume.service.d
+printf '[Service]\nExecStart=\nExecStart=/usr/sbin/diskseal resume --all --test-freeze-at-percent 30\n' \
+  > /etc/systemd/system/diskseal-resume.service.d/test.conf
+sync
+)SH",
+                         900);
+  std::printf("[ enable] %s", en.output.c_str());
+  ASSERT_EQ(en.exit_code, 0) << en.output;
+  EXPECT_NE(en.output.find("xfs    /dev/mapper/dsvg-root\n"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("encrypts the physical volume /dev/vda2"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("rc=0\n"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("after-enable: VMRestartPending\n/dev/mapper/dsvg-root / xfs"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("osencrypt PARTUUID="), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("global_filter = [ \"r|^/dev/disk/by-partuuid/"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("DS_LVM='1'\n1\n"), std::string::npos) << en.output;
+
+  // The boot opens the PV, LVM activates the group on the mapping; the unit stops itself at 30%.
+  ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  ExecResult mid = g.Exec(std::string(kWaitStopped) + R"SH(
+systemctl show -p MainPID --value diskseal-resume > /tmp/resume.pid
+wait_stopped /tmp/resume.pid
+echo "mid: $(os_state)"
+findmnt -no SOURCE /
+dmsetup deps -o devname dsvg-root | sed 's/.*: //'
+dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
+pvs --noheadings -o pv_name 2>&1 | tr -d ' '
+md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum) && cat /root/before
+head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
+rm /etc/systemd/system/diskseal-resume.service.d/test.conf && sync
+)SH",
+                         600);
+  std::printf("[ mid   ] %s", mid.output.c_str());
+  ASSERT_EQ(mid.exit_code, 0) << mid.output;
+  EXPECT_NE(mid.output.find("mid: EncryptionInProgress\n/dev/mapper/dsvg-root\n(osencrypt)\ncrypt linear \n/dev/mapper/osencrypt\n"),
+            std::string::npos)
+      << mid.output;
+  EXPECT_NE(mid.output.find("\nsystem files checked\n"), std::string::npos) << mid.output;  // nothing differs
+  EXPECT_NE(mid.output.find("payload: OK\nwritten-before\n"), std::string::npos) << mid.output;
+
+  // A power cut with root 30% encrypted: the next boot opens it as it is and the unit finishes.
+  g.PowerCut();
+  ASSERT_TRUE(g.Boot(300, &err)) << err;
+  ExecResult fin = g.Exec(std::string(kWaitStopped) + R"SH(
+n=0
+while [ "$(os_state)" != Encrypted ] && [ $n -lt 1800 ]; do sleep 0.5; n=$((n + 1)); done
+echo "final: $(os_state)"
+dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum during.sum)
+)SH",
+                         1000);
+  std::printf("[ final ] %s", fin.output.c_str());
+  ASSERT_EQ(fin.exit_code, 0) << fin.output;
+  EXPECT_NE(fin.output.find("final: Encrypted\ncrypt \nsystem files checked\npayload: OK\nduring: OK\n"), std::string::npos)
+      << fin.output;
+
+  // disable: decrypted under the running system, the filter and the boot configuration removed;
+  // the next boot activates the group on the plain partition again.
+  ExecResult dis = g.Exec(std::string(kWaitStopped) + R"SH(
+diskseal disable --volume-type OS > /tmp/disable.out 2>&1; echo "disable-rc=$?"
+tail -3 /tmp/disable.out
+echo "after-disable: $(os_state)"
+grep -c 'diskseal' /etc/lvm/lvmlocal.conf
+test -e /etc/diskseal/initramfs.conf || echo no-boot-config
+)SH",
+                         1200);
+  std::printf("[ disabl] %s", dis.output.c_str());
+  EXPECT_NE(dis.output.find("disable-rc=0\n"), std::string::npos) << dis.output;
+  EXPECT_NE(dis.output.find("after-disable: NotEncrypted\n0\nno-boot-config\n"), std::string::npos) << dis.output;
+  ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  ExecResult plain = g.Exec(std::string(kWaitStopped) + R"SH(
+echo "plain: $(os_state)"
+dmsetup deps -o devname dsvg-root | sed 's/.*: //'
+dmsetup ls | cut -f1 | tr '\n' ' '; echo
+md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum during.sum)
+)SH");
+  EXPECT_EQ(plain.exit_code, 0) << plain.output;
+  EXPECT_NE(plain.output.find("plain: NotEncrypted\n(vda2)\ndsvg-root \nsystem files checked\npayload: OK\nduring: OK\n"),
+            std::string::npos)
+      << plain.output;
+  ASSERT_TRUE(g.Shutdown(120, &err)) << err;
 }
 
 }  // namespace
