@@ -177,16 +177,23 @@ uint16_t UdevFlags(bool private_device) {
                         : uint16_t(0);
 }
 
-// Runs t, waiting for udev (or the node operations libdevmapper queued where udev does not run).
-Status RunWithCookie(dm_task* t, const std::string& what, bool private_device) {
-  uint32_t cookie = 0;
+// Runs t with a udev cookie, which is returned in `cookie` for the caller to wait for (a failed
+// task's cookie is completed by libdevmapper: waiting for it returns at once).
+Status RunSettingCookie(dm_task* t, const std::string& what, bool private_device, uint32_t& cookie) {
+  cookie = 0;
   if (!dm_task_set_cookie(t, &cookie, UdevFlags(private_device)))
     return Internal(what + ": cannot set up udev synchronisation");
   g_last_error.clear();
   g_last_errno = 0;
   int ok = dm_task_run(t);
-  Status s = ok ? Status::Ok() : RunError(t, what);
-  dm_udev_wait(cookie);
+  return ok ? Status::Ok() : RunError(t, what);
+}
+
+// Runs t, waiting for udev (or the node operations libdevmapper queued where udev does not run).
+Status RunWithCookie(dm_task* t, const std::string& what, bool private_device) {
+  uint32_t cookie = 0;
+  Status s = RunSettingCookie(t, what, private_device, cookie);
+  if (cookie) dm_udev_wait(cookie);
   return s;
 }
 
@@ -237,6 +244,22 @@ Status Suspend(const std::string& name) {
 Status Resume(const std::string& name, bool private_device) {
   DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_RESUME, name));
   return RunWithCookie(t.get(), name + ": resume", private_device);
+}
+
+Status ResumeNoWait(const std::string& name, uint32_t& cookie) {
+  cookie = 0;
+  DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_RESUME, name));
+  Status s = RunSettingCookie(t.get(), name + ": resume", false, cookie);
+  if (!s.ok() && cookie) {
+    dm_udev_wait(cookie);  // completed by libdevmapper on failure: returns at once
+    cookie = 0;
+  }
+  return s;
+}
+
+void WaitUdev(uint32_t& cookie) {
+  if (cookie) dm_udev_wait(cookie);
+  cookie = 0;
 }
 
 Result<std::vector<TargetInfo>> LiveTargets(const std::string& name) {

@@ -76,6 +76,15 @@ Status Reload(const Activation& a);
 Status Suspend(const std::string& name);
 // Resumes NAME, making a loaded inactive table live. `private_device` as in Activation.
 Status Resume(const std::string& name, bool private_device = false);
+// Resumes NAME without waiting for udev's rules to finish with its event, which `cookie` stands
+// for until WaitUdev. For a resume made while a device below NAME is suspended: the rules read
+// NAME (blkid; LVM's pvscan when NAME holds a physical volume, as root on LVM over an encrypted
+// partition does) and wait for that device, so waiting for them before resuming it deadlocks.
+// Precondition: the caller calls WaitUdev(cookie) once the device below is resumed (a cookie never
+// waited for leaks one SysV semaphore). On error there is nothing to wait for (cookie 0).
+Status ResumeNoWait(const std::string& name, uint32_t& cookie);
+// Waits for the udev event of a ResumeNoWait and sets `cookie` to 0 (nothing when it is 0).
+void WaitUdev(uint32_t& cookie);
 
 // One target of a live table, without its parameters beyond the device it maps to (a crypt
 // table's key is read into locked memory and wiped).

@@ -271,7 +271,10 @@ class DmGate final : public engine::ZoneGate {
     DS_RETURN_IF_ERROR(dm::Suspend(name_));
     // Top to bottom: the helper is suspended while NAME is, so no I/O can be in it half-way.
     Status s = dm::Suspend(HotzoneName(name_));
-    Status r = dm::Resume(name_);
+    // udev's rules for NAME's new table read NAME, hence the suspended helper: their end is
+    // waited for once the helper is resumed (Release), never while it is held.
+    WaitPendingUdev();
+    Status r = s.ok() ? dm::ResumeNoWait(name_, udev_cookie_) : dm::Resume(name_);
     DS_RETURN_IF_ERROR(s);
     return r;
   }
@@ -279,6 +282,7 @@ class DmGate final : public engine::ZoneGate {
   Status Release(const luks2::Metadata&) override {
     Status s = dm::Resume(HotzoneName(name_), true);
     last_held_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - held_at_).count();
+    if (s.ok()) WaitPendingUdev();
     return s;
   }
 
@@ -294,7 +298,7 @@ class DmGate final : public engine::ZoneGate {
   double backoff_total() const { return backoff_total_; }
   double backoff_max() const { return backoff_max_; }
 
-  // Ends the run: the guardian restores the mapping; returns its verdict.
+  // Ends the run: the guardian restores the mapping (the helper resumed first); returns its verdict.
   Status Finish() {
     if (guardian_ <= 0) return Status::Ok();
     ::close(pipe_);
@@ -303,6 +307,7 @@ class DmGate final : public engine::ZoneGate {
     while ((r = ::waitpid(guardian_, &status, 0)) < 0 && errno == EINTR) {
     }
     guardian_ = -1;
+    WaitPendingUdev();  // a zone left held: the guardian has resumed the helper by now
     if (r < 0) return PosixError("waiting for the online guardian", errno);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
       return IOError(name_ + ": restoring /dev/mapper/" + name_ + " after the operation failed (see above)");
@@ -314,6 +319,10 @@ class DmGate final : public engine::ZoneGate {
   VolumeRef ref_;
   std::string name_;
   std::map<int, const SecureBuffer*> keys_;
+  // The udev event of NAME's last resume (dm::ResumeNoWait), waited for after the helper's resume.
+  uint32_t udev_cookie_ = 0;
+  void WaitPendingUdev() { dm::WaitUdev(udev_cookie_); }
+
   // Reads a small sysfs file of NAME (not the volume: safe while a zone is held) into `out`.
   bool ReadSysfs(const char* file, char* out, size_t n) const {
     if (sysfs_.empty()) return false;
