@@ -539,8 +539,9 @@ echo DISABLE-ONLINE-OK
 // decrypted by `enable`/`disable --volume-type Data` with no unmount and no remount at all
 // (online/adopt.h): the same mount (mount id, st_dev) and a file descriptor held open across every
 // run keep working while the workload writes; a run killed with kill -9 mid-encryption leaves the
-// filesystem usable and `resume --all` finishes it; disable puts the LV's original table back. An
-// LV whose table is not linear (striped) is refused with exit 7, naming it and the rule, unchanged.
+// filesystem usable and `resume --all` finishes it; the same for disable, which ends with the LV's
+// original table back. An LV whose table is not linear (striped) is refused with exit 7, naming it
+// and the rule, unchanged.
 TEST(VmOnline, LogicalVolumeEnableAndDisableWithoutRemount) {
   TempDir dir;
   ds::test::Run({"truncate", "-s", "72M", dir / "pv.img"});
@@ -645,10 +646,23 @@ exec 4>> /data/held
 WDIR=/data/w2
 start_workload
 wait_workload 3
-diskseal disable --volume-type Data --only /data --hotzone-size 2M 2> /tmp/run3.log || { cat /tmp/run3.log; fail "disable"; }
+# disable, frozen at 40% and killed with kill -9, carried on by resume --all.
+diskseal disable --volume-type Data --only /data --hotzone-size 1M --test-freeze-at-percent 40 2> /tmp/run3.log &
+EN=$!
+wait_frozen $EN /tmp/run3.log
+kill -9 $EN
+wait $EN || true
+n=0
+until ! ls /dev/mapper/ | grep -q dshz; do
+  n=$((n + 1)); [ $n -lt 3000 ] || fail "helper device never removed"; sleep 0.1
+done
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+same_mount "after kill -9 of disable"
+diskseal status --json | grep -q '"DecryptionInProgress"' || fail "status during the interrupted disable"
+diskseal resume --all --hotzone-size 2M 2> /tmp/run4.log || { cat /tmp/run4.log; fail "resume --all of disable"; }
 wait_workload $(( $(cat /tmp/progress) + 3 ))
 stop_workload
-grep -v progress /tmp/run3.log | tail -3
+grep -v progress /tmp/run4.log | tail -3
 same_mount "after disable"
 dmsetup table dsvg-data | cmp - /tmp/lv.table || { dmsetup table dsvg-data; fail "the LV's table is not the original"; }
 dmsetup info dsvg-data-dsraw > /dev/null 2>&1 && fail "raw device left"
@@ -658,7 +672,7 @@ echo 3 > /proc/sys/vm/drop_caches
 sha256sum -c /tmp/sums > /dev/null || fail "workload files after disable"
 sha256sum -c /tmp/machine.sums > /dev/null || fail "seed file after disable"
 exec 4>&-
-grep -c . /data/held | grep -q '^4$' || { cat /data/held; fail "the held file lost writes"; }
+grep -c . /data/held | grep -q '^5$' || { cat /data/held; fail "the held file lost writes"; }
 umount /data
 e2fsck -fn $LV > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck after disable"; }
 lvm lvchange -q --config "$LVMC" -an dsvg/data || fail "LVM cannot deactivate the LV"
