@@ -140,7 +140,10 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
   const machine::MachineRoot root = o.root;
   const uint64_t hotzone = o.hotzone_bytes;
   const luks2::PbkdfOptions pbkdf = o.pbkdf;
-  o.preflight = [vault, ignore, header_dir, err, root, hotzone, pbkdf](
+  machine::EnableOptions adopt_check;  // only what EncryptsWithoutUnmount reads
+  adopt_check.offline = o.offline;
+  adopt_check.userspace = o.userspace;
+  o.preflight = [vault, ignore, header_dir, err, root, hotzone, pbkdf, adopt_check](
                     const machine::Machine& m, const std::vector<std::string>& starting) -> Status {
     machine::DoctorOptions d;
     // The OS flow asks for "/" alone; its header goes to /boot.
@@ -152,6 +155,11 @@ Result<machine::EnableOptions> MakeOptions(Globals& g, const MachineArgs& a, con
     d.pbkdf_memory_bytes = pbkdf.type == "pbkdf2" ? 0 : uint64_t(pbkdf.memory_kib) << 10;
     d.self_pid = int(::getpid());
     d.only = starting;
+    // A linear LVM logical volume stays mounted throughout (online/adopt.h): open files are fine.
+    for (const auto& v : m.volumes)
+      if (std::find(starting.begin(), starting.end(), v.mountpoint) != starting.end() &&
+          machine::EncryptsWithoutUnmount(v, adopt_check))
+        d.no_unmount.push_back(v.mountpoint);
     if (vault.enabled()) {
       vault::VaultClientOptions vo;
       vo.url = vault.url;

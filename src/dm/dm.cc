@@ -292,6 +292,9 @@ Result<std::vector<TargetInfo>> LiveTargets(const std::string& name) {
           unsigned ma = 0, mi = 0;
           if (std::sscanf(std::string(p.substr(at, end - at)).c_str(), "%u:%u", &ma, &mi) == 2)
             ti.device = makedev(ma, mi);
+        } else if (i == field + 1) {
+          unsigned long long off = 0;
+          if (std::sscanf(std::string(p.substr(at, end - at)).c_str(), "%llu", &off) == 1) ti.device_sector = off;
           break;
         }
         ++i;

@@ -92,6 +92,8 @@ struct TargetInfo {
   uint64_t start = 0, sectors = 0;  // in NAME, 512-byte sectors
   std::string type;                 // "crypt", "linear", "error"
   dev_t device = 0;                 // 0 when the target has none
+  uint64_t device_sector = 0;       // linear and crypt: where the target starts on `device`
+  bool operator==(const TargetInfo&) const = default;
 };
 Result<std::vector<TargetInfo>> LiveTargets(const std::string& name);
 

@@ -211,7 +211,11 @@ Status RunOperation(Env& env, const RunRequest& r, std::ostream& log, RunOutcome
   if (r.prepare_only) return Status::Ok();
   // The volume's own mapping is live (open, perhaps mounted): the operation runs under it.
   // An error finding it is returned: running offline under a live mapping would lose its writes.
-  if (!r.header.empty()) {
+  if (!r.mapping.empty()) {
+    DS_ASSIGN_OR_RETURN(auto named, dm::Find(r.mapping));
+    if (!named) return NotFound(r.device + ": /dev/mapper/" + r.mapping + " is not open");
+    o.mapping = r.mapping;
+  } else if (!r.header.empty()) {
     DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(v.metadata().uuid, r.device));
     if (live) o.mapping = *live;
   }

@@ -174,6 +174,9 @@ struct RunRequest {
   // Say on `log` which way it runs online ("runs online under /dev/mapper/NAME", "... in the
   // daemon serving FILE").
   bool announce_online = false;
+  // Run online under this mapping, named explicitly (it must exist), instead of the one found by
+  // the header's UUID: an adopted device-mapper device (online/adopt.h), `device` its raw copy.
+  std::string mapping;
 };
 
 struct RunOutcome {

@@ -289,6 +289,14 @@ class Doctor {
     for (size_t t = 0; t < targets_.size(); ++t) {
       if (pids[t].empty()) continue;
       const Volume& v = *targets_[t].volume;
+      if (std::find(o_.no_unmount.begin(), o_.no_unmount.end(), v.mountpoint) != o_.no_unmount.end()) {
+        auto& f = f_.Add("open-files", Severity::kInfo, Name(v),
+                         std::to_string(pids[t].size()) + (pids[t].size() == 1 ? " process holds" : " processes hold") +
+                             " files open on " + Name(v) + ": they keep working, it is encrypted without a remount",
+                         "");
+        Findings::Evidence(f, ev[t]);
+        continue;
+      }
       auto& f = f_.Add("open-files", Severity::kBlocking, Name(v),
                        std::to_string(pids[t].size()) +
                            (pids[t].size() == 1 ? " process holds" : " processes hold") +

@@ -74,6 +74,9 @@ struct DoctorOptions {
   // When not empty, only the Data volumes mounted at these mount points are targets (enable checks
   // the volumes it is about to start, not those it already encrypted or was told to leave alone).
   std::vector<std::string> only;
+  // Mount points the caller encrypts without unmounting them (a linear LVM logical volume adopted
+  // online, online/adopt.h): files open there are reported as info, not blocking.
+  std::vector<std::string> no_unmount;
   // The vault probe runs when `vault.url` is set; `kek` adds the key permissions. With
   // `state_dir`, the vault is also asked (secrets:get only) what it holds of each recorded
   // volume's header.

@@ -133,6 +133,24 @@ TEST_F(DoctorTest, OnlyRestrictsTheTargets) {
   EXPECT_EQ(ReportStatus(Doctor()).code(), Code::kBusy);
 }
 
+// enable encrypts an adopted logical volume without unmounting it (online/adopt.h): files open
+// there are reported, but they are in nobody's way; the other volumes still block.
+TEST_F(DoctorTest, OpenFilesOnAVolumeThatStaysMountedDoNotBlock) {
+  Proc(812, "postgres");
+  t.Symlink("proc/812/fd/7", "/data/x");
+  opts.no_unmount = {"/data"};
+  Report r = Doctor();
+  auto f = Of(r, "open-files");
+  ASSERT_EQ(f.size(), 1u) << Text(r);
+  EXPECT_EQ(f[0].severity, Severity::kInfo);
+  EXPECT_TRUE(Contains(f[0].message, "without a remount")) << f[0].message;
+  EXPECT_EQ(f[0].evidence, (std::vector<std::string>{"pid 812 (postgres) fd 7 /data/x"}));
+  EXPECT_TRUE(ReportStatus(r).ok());
+  Proc(900, "bash");
+  t.Symlink("proc/900/cwd", "/data2/work");
+  EXPECT_EQ(ReportStatus(Doctor()).code(), Code::kBusy);
+}
+
 TEST_F(DoctorTest, OpenFilesOfTheDeviceNodeAndBindMounts) {
   t.Mount("8:17", "/srv/www", "xfs", "/dev/sdb1", "/www");  // a bind mount of /data/www
   Proc(70, "dd");

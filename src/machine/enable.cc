@@ -22,6 +22,7 @@
 #include "machine/config.h"
 #include "machine/mounts.h"
 #include "machine/state.h"
+#include "online/adopt.h"
 #include "online/dm_online.h"
 #include "volume/signature.h"
 #include "vault/escrow.h"
@@ -125,7 +126,21 @@ class Runner {
     if (r.step == Step::kPlanned) DS_RETURN_IF_ERROR(FormatMounted(r, tmp));
     DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
     if (r.step == Step::kEscrowed) DS_RETURN_IF_ERROR(PlaceHeader(r, tmp));
-    if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
+    DS_ASSIGN_OR_RETURN(std::string adopt, ToAdopt(r));
+    if (!adopt.empty() && (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting)) {
+      // Mounted from a device-mapper device (an LVM logical volume): no remount at all
+      // (online/adopt.h). The raw copy first (nothing the filesystem sees changes), then the
+      // boot configuration before any data block is touched, then the engine, which switches
+      // the device onto the header's table under its guardian.
+      DS_RETURN_IF_ERROR(online::PrepareRaw(r.device, adopt));
+      *o_.log << r.mountpoint << ": stays mounted from " << r.device << " (no remount): /dev/mapper/" << adopt
+              << " becomes the volume's mapping over " << online::RawPath(adopt) << "\n";
+      DS_RETURN_IF_ERROR(Configure(r));
+      DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(online::RawPath(adopt),
+                                                                  {ClaimMode::kExclusive, true,
+                                                                   {adopt, online::HotzoneName(adopt)}}));
+      DS_RETURN_IF_ERROR(Encrypt(r, pass, adopt));
+    } else if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
       // The one interruption: unmount the plaintext device (refused, naming who holds it, while
       // busy: nothing has changed then), open the mapping, mount it at the same place.
       DS_ASSIGN_OR_RETURN(std::string src, MountedSource(r.mountpoint));
@@ -141,7 +156,9 @@ class Runner {
                                                                              {r.name, online::HotzoneName(r.name)}}));
       DS_RETURN_IF_ERROR(Encrypt(r, pass));
     }
-    DS_RETURN_IF_ERROR(EnsureOpen(r, pass));
+    // An adopted device is the mapping itself (until the next boot opens /dev/mapper/NAME).
+    DS_ASSIGN_OR_RETURN(bool adopted, AdoptedDevice(r));
+    if (!adopted) DS_RETURN_IF_ERROR(EnsureOpen(r, pass));
     DS_RETURN_IF_ERROR(EnsureMounted(r, Plaintext(r)));
     if (r.step < Step::kConfigured) {
       DS_RETURN_IF_ERROR(Configure(r));
@@ -415,22 +432,23 @@ class Runner {
 
   // encrypting -> encrypted: the engine (online when the mapping is live), then the final header
   // to the vault.
-  Status Encrypt(VolumeRecord& r, const SecureBuffer& pass) {
+  // `adopted`: the adopted device-mapper device it runs under (online/adopt.h), or "".
+  Status Encrypt(VolumeRecord& r, const SecureBuffer& pass, const std::string& adopted = "") {
     r.rate = Rate{};
     r.rate.pid = ::getpid();
     DS_RETURN_IF_ERROR(Advance(r, Step::kEncrypting));
-    DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt"));
-    DS_RETURN_IF_ERROR(EscrowFinalHeader(r, pass));
+    DS_RETURN_IF_ERROR(RunEngine(r, pass, "encrypt", adopted));
+    DS_RETURN_IF_ERROR(EscrowFinalHeader(r, pass, adopted));
     r.rate = Rate{};
     return Advance(r, Step::kEncrypted);
   }
 
   // decrypting -> decrypted: the engine, online when the mapping is live.
-  Status Decrypt(VolumeRecord& r, const SecureBuffer& pass) {
+  Status Decrypt(VolumeRecord& r, const SecureBuffer& pass, const std::string& adopted = "") {
     r.rate = Rate{};
     r.rate.pid = ::getpid();
     DS_RETURN_IF_ERROR(Advance(r, Step::kDecrypting));
-    DS_RETURN_IF_ERROR(RunEngine(r, pass, "decrypt"));
+    DS_RETURN_IF_ERROR(RunEngine(r, pass, "decrypt", adopted));
     r.rate = Rate{};
     return Advance(r, Step::kDecrypted);
   }
@@ -446,7 +464,16 @@ class Runner {
   }
 
   Status Disable(VolumeRecord& r) {
-    if (r.step == Step::kConfigured || r.step == Step::kDecrypting) {
+    DS_ASSIGN_OR_RETURN(std::string adopted, AdoptedName(r));
+    if (!adopted.empty() && (r.step == Step::kConfigured || r.step == Step::kDecrypting)) {
+      // Encrypted under the adopted device (online/adopt.h): decrypted under it, still mounted.
+      DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
+      DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(online::RawPath(adopted),
+                                                                  {ClaimMode::kExclusive, true,
+                                                                   {adopted, online::HotzoneName(adopted)}}));
+      DS_RETURN_IF_ERROR(InitDecrypt(r, pass, adopted));
+      DS_RETURN_IF_ERROR(Decrypt(r, pass, adopted));
+    } else if (r.step == Step::kConfigured || r.step == Step::kDecrypting) {
       DS_ASSIGN_OR_RETURN(bool live, MappingLive(r));
       if (live) {
         DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
@@ -470,6 +497,18 @@ class Runner {
       if (r.step == Step::kClosed) DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
       DS_RETURN_IF_ERROR(Decrypt(r, pass));
     }
+    if (r.step == Step::kDecrypted && !adopted.empty()) {
+      // The adopted device gets its original table back: the filesystem never moved.
+      DS_RETURN_IF_ERROR(online::Release(adopted));
+      *o_.log << r.mountpoint << ": /dev/mapper/" << adopted << " has its original table again (no remount)\n";
+      DS_RETURN_IF_ERROR(Advance(r, Step::kPlainMounted));
+    }
+    if (r.step == Step::kDecrypted) {
+      DS_ASSIGN_OR_RETURN(std::string src, MountedSource(r.mountpoint));
+      DS_ASSIGN_OR_RETURN(auto mapping, dm::Find(r.name));
+      // Released already (a run stopped before its record): mounted from the plain device.
+      if (!mapping && !src.empty() && Canonical(src) == Canonical(r.device)) DS_RETURN_IF_ERROR(Advance(r, Step::kPlainMounted));
+    }
     if (r.step == Step::kDecrypted) {
       // Online: the plaintext is still mounted through the (now linear) mapping; the remount.
       DS_RETURN_IF_ERROR(UnmountIfFrom(r.mountpoint, {"/dev/mapper/" + r.name, Plaintext(r)}));
@@ -489,7 +528,38 @@ class Runner {
 
   // What the plaintext is mounted from once open.
   std::string Plaintext(const VolumeRecord& r) const {
-    return r.loop.empty() ? "/dev/mapper/" + r.name : r.loop;
+    if (!r.loop.empty()) return r.loop;
+    auto adopted = AdoptedName(r);
+    if (adopted.ok() && !adopted->empty()) return "/dev/mapper/" + *adopted;
+    return "/dev/mapper/" + r.name;
+  }
+
+  // The adopted device-mapper device this volume is mounted from and runs under (online/adopt.h:
+  // its raw copy exists), or "".
+  Result<std::string> AdoptedName(const VolumeRecord& r) const {
+    if (r.os || !dm::Available()) return std::string();
+    DS_ASSIGN_OR_RETURN(auto name, online::ForeignMappingAt(Canonical(r.device)));
+    if (!name) return std::string();
+    DS_ASSIGN_OR_RETURN(bool adopted, online::Adopted(*name));
+    return adopted ? *name : std::string();
+  }
+  Result<bool> AdoptedDevice(const VolumeRecord& r) const {
+    DS_ASSIGN_OR_RETURN(std::string name, AdoptedName(r));
+    return !name.empty();
+  }
+
+  // The device-mapper device the online enable adopts instead of a remount: the one the
+  // filesystem is mounted from when that is a foreign dm device (an LVM logical volume), or the
+  // one adopted already; "" for the ordinary paths (a partition, or after a reboot: mounted from
+  // /dev/mapper/NAME, which crypttab opened over the logical volume).
+  Result<std::string> ToAdopt(const VolumeRecord& r) {
+    DS_ASSIGN_OR_RETURN(std::string adopted, AdoptedName(r));
+    if (!adopted.empty() || r.os || !Online()) return adopted;
+    DS_ASSIGN_OR_RETURN(auto name, online::ForeignMappingAt(Canonical(r.device)));
+    if (!name) return std::string();
+    DS_ASSIGN_OR_RETURN(std::string src, MountedSource(r.mountpoint));
+    if (src.empty() || Canonical(src) != Canonical(r.device)) return std::string();
+    return *name;
   }
 
  private:
@@ -551,9 +621,9 @@ class Runner {
 
   // Once the engine finished: the final header replaces, in the vault, the one escrowed before
   // the first data block (which cannot tell how far the data got).
-  Status EscrowFinalHeader(const VolumeRecord& r, const SecureBuffer& pass) {
+  Status EscrowFinalHeader(const VolumeRecord& r, const SecureBuffer& pass, const std::string& adopted = "") {
     inplace::FinalEscrowRequest fr;
-    fr.device = r.device;
+    fr.device = adopted.empty() ? r.device : online::RawPath(adopted);
     fr.header = r.header;
     fr.vault = o_.vault;
     fr.pass = &pass;
@@ -566,9 +636,10 @@ class Runner {
 
   // The decryption recorded in the header (inplace/inplace.h); done already (a run that then
   // stopped) or plaintext: nothing to do.
-  Status InitDecrypt(VolumeRecord& r, const SecureBuffer& pass) {
+  // `adopted` as for Encrypt: the header's data is read below it, on the raw copy.
+  Status InitDecrypt(VolumeRecord& r, const SecureBuffer& pass, const std::string& adopted = "") {
     inplace::InitDecryptRequest ir;
-    ir.device = r.device;
+    ir.device = adopted.empty() ? r.device : online::RawPath(adopted);
     ir.header = r.header;
     DS_ASSIGN_OR_RETURN(ir.resilience, engine::ParseResilience(r.resilience));
     ir.pbkdf = o_.pbkdf;
@@ -579,12 +650,13 @@ class Runner {
 
   // Runs (or resumes) the operation the header records, writing the rate into the record about
   // once a second for `status` in other processes.
-  Status RunEngine(VolumeRecord& r, const SecureBuffer& pass, const char* op) {
+  Status RunEngine(VolumeRecord& r, const SecureBuffer& pass, const char* op, const std::string& adopted = "") {
     time_t last = 0;
     bool frozen = false;
     Status save_error;
     inplace::RunRequest rq;
-    rq.device = r.device;
+    rq.device = adopted.empty() ? r.device : online::RawPath(adopted);
+    rq.mapping = adopted;
     rq.header = r.header;
     rq.unlock = [&](luks2::Volume& v) { return v.UnlockAll(pass.span()); };
     rq.hotzone_bytes = o_.hotzone_bytes;
@@ -799,6 +871,14 @@ std::string NotEncryptableReason(const Volume& v) {
   return "";
 }
 
+bool EncryptsWithoutUnmount(const Volume& v, const EnableOptions& o) {
+  if (o.userspace || o.offline || v.role != VolumeRole::kData || v.mountpoint.empty() || !dm::Available()) return false;
+  auto foreign = online::ForeignMappingAt(v.dev);
+  if (!foreign.ok() || !foreign->has_value()) return false;
+  auto why = online::AdoptRefusalAt(v.dev);
+  return why.ok() && why->empty();
+}
+
 Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptions& o) {
   StateDir state(env, o.state_dir);
   DS_ASSIGN_OR_RETURN(MachineLock lock, Lock(o, state));
@@ -824,12 +904,22 @@ Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptio
   for (const Volume* v : m.data()) {
     if (!Selected(o, v->mountpoint) || known(v->dev, v->mountpoint)) continue;
     std::string why = NotEncryptableReason(*v);
+    bool unsupported = false;
+    if (why.empty() && !o.userspace && !o.offline) {
+      // Mounted from a device-mapper device: encrypted online under it (no remount) when its
+      // table can be adopted (online/adopt.h); refused here, before any record, when not.
+      DS_ASSIGN_OR_RETURN(why, online::AdoptRefusalAt(v->dev));
+      unsupported = !why.empty();
+      if (unsupported) why = "cannot be encrypted without a remount: " + why;
+    }
     if (!why.empty()) {
       VolumeOutcome s;
       s.mountpoint = v->mountpoint;
       s.device = v->dev;
       s.result = "skipped: " + why;
-      if (!o.only.empty()) return InvalidArgument(v->mountpoint + " (" + v->dev + "): cannot be encrypted: " + why);
+      if (!o.only.empty())
+        return Status(unsupported ? Code::kUnsupported : Code::kInvalidArgument,
+                      v->mountpoint + " (" + v->dev + "): " + (unsupported ? "" : "cannot be encrypted: ") + why);
       *o.log << "diskseal: " << v->mountpoint << " (" << v->dev << "): skipped: " << why << "\n";
       skipped.push_back(s);
       continue;

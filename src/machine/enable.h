@@ -120,4 +120,9 @@ Result<std::vector<VolumeOutcome>> ResumeRecordedVolumes(Env& env, const EnableO
 // Why discovery's data volume `v` cannot be encrypted by enable, or "" when it can.
 std::string NotEncryptableReason(const Volume& v);
 
+// Whether enable with `o` encrypts the data volume `v` without unmounting it at all: online
+// (device-mapper, neither --offline nor --userspace) and mounted from a foreign linear dm device
+// (an LVM logical volume) that it adopts (online/adopt.h). Reads the live kernel's dm state.
+bool EncryptsWithoutUnmount(const Volume& v, const EnableOptions& o);
+
 }  // namespace ds::machine

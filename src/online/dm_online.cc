@@ -19,6 +19,7 @@
 #include "dm/dm.h"
 #include "dm/volume_table.h"
 #include "engine/reencrypt_state.h"
+#include "online/adopt.h"
 #include "volume/signature.h"
 
 namespace ds::online {
@@ -402,6 +403,24 @@ Status CheckSectorFits(Env& env, luks2::Volume& v, const std::string& name) {
   return Status::Ok();
 }
 
+// Whether NAME must first be switched onto the header's table over the data device: only an
+// adopted NAME (online/adopt.h) still on its original table, which must be the data device's own
+// table (the same blocks), target by target. NAME over the data device or the helper: false.
+Result<bool> NeedsTakeOver(const VolumeRef& ref, const std::string& name, const dm::MappingInfo& top) {
+  struct stat st;
+  if (::stat(ref.device.c_str(), &st) != 0) return PosixError(ref.device, errno);
+  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
+  for (dev_t d : top.deps)
+    if (d == st.st_rdev || (hz && d == hz->dev)) return false;
+  DS_ASSIGN_OR_RETURN(auto raw, dm::Find(RawName(name)));
+  const std::string refuse = name + ": /dev/mapper/" + name + " does not map " + ref.device + "; refusing to run under it";
+  if (!raw || raw->dev != st.st_rdev) return Busy(refuse);
+  DS_ASSIGN_OR_RETURN(auto mine, dm::LiveTargets(name));
+  DS_ASSIGN_OR_RETURN(auto copy, dm::LiveTargets(RawName(name)));
+  if (mine != copy) return Busy(refuse + " (its table is not " + RawName(name) + "'s)");
+  return true;
+}
+
 void PrintTimings(const std::string& name, const std::vector<engine::StepTiming>& ts, double backoff_total,
                   double backoff_max) {
   engine::StepTiming sum;
@@ -459,6 +478,7 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
   if (!top) return NotFound(name + ": /dev/mapper/" + name + " is not open");
   DS_RETURN_IF_ERROR(CheckSectorFits(*ref.env, v, name));
+  DS_ASSIGN_OR_RETURN(bool take_over, NeedsTakeOver(ref, name, *top));
   // Every page this process will touch stays in memory: a fault on a page of a file on the volume
   // being switched (the binary itself, for a root volume) would wait for a device we suspended.
   if (::mlockall(MCL_CURRENT) != 0 || ::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0)
@@ -468,6 +488,22 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   if (!started.ok()) {
     (void)munlockall();
     return started;
+  }
+  if (take_over) {
+    // The adoption (online/adopt.h): NAME gets the header's table over the data device, the same
+    // blocks it mapped, now that the guardian restores it however the run ends.
+    Status switched = [&]() -> Status {
+      DS_ASSIGN_OR_RETURN(dm::Activation a, TableFor(v, name, ref.device, keys));
+      a.read_only = top->read_only;
+      return Switch(a);
+    }();
+    if (!switched.ok()) {
+      Status fin = gate.Finish();
+      (void)munlockall();
+      return fin.ok() ? switched : switched.WithContext(fin.message());
+    }
+    std::cerr << "diskseal: " << name << ": /dev/mapper/" << name << " now maps the volume over " << ref.device
+              << " (no remount)\n";
   }
   gate.Observe(top->dev);
   eo.in_use = true;

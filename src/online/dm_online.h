@@ -61,6 +61,9 @@ struct VolumeRef {
 // `eo.gate` and `eo.in_use` are set here. Locks this process's memory for the run (no page fault
 // may wait on the device being switched). Returns the engine's result; the mapping is restored
 // (plain table of the header as it is on disk) before it returns, also on error.
+// `name` is normally the volume's own mapping over `ref.device`; it may also be an adopted device
+// (online/adopt.h: ref.device is NAME-dsraw) still on its original table, which is then switched
+// to the header's table first, once the guardian runs.
 // Precondition: the caller holds the device's claim (io/device_claim.h) with `name` allowed.
 Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
                  const std::map<int, const SecureBuffer*>& keys, engine::EngineOptions eo);

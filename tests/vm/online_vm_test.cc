@@ -535,5 +535,158 @@ echo DISABLE-ONLINE-OK
   EXPECT_NE(g.console.find("DISABLE-ONLINE-OK"), std::string::npos) << g.console;
 }
 
+// A filesystem on an LVM logical volume (the real lvm2 tools in the guest) is encrypted and
+// decrypted by `enable`/`disable --volume-type Data` with no unmount and no remount at all
+// (online/adopt.h): the same mount (mount id, st_dev) and a file descriptor held open across every
+// run keep working while the workload writes; a run killed with kill -9 mid-encryption leaves the
+// filesystem usable and `resume --all` finishes it; the same for disable, which ends with the LV's
+// original table back. An LV whose table is not linear (striped) is refused with exit 7, naming it
+// and the rule, unchanged.
+TEST(VmOnline, LogicalVolumeEnableAndDisableWithoutRemount) {
+  TempDir dir;
+  ds::test::Run({"truncate", "-s", "72M", dir / "pv.img"});
+  const std::string script = std::string(kCommon) + R"SH(
+mkdir -p /etc /data /var/lib /run/lock/lvm /etc/lvm
+LVMC='devices { obtain_device_list_from_udev = 0 } activation { udev_sync = 0 udev_rules = 0 } backup { backup = 0 archive = 0 }'
+lvm pvcreate -q --config "$LVMC" /dev/vda > /dev/null || fail "pvcreate"
+lvm vgcreate -q --config "$LVMC" dsvg /dev/vda > /dev/null || fail "vgcreate"
+lvm lvcreate -q --config "$LVMC" -Zn -L 48M -n data dsvg > /dev/null || fail "lvcreate"
+LV=/dev/mapper/dsvg-data
+test -b $LV || fail "no $LV"
+dmsetup info -c --noheadings -o name,uuid dsvg-data
+dmsetup table dsvg-data > /tmp/lv.table
+cat /tmp/lv.table
+mkfs.ext4 -q -F $LV
+mount $LV /data
+dd if=/dev/urandom of=/data/seed1 bs=1M count=4 2>/dev/null
+sha256sum /data/seed1 > /tmp/machine.sums
+printf '/dev/mapper/dsvg-data /data ext4 defaults 0 2\n' > /etc/fstab
+: > /etc/crypttab
+# Refused, nothing changed: an LV whose table is not linear (here striped, as lvcreate -i makes).
+lvm lvcreate -q --config "$LVMC" -Zn -L 8M -n odd dsvg > /dev/null || fail "lvcreate odd"
+set -- $(dmsetup table dsvg-odd)
+dmsetup suspend dsvg-odd
+dmsetup reload dsvg-odd --table "0 $2 striped 1 128 $4 $5"
+dmsetup resume dsvg-odd
+dmsetup table dsvg-odd > /tmp/odd.table
+mkfs.ext4 -q -F /dev/mapper/dsvg-odd
+mkdir -p /odd
+mount /dev/mapper/dsvg-odd /odd
+rc=0; diskseal enable --volume-type Data --no-escrow --only /odd 2> /tmp/odd.log || rc=$?
+cat /tmp/odd.log
+test $rc = 7 || fail "a striped LV: exit $rc, not 7 (unsupported)"
+grep -q 'dsvg-odd.*striped target: only linear' /tmp/odd.log || fail "the refusal does not name the device and the rule"
+dmsetup table dsvg-odd | cmp - /tmp/odd.table || fail "the refused LV changed"
+dmsetup info dsvg-odd-dsraw > /dev/null 2>&1 && fail "the refused LV got a raw copy"
+test -z "$(ls /var/lib/diskseal/volumes 2>/dev/null)" || fail "a record was made for the refused LV"
+umount /odd
+mount_id() { awk '$5 == "/data" {print $1}' /proc/self/mountinfo; }
+MID=$(mount_id)
+DEV=$(stat -c %d /data)
+# Held open across the whole run: a remount would fail (busy) or leave it writing elsewhere.
+exec 4>> /data/held
+echo before >&4
+same_mount() {
+  test "$(mount_id)" = "$MID" || fail "$1: /data is another mount now"
+  test "$(stat -c %d /data)" = "$DEV" || fail "$1: /data has another device now"
+  test "$(awk '$2 == "/data" {print $1}' /proc/mounts)" = $LV || fail "$1: /data not mounted from $LV"
+  echo "$1" >&4
+}
+wait_frozen() {
+  n=0
+  until grep -q 'State:.*T' /proc/$1/status 2>/dev/null; do
+    n=$((n + 1)); [ $n -lt 3000 ] || { cat $2; fail "the run never reached its freeze point"; }; sleep 0.05
+  done
+}
+WDIR=/data/w
+start_workload
+wait_workload 3
+# Frozen at 30% by the test hook, then kill -9: the guardian restores the mapping.
+diskseal enable --volume-type Data --no-escrow --only /data --hotzone-size 1M --pbkdf pbkdf2 \
+  --pbkdf-force-iterations 1000 --test-freeze-at-percent 30 2> /tmp/run.log &
+EN=$!
+wait_frozen $EN /tmp/run.log
+grep -q 'no remount' /tmp/run.log || { cat /tmp/run.log; fail "enable did not adopt the LV"; }
+echo "frozen: $(dmsetup table dsvg-data | awk '{print $3}' | tr '\n' ' ')"
+kill -9 $EN
+wait $EN || true
+n=0
+until ! ls /dev/mapper/ | grep -q dshz; do
+  n=$((n + 1)); [ $n -lt 3000 ] || fail "helper device never removed"; sleep 0.1
+done
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+same_mount "after kill -9"
+diskseal status 2>&1 | head -4
+diskseal status --json | grep -q '"EncryptionInProgress"' || fail "status during the interruption"
+diskseal resume --all --hotzone-size 1M 2> /tmp/run2.log || { cat /tmp/run2.log; fail "resume --all"; }
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+stop_workload
+same_mount "after encryption"
+dmsetup table dsvg-data | grep -q ' crypt ' || fail "the LV is not dm-crypt"
+dmsetup table dsvg-data | grep -v -q ' crypt ' && fail "the LV is not one crypt target"
+name=$(awk '{print $1}' /etc/crypttab)
+grep -q "dsvg" /etc/crypttab || fail "crypttab does not open the LV"
+grep -q "/dev/mapper/$name /data" /etc/fstab || fail "fstab does not mount the mapping"
+cat /etc/crypttab
+diskseal status --json | grep -q '"DataVolumesEncrypted"' || fail "status"
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c /tmp/sums > /dev/null || fail "workload files"
+sha256sum -c /tmp/machine.sums > /dev/null || fail "seed file"
+echo "LV-ENABLE-OK"
+
+# fsck of the encrypted filesystem (the test's own unmount, after the proof above).
+exec 4>&-
+umount /data
+e2fsck -fn $LV > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck after encryption"; }
+mount $LV /data
+MID=$(mount_id)
+DEV=$(stat -c %d /data)
+exec 4>> /data/held
+
+WDIR=/data/w2
+start_workload
+wait_workload 3
+# disable, frozen at 40% and killed with kill -9, carried on by resume --all.
+diskseal disable --volume-type Data --only /data --hotzone-size 1M --test-freeze-at-percent 40 2> /tmp/run3.log &
+EN=$!
+wait_frozen $EN /tmp/run3.log
+kill -9 $EN
+wait $EN || true
+n=0
+until ! ls /dev/mapper/ | grep -q dshz; do
+  n=$((n + 1)); [ $n -lt 3000 ] || fail "helper device never removed"; sleep 0.1
+done
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+same_mount "after kill -9 of disable"
+diskseal status --json | grep -q '"DecryptionInProgress"' || fail "status during the interrupted disable"
+diskseal resume --all --hotzone-size 2M 2> /tmp/run4.log || { cat /tmp/run4.log; fail "resume --all of disable"; }
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+stop_workload
+grep -v progress /tmp/run4.log | tail -3
+same_mount "after disable"
+dmsetup table dsvg-data | cmp - /tmp/lv.table || { dmsetup table dsvg-data; fail "the LV's table is not the original"; }
+dmsetup info dsvg-data-dsraw > /dev/null 2>&1 && fail "raw device left"
+grep -q /data /etc/crypttab && fail "crypttab line left"
+grep -q '^/dev/mapper/dsvg-data /data' /etc/fstab || fail "fstab not restored"
+echo 3 > /proc/sys/vm/drop_caches
+sha256sum -c /tmp/sums > /dev/null || fail "workload files after disable"
+sha256sum -c /tmp/machine.sums > /dev/null || fail "seed file after disable"
+exec 4>&-
+grep -c . /data/held | grep -q '^5$' || { cat /data/held; fail "the held file lost writes"; }
+umount /data
+e2fsck -fn $LV > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck after disable"; }
+lvm lvchange -q --config "$LVMC" -an dsvg/data || fail "LVM cannot deactivate the LV"
+echo LV-DISABLE-OK
+)SH";
+  GuestOptions o;
+  o.disks = {dir / "pv.img"};
+  o.bins = {DisksealBinary(), "/usr/sbin/lvm"};
+  o.timeout_s = 600;
+  GuestResult g = RunInGuest(script, o);
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("LV-ENABLE-OK"), std::string::npos) << g.console;
+  EXPECT_NE(g.console.find("LV-DISABLE-OK"), std::string::npos) << g.console;
+}
+
 }  // namespace
 }  // namespace ds::test
