@@ -1062,7 +1062,9 @@ Result<std::vector<VolumeOutcome>> DisableOsVolume(Env& env, const EnableOptions
     (void)state.Save(r);
     return s.WithContext("Decrypting the OS volume (/)");
   }
-  return std::vector<VolumeOutcome>{Outcome(r, r.device, "Decrypted")};
+  // / stays where it is mounted from (the now plain mapping, or the LV over it) until the restart.
+  auto src = MountedSource("/");
+  return std::vector<VolumeOutcome>{Outcome(r, src.ok() && !src->empty() ? *src : r.device, "Decrypted")};
 }
 
 Result<std::vector<VolumeOutcome>> DisableDataVolumes(Env& env, const EnableOptions& o) {

@@ -358,7 +358,7 @@ echo "mid: $(os_state)"
 findmnt -no SOURCE /
 dmsetup deps -o devname dsvg-root | sed 's/.*: //'
 dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
-pvs --noheadings -o pv_name 2>&1 | tr -d ' '
+LVM_SUPPRESS_FD_WARNINGS=1 pvs --noheadings -o pv_name 2>&1 | tr -d ' '
 md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
 (cd /root && sha256sum -c payload.sum) && cat /root/before
 head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
