@@ -193,7 +193,8 @@ Status RunSettingCookie(dm_task* t, const std::string& what, bool private_device
 Status RunWithCookie(dm_task* t, const std::string& what, bool private_device) {
   uint32_t cookie = 0;
   Status s = RunSettingCookie(t, what, private_device, cookie);
-  if (cookie) dm_udev_wait(cookie);
+  // Also with cookie 0 (no udev): libdevmapper makes the queued /dev/mapper nodes here.
+  dm_udev_wait(cookie);
   return s;
 }
 
@@ -246,20 +247,19 @@ Status Resume(const std::string& name, bool private_device) {
   return RunWithCookie(t.get(), name + ": resume", private_device);
 }
 
-Status ResumeNoWait(const std::string& name, uint32_t& cookie) {
-  cookie = 0;
+Status ResumeNoWait(const std::string& name, std::optional<uint32_t>& cookie) {
+  WaitUdev(cookie);
   DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_RESUME, name));
-  Status s = RunSettingCookie(t.get(), name + ": resume", false, cookie);
-  if (!s.ok() && cookie) {
-    dm_udev_wait(cookie);  // completed by libdevmapper on failure: returns at once
-    cookie = 0;
-  }
+  uint32_t c = 0;
+  Status s = RunSettingCookie(t.get(), name + ": resume", false, c);
+  cookie = c;
+  if (!s.ok()) WaitUdev(cookie);  // completed by libdevmapper on failure: returns at once
   return s;
 }
 
-void WaitUdev(uint32_t& cookie) {
-  if (cookie) dm_udev_wait(cookie);
-  cookie = 0;
+void WaitUdev(std::optional<uint32_t>& cookie) {
+  if (cookie) dm_udev_wait(*cookie);  // each cookie once: the wait releases its semaphore
+  cookie.reset();
 }
 
 Result<std::vector<TargetInfo>> LiveTargets(const std::string& name) {

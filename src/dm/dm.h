@@ -81,10 +81,12 @@ Status Resume(const std::string& name, bool private_device = false);
 // NAME (blkid; LVM's pvscan when NAME holds a physical volume, as root on LVM over an encrypted
 // partition does) and wait for that device, so waiting for them before resuming it deadlocks.
 // Precondition: the caller calls WaitUdev(cookie) once the device below is resumed (a cookie never
-// waited for leaks one SysV semaphore). On error there is nothing to wait for (cookie 0).
-Status ResumeNoWait(const std::string& name, uint32_t& cookie);
-// Waits for the udev event of a ResumeNoWait and sets `cookie` to 0 (nothing when it is 0).
-void WaitUdev(uint32_t& cookie);
+// waited for leaks one SysV semaphore). A cookie still pending is waited for first. On error
+// there is nothing left to wait for (cookie empty).
+Status ResumeNoWait(const std::string& name, std::optional<uint32_t>& cookie);
+// Waits for the udev event of a ResumeNoWait (without udev: makes the nodes libdevmapper queued)
+// and empties `cookie`; nothing when it is empty.
+void WaitUdev(std::optional<uint32_t>& cookie);
 
 // One target of a live table, without its parameters beyond the device it maps to (a crypt
 // table's key is read into locked memory and wiped).

@@ -321,7 +321,7 @@ class DmGate final : public engine::ZoneGate {
   std::string name_;
   std::map<int, const SecureBuffer*> keys_;
   // The udev event of NAME's last resume (dm::ResumeNoWait), waited for after the helper's resume.
-  uint32_t udev_cookie_ = 0;
+  std::optional<uint32_t> udev_cookie_;
   void WaitPendingUdev() { dm::WaitUdev(udev_cookie_); }
 
   // Reads a small sysfs file of NAME (not the volume: safe while a zone is held) into `out`.
