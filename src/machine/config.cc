@@ -27,6 +27,16 @@ std::vector<std::string> Fields(std::string_view line) {
   return out;
 }
 
+// The line of `text` starting at `pos` (without its newline); `pos` moves past it. `ended`: the
+// line had a newline (the last line of a file may not).
+std::string_view NextLine(std::string_view text, size_t& pos, bool* ended = nullptr) {
+  const size_t nl = text.find('\n', pos);
+  std::string_view cur = text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
+  pos = nl == std::string_view::npos ? text.size() : nl + 1;
+  if (ended) *ended = nl != std::string_view::npos;
+  return cur;
+}
+
 // Replaces the lines whose `field` (unescaped) equals `key`: the first by `line`, others dropped.
 std::string SetLine(std::string_view text, size_t field, const std::string& key,
                     const std::optional<std::string>& line) {
@@ -34,9 +44,7 @@ std::string SetLine(std::string_view text, size_t field, const std::string& key,
   bool placed = false;
   size_t pos = 0;
   while (pos < text.size()) {
-    size_t nl = text.find('\n', pos);
-    std::string_view cur = text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
-    pos = nl == std::string_view::npos ? text.size() : nl + 1;
+    std::string_view cur = NextLine(text, pos);
     auto f = Fields(cur);
     if (f.size() > field && UnescapeField(f[field]) == key) {
       if (!placed && line) out += *line + "\n";
@@ -192,9 +200,8 @@ std::string WithoutLvmRejectFilter(std::string_view lvmlocal) {
   bool inside = false;
   size_t pos = 0;
   while (pos < lvmlocal.size()) {
-    size_t nl = lvmlocal.find('\n', pos);
-    std::string_view cur = lvmlocal.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos);
-    pos = nl == std::string_view::npos ? lvmlocal.size() : nl + 1;
+    bool ended = false;
+    std::string_view cur = NextLine(lvmlocal, pos, &ended);
     if (!inside && cur.substr(0, kLvmBegin.size()) == kLvmBegin) {
       inside = true;
       continue;
@@ -204,7 +211,7 @@ std::string WithoutLvmRejectFilter(std::string_view lvmlocal) {
       continue;
     }
     out += cur;
-    if (nl != std::string_view::npos) out += '\n';
+    if (ended) out += '\n';
   }
   return out;
 }
@@ -232,9 +239,7 @@ std::string LvmFilterProblem(std::string_view lvm_conf, std::string_view lvmloca
                                    std::pair<std::string_view, std::string_view>{"lvmlocal.conf", local}}) {
     size_t pos = 0;
     while (pos < text.size()) {
-      size_t nl = text.find('\n', pos);
-      std::string_view s = Setting(text.substr(pos, nl == std::string_view::npos ? std::string_view::npos : nl - pos));
-      pos = nl == std::string_view::npos ? text.size() : nl + 1;
+      std::string_view s = Setting(NextLine(text, pos));
       if (ValueOf(s, "global_filter"))
         return std::string(file) + " sets devices/global_filter: diskseal's filter for the OS volume would replace it "
                                    "(merging with it is not supported yet)";
