@@ -262,5 +262,44 @@ TEST(StatusOsTest, RootOnTheMappingIsEncryptionInProgressNotRestartPending) {
             "Encrypting the OS volume interrupted at 0%: run `diskseal enable --volume-type OS` to resume");
 }
 
+// Root on diskseal's prepared linear mapping (named osencrypt too): no encryption and no restart
+// due until enable placed a header and did not switch the mapping; a run that switched it is
+// encrypting.
+TEST(StatusOsTest, PreparedLinearMappingIsNotARestartPending) {
+  test::MachineTree t;
+  t.Block("vda2", {.devno = "254:2", .partition = true, .holders = {"dm-0"}});
+  t.Device("vda2", test::Ext4Image(0x01, "root"));
+  t.Block("dm-0", {.devno = "253:0", .slaves = {"vda2"}, .dm_name = "osencrypt",
+                   .dm_uuid = "DISKSEAL-LINEAR-01020304-0506-0708-090a-0b0c0d0e0f10-osencrypt"});
+  t.Device("dm-0", test::Ext4Image(0x01, "root"));
+  t.Mount("253:0", "/", "ext4", "/dev/mapper/osencrypt");
+  ds::test::TempDir dir;
+  StateDir state{*PosixEnv(), dir / "state"};
+  ASSERT_TRUE(state.Prepare().ok());
+  auto s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->os_volume, "NotEncrypted");
+
+  VolumeRecord r;
+  r.os = true;
+  r.name = "osencrypt";
+  r.uuid = "11111111-0000-4000-8000-0000000000aa";
+  r.device = "/dev/vda2";
+  r.mountpoint = "/";
+  r.fstype = "ext4";
+  r.header = dir / "no-such-header";
+  r.key_file = state.KeyPath(r.uuid);
+  r.step = Step::kHeaderPlaced;  // and no run: the mapping was not switched (refused, or cut short)
+  ASSERT_TRUE(state.Save(r).ok());
+  s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->os_volume, "VMRestartPending");
+  r.step = Step::kEncrypting;  // switched: the run is under way (or stopped)
+  ASSERT_TRUE(state.Save(r).ok());
+  s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->os_volume, "EncryptionInProgress");
+}
+
 }  // namespace
 }  // namespace ds::machine

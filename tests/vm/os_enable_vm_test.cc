@@ -5,7 +5,8 @@
 // (VMRestartPending); the reboot activates root on the half-encrypted mapping; the packaged
 // diskseal-resume.service encrypts it online while the machine runs; a second reboot opens the
 // finished volume. Files written before and during encryption are intact, the status sequence
-// is ADE's, and cryptsetup on the host reads the final header.
+// is ADE's, and cryptsetup on the host reads the final header. That is the machine that opted out
+// of prepared mode; PreparedRootEncryptsWithoutAReboot is the default, with no reboot at all.
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -18,8 +19,10 @@ namespace ds::test {
 namespace {
 
 // Host side, on the image copy: the package built from this build, installed with dpkg in a
-// chroot (its initramfs hook does nothing until enable configures it); the machine's diskseal
-// configuration and vault credentials; a payload to find again.
+// chroot (which triggers the initramfs rebuild: prepared mode, root on a 1:1 linear mapping from
+// the next boot); the machine's diskseal configuration and vault credentials; a payload to find
+// again. PREPARED=no: `os-prepared-mapping = no` and the initramfs rebuilt as an admin would, so
+// that root boots from its partition as without diskseal.
 const char kInstall[] = R"SH(
 "$SRC/scripts/package" --build-dir "$BUILD" --out "$WORK/deb" --no-lintian >"$WORK/package.log" 2>&1 ||
   { cat "$WORK/package.log"; exit 1; }
@@ -37,6 +40,11 @@ vault = https://10.0.2.100:8000
 vault-token-file = /etc/diskseal/vault.token
 vault-ca = /etc/diskseal/vault-ca.pem
 EOF
+if [ "$PREPARED" = no ]; then
+  echo "os-prepared-mapping = no" >>"$m/etc/diskseal/diskseal.conf"
+  chroot "$m" update-initramfs -u -k all >"$WORK/update-initramfs.log" 2>&1 ||
+    { cat "$WORK/update-initramfs.log"; exit 1; }
+fi
 head -c 3145728 /dev/urandom >"$m/root/payload"
 (cd "$m/root" && sha256sum payload) >"$m/root/payload.sum"
 )SH";
@@ -66,37 +74,64 @@ os_state() { diskseal status --json | sed -n 's/.*"OsVolumeEncrypted": "\([A-Za-
 os_percent() { diskseal status --json | sed -n 's/.*"percent": \([0-9]*\).*/\1/p' | head -1; }
 )SH";
 
-TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
+// Both OS tests: the image copy with diskseal installed (kInstall), the vault on the host that the
+// guest reaches at 10.0.2.100:8000, and the guest's options.
+class VmOsEnable : public ::testing::Test {
+ protected:
+  // `prepared`: "yes" (the package's default) or "no" (opted out, kInstall). Fatal failures end
+  // the test (ASSERT_NO_FATAL_FAILURE at the call).
+  void Install(const std::string& prepared) {
+    std::string err;
+    ASSERT_TRUE(PrepareDebianImage({}, &img, &err)) << err;
+    ASSERT_TRUE(CopyImage(img, dir / "disk.img", &err)) << err;
+    vault.SetExtraArgs({"--hostname", "10.0.2.100"});
+    vault.Start();
+    // The machine's token: it escrows (set) and reads back (get) its own volumes' secrets; the
+    // initramfs uses the same file to fetch the key at boot.
+    const std::string token = vault.Token("machine", "secrets:get,secrets:set");
+    const std::string build = std::string(DISKSEAL_BIN).substr(0, std::string(DISKSEAL_BIN).rfind('/'));
+    RunResult prep = RunOnImage(img, dir / "disk.img",
+                                {{"WORK", dir.path()}, {"BUILD", build}, {"SRC", DISKSEAL_SOURCE_DIR},
+                                 {"VAULT_CA", vault.ca()}, {"TOKEN", token}, {"PREPARED", prepared}},
+                                kInstall);
+    ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
+    opts.disk = dir / "disk.img";
+    opts.work_dir = dir.path();
+    opts.vault_port = vault.port();
+    // What the boot loader says, before and after enable: root=UUID=<the root filesystem>.
+    opts.root_arg = img.env["ROOT_ARG"];
+  }
+
+  // cryptsetup (the stranger) on the host reads the header at `path` inside the image's /boot
+  // (the guest is shut down): one crypt segment, no operation in progress.
+  void ExpectCryptsetupReadsFinalHeader(const std::string& path) {
+    RunResult dump = RunProgram({"bash", "-c",
+                                 "set -e; bl=$(losetup -f --show -r -o " + img.env["BOOT_OFFSET"] + " --sizelimit " +
+                                     img.env["BOOT_SIZE"] + " " + dir / "disk.img" + "); mkdir -p " + dir / "boot" +
+                                     "; mount -o ro " + "$bl " + dir / "boot" + "; cryptsetup luksDump " + dir / "boot" +
+                                     path + "; rc=$?; umount " + dir / "boot" + "; losetup -d $bl; exit $rc"});
+    EXPECT_EQ(dump.exit_code, 0) << dump.out << dump.err;
+    EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
+    EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
+    EXPECT_NE(dump.out.find("0: crypt"), std::string::npos) << dump.out;
+  }
+
   DebianImage img;
-  std::string err;
-  ASSERT_TRUE(PrepareDebianImage({}, &img, &err)) << err;
   TempDir dir;
-  ASSERT_TRUE(CopyImage(img, dir / "disk.img", &err)) << err;
-  VaultProcess vault(dir / "vault");
-  vault.SetExtraArgs({"--hostname", "10.0.2.100"});
-  vault.Start();
-  // The machine's token: it escrows (set) and reads back (get) its own volumes' secrets; the
-  // initramfs uses the same file to fetch the key at boot.
-  const std::string token = vault.Token("machine", "secrets:get,secrets:set");
+  VaultProcess vault{dir / "vault"};
+  DebianGuest::Options opts;
+};
 
-  const std::string build = std::string(DISKSEAL_BIN).substr(0, std::string(DISKSEAL_BIN).rfind('/'));
-  RunResult prep = RunOnImage(img, dir / "disk.img",
-                              {{"WORK", dir.path()}, {"BUILD", build}, {"SRC", DISKSEAL_SOURCE_DIR},
-                               {"VAULT_CA", vault.ca()}, {"TOKEN", token}},
-                              kInstall);
-  ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
-
-  DebianGuest::Options o;
-  o.disk = dir / "disk.img";
-  o.work_dir = dir.path();
-  o.vault_port = vault.port();
-  // What the boot loader says, before and after enable: root=UUID=<the root filesystem>.
-  o.root_arg = img.env["ROOT_ARG"];
-  DebianGuest g(o);
+// The reboot path: the machine opted out of prepared mode (root boots from its partition).
+TEST_F(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
+  ASSERT_NO_FATAL_FAILURE(Install("no"));
+  std::string err;
+  DebianGuest g(opts);
   ASSERT_TRUE(g.Boot(300, &err)) << err;
   ASSERT_EQ(g.Exec(kNet).exit_code, 0);
-  ExecResult doc = g.Exec("diskseal doctor --volume-type OS 2>&1; echo rc=$?");
+  ExecResult doc = g.Exec("echo \"root: $(findmnt -no SOURCE /)\"; diskseal doctor --volume-type OS 2>&1; echo rc=$?");
   std::printf("[ doctor] %s", doc.output.c_str());
+  EXPECT_NE(doc.output.find("root: /dev/vda2\n"), std::string::npos) << doc.output;  // opted out: no mapping
 
   // A broken third-party initramfs hook: the rebuild fails, enable says why, and nothing changed
   // (no header on /boot, no boot configuration, fstab as it was, status NotEncrypted).
@@ -275,17 +310,97 @@ md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
       << plain.output;
   ASSERT_TRUE(g.Shutdown(120, &err)) << err;
 
-  // cryptsetup (the stranger) reads the final header of the encryption (kept on /boot before
-  // disable): one crypt segment, no operation in progress.
-  RunResult dump = RunProgram({"bash", "-c",
-                               "set -e; bl=$(losetup -f --show -r -o " + img.env["BOOT_OFFSET"] + " --sizelimit " +
-                                   img.env["BOOT_SIZE"] + " " + dir / "disk.img" + "); mkdir -p " + dir / "boot" +
-                                   "; mount -o ro " + "$bl " + dir / "boot" + "; cryptsetup luksDump " + dir / "boot" +
-                                   "/final-header.copy; rc=$?; umount " + dir / "boot" + "; losetup -d $bl; exit $rc"});
-  EXPECT_EQ(dump.exit_code, 0) << dump.out << dump.err;
-  EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
-  EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
-  EXPECT_NE(dump.out.find("0: crypt"), std::string::npos) << dump.out;
+  // cryptsetup reads the final header of the encryption (kept on /boot before disable).
+  ExpectCryptsetupReadsFinalHeader("/final-header.copy");
+}
+
+// Issue 13's "no reboot" path: the package's initramfs puts the root partition on a plain 1:1
+// linear mapping at every boot (prepared mode), and `enable --volume-type OS` switches that
+// mapping to the header's table while the machine runs and encrypts root online in the same run:
+// no reboot requested, status Encrypted with the machine up. The next boot opens root from the
+// header as LUKS2; files written before and during are intact; cryptsetup reads the header.
+TEST_F(VmOsEnable, PreparedRootEncryptsWithoutAReboot) {
+  ASSERT_NO_FATAL_FAILURE(Install("yes"));
+  std::string err;
+  DebianGuest g(opts);
+  ASSERT_TRUE(g.Boot(300, &err)) << err;
+  EXPECT_NE(g.Console().find("diskseal: root /dev/vda2 is on /dev/mapper/osencrypt, a plain linear mapping"),
+            std::string::npos)
+      << g.ConsoleTail();
+  ASSERT_EQ(g.Exec(kNet).exit_code, 0);
+  ExecResult before = g.Exec(std::string(kWaitStopped) + R"SH(
+findmnt -no SOURCE /
+t=$(dmsetup table osencrypt); echo "$t"
+[ "$t" = "0 $(cat /sys/class/block/vda2/size) linear $(cat /sys/class/block/vda2/dev) 0" ] && echo "linear 1:1 over vda2"
+dmsetup info -c --noheadings -o uuid osencrypt | cut -c1-16
+lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -c 'etc/diskseal/prepared.conf$'
+echo "before: $(os_state)"
+echo written-before > /root/before && sync
+find /usr/bin /usr/sbin -xdev -type f -print0 | xargs -0 md5sum > /root/system.sums
+)SH",
+                             600);
+  std::printf("[ before] %s", before.output.c_str());
+  ASSERT_EQ(before.exit_code, 0) << before.output;
+  EXPECT_NE(before.output.find("linear 1:1 over vda2\nDISKSEAL-LINEAR-\n"), std::string::npos) << before.output;
+  EXPECT_EQ(before.output.find("/dev/mapper/osencrypt\n"), 0u) << before.output;
+  EXPECT_NE(before.output.find("\n1\nbefore: NotEncrypted\n"), std::string::npos) << before.output;
+
+  // enable, stopped (SIGSTOP, a test hook) at 30% of the online encryption: root runs on the
+  // half-encrypted table of the same mapping and is written to; then it finishes.
+  ExecResult en = g.Exec(std::string(kWaitStopped) + R"SH(
+(diskseal enable --volume-type OS --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --test-freeze-at-percent 30 \
+   > /tmp/enable.out 2>&1; echo $? > /tmp/enable.rc) &
+until pidof diskseal > /tmp/enable.pid; do sleep 0.1; done
+wait_stopped /tmp/enable.pid
+echo "mid: $(os_state)"
+findmnt -no SOURCE /
+dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
+(cd /root && sha256sum -c payload.sum) && cat /root/before
+kill -CONT "$(cat /tmp/enable.pid)"
+wait
+cat /tmp/enable.out
+echo "rc=$(cat /tmp/enable.rc)"
+echo "after: $(os_state)"
+diskseal status | grep -i restart || echo no-restart-word
+dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum during.sum)
+)SH",
+                            2400);
+  std::printf("[ enable] %s", en.output.c_str());
+  ASSERT_EQ(en.exit_code, 0) << en.output;
+  EXPECT_NE(en.output.find("mid: EncryptionInProgress\n/dev/mapper/osencrypt\ncrypt linear \n"), std::string::npos)
+      << en.output;
+  EXPECT_NE(en.output.find("payload: OK\nwritten-before\n"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("no restart needed"), std::string::npos) << en.output;
+  EXPECT_EQ(en.output.find("VMRestartPending"), std::string::npos) << en.output;
+  EXPECT_NE(en.output.find("rc=0\nafter: Encrypted\nno-restart-word\ncrypt \nsystem files checked\n"), std::string::npos)
+      << en.output;
+  EXPECT_NE(en.output.find("payload: OK\nduring: OK\n"), std::string::npos) << en.output;
+  ASSERT_EQ(g.Exec("grep ' / ' /etc/fstab; cat /etc/diskseal/initramfs.conf | grep DS_ROOT_DEV").exit_code, 0);
+
+  // The next boot opens root from its header as LUKS2 (the initramfs enable rebuilt).
+  ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  EXPECT_NE(g.Console().find("diskseal: opened /dev/vda2 as /dev/mapper/osencrypt (key from the vault"), std::string::npos)
+      << g.ConsoleTail();
+  ExecResult again = g.Exec(std::string(kWaitStopped) + R"SH(
+echo "rebooted: $(os_state)"
+findmnt -no SOURCE /
+dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+dmsetup info -c --noheadings -o uuid osencrypt | cut -c1-12
+md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+(cd /root && sha256sum -c payload.sum during.sum)
+)SH",
+                             600);
+  std::printf("[ again ] %s", again.output.c_str());
+  EXPECT_EQ(again.exit_code, 0) << again.output;
+  EXPECT_NE(again.output.find("rebooted: Encrypted\n/dev/mapper/osencrypt\ncrypt \nCRYPT-LUKS2-\nsystem files checked\n"),
+            std::string::npos)
+      << again.output;
+  EXPECT_NE(again.output.find("payload: OK\nduring: OK\n"), std::string::npos) << again.output;
+  ASSERT_TRUE(g.Shutdown(120, &err)) << err;
+  ExpectCryptsetupReadsFinalHeader("/luks/osluksheader");
 }
 
 }  // namespace
