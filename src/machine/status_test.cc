@@ -235,6 +235,21 @@ TEST_F(StatusTest, OsVolumeGoesThroughVmRestartPending) {
   EXPECT_EQ(s.data_volumes, "NotEncrypted");
 }
 
+// The OS volume's record as enable writes it, its header (absent) in `dir`.
+VolumeRecord OsRecord(const StateDir& state, const ds::test::TempDir& dir, const std::string& device, Step step) {
+  VolumeRecord r;
+  r.os = true;
+  r.name = "osencrypt";
+  r.uuid = "11111111-0000-4000-8000-0000000000aa";
+  r.device = device;
+  r.mountpoint = "/";
+  r.fstype = "ext4";
+  r.header = dir / "no-such-header";
+  r.key_file = state.KeyPath(r.uuid);
+  r.step = step;
+  return r;
+}
+
 TEST(StatusOsTest, RootOnTheMappingIsEncryptionInProgressNotRestartPending) {
   test::MachineTree t;
   t.Block("sda", {.devno = "8:0"});
@@ -243,17 +258,7 @@ TEST(StatusOsTest, RootOnTheMappingIsEncryptionInProgressNotRestartPending) {
   ds::test::TempDir dir;
   StateDir state{*PosixEnv(), dir / "state"};
   ASSERT_TRUE(state.Prepare().ok());
-  VolumeRecord r;
-  r.os = true;
-  r.name = "osencrypt";
-  r.uuid = "11111111-0000-4000-8000-0000000000aa";
-  r.device = "/dev/sda";
-  r.mountpoint = "/";
-  r.fstype = "ext4";
-  r.header = dir / "no-such-header";
-  r.key_file = state.KeyPath(r.uuid);
-  r.step = Step::kEncrypting;
-  ASSERT_TRUE(state.Save(r).ok());
+  ASSERT_TRUE(state.Save(OsRecord(state, dir, "/dev/sda", Step::kEncrypting)).ok());
   auto s = GetStatus(*PosixEnv(), t.Root(), state.dir());
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(s->os_volume, "EncryptionInProgress");
@@ -280,16 +285,8 @@ TEST(StatusOsTest, PreparedLinearMappingIsNotARestartPending) {
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(s->os_volume, "NotEncrypted");
 
-  VolumeRecord r;
-  r.os = true;
-  r.name = "osencrypt";
-  r.uuid = "11111111-0000-4000-8000-0000000000aa";
-  r.device = "/dev/vda2";
-  r.mountpoint = "/";
-  r.fstype = "ext4";
-  r.header = dir / "no-such-header";
-  r.key_file = state.KeyPath(r.uuid);
-  r.step = Step::kHeaderPlaced;  // and no run: the mapping was not switched (refused, or cut short)
+  // Header placed and no run: the mapping was not switched (refused, or cut short).
+  VolumeRecord r = OsRecord(state, dir, "/dev/vda2", Step::kHeaderPlaced);
   ASSERT_TRUE(state.Save(r).ok());
   s = GetStatus(*PosixEnv(), t.Root(), state.dir());
   ASSERT_TRUE(s.ok()) << s.status().ToString();

@@ -71,6 +71,13 @@ wait_stopped() {
   echo "FAIL: process of $1 did not stop"; return 1
 }
 os_state() { diskseal status --json | sed -n 's/.*"OsVolumeEncrypted": "\([A-Za-z]*\)".*/\1/p'; }
+# The target types of osencrypt's table, in order ("crypt linear ").
+table_kinds() { dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo; }
+# Every system file as summed before (at most 5 differences shown), then the files named ($@).
+files_intact() {
+  md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+  (cd /root && sha256sum -c "$@")
+}
 os_percent() { diskseal status --json | sed -n 's/.*"percent": \([0-9]*\).*/\1/p' | head -1; }
 )SH";
 
@@ -220,8 +227,7 @@ findmnt -no SOURCE /
 dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
 dmsetup table osencrypt | sed 's/crypt aes-xts-plain64 [0-9a-f]*/crypt KEY/'
 dmesg | grep -i 'ext4\|dm' | tail -5
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum) && cat /root/before
+files_intact payload.sum && cat /root/before
 head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
 rm /etc/systemd/system/diskseal-resume.service.d/test.conf && sync
 kill -CONT "$(cat /tmp/resume.pid)"
@@ -255,9 +261,8 @@ while [ "$(os_state)" != Encrypted ] && [ $n -lt 1800 ]; do sleep 0.5; n=$((n + 
 echo "final: $(os_state)"
 diskseal status
 systemctl show -p ExecMainStatus --value diskseal-resume
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+table_kinds
+files_intact payload.sum during.sum
 )SH",
                           1000);
   std::printf("[ final ] %s", fin.output.c_str());
@@ -270,9 +275,8 @@ md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
   ExecResult again = g.Exec(std::string(kWaitStopped) + R"SH(
 echo "rebooted: $(os_state)"
 findmnt -no SOURCE /
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+table_kinds
+files_intact payload.sum during.sum
 )SH");
   EXPECT_EQ(again.exit_code, 0) << again.output;
   EXPECT_NE(again.output.find("rebooted: Encrypted\n/dev/mapper/osencrypt\ncrypt \nsystem files checked\n"), std::string::npos) << again.output;
@@ -285,7 +289,7 @@ cp /boot/luks/osluksheader /boot/final-header.copy
 diskseal disable --volume-type OS > /tmp/disable.out 2>&1; echo "disable-rc=$?"
 tail -4 /tmp/disable.out
 echo "after-disable: $(os_state)"
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+table_kinds
 grep ' / ' /etc/fstab
 test -e /etc/diskseal/initramfs.conf || echo no-boot-config
 test -e /boot/luks/osluksheader || echo header-removed
@@ -302,8 +306,7 @@ test -e /boot/luks/osluksheader || echo header-removed
 echo "plain: $(os_state)"
 findmnt -no SOURCE /
 dmsetup ls
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+files_intact payload.sum during.sum
 )SH");
   EXPECT_EQ(plain.exit_code, 0) << plain.output;
   EXPECT_NE(plain.output.find("plain: NotEncrypted\n/dev/vda2\nNo devices found\nsystem files checked\n"), std::string::npos)
@@ -354,7 +357,8 @@ until pidof diskseal > /tmp/enable.pid; do sleep 0.1; done
 wait_stopped /tmp/enable.pid
 echo "mid: $(os_state)"
 findmnt -no SOURCE /
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+# The kinds only: the done part may be several crypt targets.
+dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
 head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
 (cd /root && sha256sum -c payload.sum) && cat /root/before
 kill -CONT "$(cat /tmp/enable.pid)"
@@ -363,9 +367,8 @@ cat /tmp/enable.out
 echo "rc=$(cat /tmp/enable.rc)"
 echo "after: $(os_state)"
 diskseal status | grep -i restart || echo no-restart-word
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+table_kinds
+files_intact payload.sum during.sum
 )SH",
                             2400);
   std::printf("[ enable] %s", en.output.c_str());
@@ -387,10 +390,9 @@ md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
   ExecResult again = g.Exec(std::string(kWaitStopped) + R"SH(
 echo "rebooted: $(os_state)"
 findmnt -no SOURCE /
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+table_kinds
 dmsetup info -c --noheadings -o uuid osencrypt | cut -c1-12
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+files_intact payload.sum during.sum
 )SH",
                              600);
   std::printf("[ again ] %s", again.output.c_str());
