@@ -60,7 +60,7 @@ TEST_F(MachineConfigCli, MalformedFileNamesLineAndKeyAndStopsTheCommand) {
   RunResult r = Diskseal({"status", "--json", "--config", conf});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(r.err, "diskseal: " + conf + ":3: unknown key 'vault-tokn-file' (did you mean 'vault-token-file'?); known keys: vault, "
-                   "vault-token-file, vault-ca, kek, kek-alg, header-dir, state-dir\n");
+                   "vault-token-file, vault-ca, kek, kek-alg, header-dir, state-dir, os-prepared-mapping\n");
   // --json: the error object on stdout, nothing else.
   auto j = nlohmann::json::parse(r.out, nullptr, false);
   ASSERT_FALSE(j.is_discarded()) << r.out;

@@ -281,25 +281,7 @@ Result<std::vector<TargetInfo>> LiveTargets(const std::string& name) {
     ti.sectors = length;
     ti.type = type;
     if (params) {
-      // crypt: "<cipher> <key> <iv_offset> <maj:min> <offset> ..."; linear: "<maj:min> <offset>".
-      const size_t field = ti.type == "crypt" ? 3 : ti.type == "linear" ? 0 : size_t(-1);
-      std::string_view p(params);
-      size_t i = 0, at = 0;
-      while (field != size_t(-1) && at < p.size()) {
-        size_t end = p.find(' ', at);
-        if (end == std::string_view::npos) end = p.size();
-        if (i == field) {
-          unsigned ma = 0, mi = 0;
-          if (std::sscanf(std::string(p.substr(at, end - at)).c_str(), "%u:%u", &ma, &mi) == 2)
-            ti.device = makedev(ma, mi);
-        } else if (i == field + 1) {
-          unsigned long long off = 0;
-          if (std::sscanf(std::string(p.substr(at, end - at)).c_str(), "%llu", &off) == 1) ti.device_sector = off;
-          break;
-        }
-        ++i;
-        at = end + 1;
-      }
+      ParseTargetDevice(params, ti);
       // The parameters hold the key for crypt targets: wipe them before the task is freed.
       OPENSSL_cleanse(params, std::strlen(params));
     }
@@ -330,6 +312,32 @@ bool IsStale(const MappingInfo& m) {
 }
 
 bool IsLuks2(const MappingInfo& m) { return m.uuid.rfind("CRYPT-LUKS2-", 0) == 0; }
+
+bool IsPreparedLinear(const std::string& dm_uuid) { return dm_uuid.rfind(kPreparedLinearUuidPrefix, 0) == 0; }
+
+void ParseTargetDevice(std::string_view p, TargetInfo& t) {
+  // crypt: "<cipher> <key> <iv_offset> <maj:min> <offset> ..."; linear: "<maj:min> <offset>".
+  const size_t field = t.type == "crypt" ? 3 : t.type == "linear" ? 0 : size_t(-1);
+  if (field == size_t(-1)) return;
+  size_t i = 0, at = 0;
+  unsigned ma = 0, mi = 0;
+  bool have_dev = false;
+  while (at < p.size()) {
+    size_t end = p.find(' ', at);
+    if (end == std::string_view::npos) end = p.size();
+    // Copied only for the two fields read (never the key field).
+    if (i == field) {
+      have_dev = std::sscanf(std::string(p.substr(at, end - at)).c_str(), "%u:%u", &ma, &mi) == 2;
+      if (have_dev) t.device = makedev(ma, mi);
+    } else if (i == field + 1) {
+      unsigned long long off = 0;
+      if (have_dev && std::sscanf(std::string(p.substr(at, end - at)).c_str(), "%llu", &off) == 1) t.device_sector = off;
+      return;
+    }
+    ++i;
+    at = end + 1;
+  }
+}
 
 Result<std::optional<MappingInfo>> Find(const std::string& name) {
   if (!Available()) return std::optional<MappingInfo>();

@@ -13,6 +13,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "util/secure_buffer.h"
@@ -94,10 +95,15 @@ struct TargetInfo {
   uint64_t start = 0, sectors = 0;  // in NAME, 512-byte sectors
   std::string type;                 // "crypt", "linear", "error"
   dev_t device = 0;                 // 0 when the target has none
-  uint64_t device_sector = 0;       // linear and crypt: where the target starts on `device`
+  uint64_t device_sector = 0;       // where the target starts on `device` (crypt, linear)
   bool operator==(const TargetInfo&) const = default;
 };
 Result<std::vector<TargetInfo>> LiveTargets(const std::string& name);
+// The device fields of one target's parameter string as the kernel reports it ("<maj:min>
+// <offset>" for linear, "<cipher> <key> <iv_offset> <maj:min> <offset> ..." for crypt) into `t`
+// (`t.type` set by the caller); other types, or fields that do not parse, leave them 0. Reads
+// nothing else: the caller wipes a crypt target's key.
+void ParseTargetDevice(std::string_view params, TargetInfo& t);
 
 // Removes /dev/mapper/NAME. kBusy when it is open (mounted, held); kNotFound when absent.
 Status Remove(const std::string& name);
@@ -118,6 +124,14 @@ struct MappingInfo {
 bool IsStale(const MappingInfo& m);
 // True for a LUKS2 mapping made by diskseal or cryptsetup (UUID CRYPT-LUKS2-...).
 bool IsLuks2(const MappingInfo& m);
+
+// The dm UUID prefix of the plain 1:1 linear mapping diskseal's initramfs puts under root at
+// every boot ("prepared" mode, packaging/initramfs-tools/scripts/local-top/diskseal), full UUID
+// DISKSEAL-LINEAR-<filesystem uuid>-<name>: no encryption, only a table `enable --volume-type OS`
+// can later switch online. A dm UUID cannot be changed once set, so the mapping keeps it after
+// diskseal switched it to a LUKS2 volume's table (online/dm_online.h says when it is the volume's).
+inline constexpr char kPreparedLinearUuidPrefix[] = "DISKSEAL-LINEAR-";
+bool IsPreparedLinear(const std::string& dm_uuid);
 
 // nullopt when there is no mapping NAME.
 Result<std::optional<MappingInfo>> Find(const std::string& name);

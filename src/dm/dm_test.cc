@@ -1,6 +1,7 @@
 // What the dm part decides without a kernel: UUIDs, target parameters, validation. Activation
 // against the real kernel runs in the QEMU guest (tests/vm/dm_vm_test.cc).
 #include <gtest/gtest.h>
+#include <sys/sysmacros.h>
 
 #include "dm/dm.h"
 
@@ -88,6 +89,41 @@ TEST(DmTest, StaleMeansNoUsableTable) {
   EXPECT_TRUE(IsLuks2(m));
   m.uuid = "CRYPT-PLAIN-x";
   EXPECT_FALSE(IsLuks2(m));
+}
+
+// A live table's targets as the kernel reports their parameters: the device and the offset on it.
+TEST(DmTest, TargetDeviceAndOffsetFromTheKernelsParameters) {
+  TargetInfo lin;
+  lin.type = "linear";
+  ParseTargetDevice("254:2 0", lin);
+  EXPECT_EQ(lin.device, makedev(254, 2));
+  EXPECT_EQ(lin.device_sector, 0u);
+  ParseTargetDevice("8:16 2048", lin);
+  EXPECT_EQ(lin.device, makedev(8, 16));
+  EXPECT_EQ(lin.device_sector, 2048u);
+  TargetInfo crypt;
+  crypt.type = "crypt";
+  ParseTargetDevice("aes-xts-plain64 :64:logon:cryptsetup:x 8 254:3 32768 1 sector_size:4096", crypt);
+  EXPECT_EQ(crypt.device, makedev(254, 3));
+  EXPECT_EQ(crypt.device_sector, 32768u);
+  TargetInfo err;
+  err.type = "error";
+  ParseTargetDevice("", err);
+  EXPECT_EQ(err.device, 0u);
+  TargetInfo bad;
+  bad.type = "linear";
+  ParseTargetDevice("notadevice 12", bad);  // no device: no offset either
+  EXPECT_EQ(bad.device, 0u);
+  EXPECT_EQ(bad.device_sector, 0u);
+}
+
+// The initramfs's prepared root mapping is recognised by its dm UUID prefix alone.
+TEST(DmTest, PreparedLinearByUuidPrefix) {
+  EXPECT_TRUE(IsPreparedLinear("DISKSEAL-LINEAR-0b6e6a3c-6d1c-4a0b-9b41-54c4e1f0a7d2-osencrypt"));
+  EXPECT_TRUE(IsPreparedLinear(std::string(kPreparedLinearUuidPrefix) + "none-osencrypt"));
+  EXPECT_FALSE(IsPreparedLinear("CRYPT-LUKS2-0b6e6a3c6d1c4a0b9b4154c4e1f0a7d2-osencrypt"));
+  EXPECT_FALSE(IsPreparedLinear("DISKSEAL-HOTZONE-x-osencrypt"));
+  EXPECT_FALSE(IsPreparedLinear(""));
 }
 
 // Where the kernel has no device-mapper (these hosts), activation fails with a clear message.

@@ -209,14 +209,15 @@ Status RunOperation(Env& env, const RunRequest& r, std::ostream& log, RunOutcome
   // Before the engine writes anything (its first act may be a hotzone recovery).
   DS_RETURN_IF_ERROR(engine::CheckBindingUnlocked(v, r.header, keys));
   if (r.prepare_only) return Status::Ok();
-  // The volume's own mapping is live (open, perhaps mounted): the operation runs under it.
+  // The volume's own mapping is live (open, perhaps mounted): the operation runs under it; also
+  // a prepared linear mapping whose table is this header's (online/dm_online.h, the OS volume).
   // An error finding it is returned: running offline under a live mapping would lose its writes.
   if (!r.mapping.empty()) {
     DS_ASSIGN_OR_RETURN(auto named, dm::Find(r.mapping));
     if (!named) return NotFound(r.device + ": /dev/mapper/" + r.mapping + " is not open");
     o.mapping = r.mapping;
   } else if (!r.header.empty()) {
-    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(v.metadata().uuid, r.device));
+    DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(v.metadata().uuid, r.device, &v));
     if (live) o.mapping = *live;
   }
   Progress p(r.progress_out, r.progress_mode, r.progress_label.empty() ? engine::ModeName(st->mode) : r.progress_label,

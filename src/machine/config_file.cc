@@ -18,6 +18,9 @@ constexpr ConfigKey kKeys[] = {
     {"kek-alg", "wrap algorithm: RSA-OAEP, RSA-OAEP-256 or A256KW"},
     {"header-dir", "directory doctor checks for room for detached headers"},
     {"state-dir", "enable's state, key files and headers (default /var/lib/diskseal)"},
+    // No command's flag: read by the initramfs hook (packaging/initramfs-tools/hooks/diskseal).
+    {"os-prepared-mapping", "yes (default) or no: root on a 1:1 linear mapping from every boot, so that "
+                            "enable --volume-type OS needs no reboot"},
 };
 
 bool IsPathKey(std::string_view k) {
@@ -83,6 +86,8 @@ Result<MachineConfig> ParseMachineConfig(std::string_view text, const std::strin
       return InvalidArgument(where + "key 'vault' must be an https:// URL, not '" + value + "'");
     if (key == "kek-alg" && value != "RSA-OAEP" && value != "RSA-OAEP-256" && value != "A256KW")
       return InvalidArgument(where + "key 'kek-alg' must be RSA-OAEP, RSA-OAEP-256 or A256KW, not '" + value + "'");
+    if (key == "os-prepared-mapping" && value != "yes" && value != "no")
+      return InvalidArgument(where + "key 'os-prepared-mapping' must be yes or no, not '" + value + "'");
     cfg.entries.push_back({key, value, line_no});
   }
   return cfg;

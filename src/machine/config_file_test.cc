@@ -27,10 +27,12 @@ TEST(MachineConfigTest, ReadsEveryKeyWithCommentsAndBlanks) {
       "kek = fleet-kek\n"
       "kek-alg = RSA-OAEP-256\n"
       "header-dir = /var/lib/diskseal/headers#1\n"
-      "state-dir = /srv/diskseal state",
+      "state-dir = /srv/diskseal state\n"
+      "os-prepared-mapping = no",
       "f.conf");
   ASSERT_TRUE(r.ok()) << r.status().ToString();
-  ASSERT_EQ(r->entries.size(), 7u);
+  ASSERT_EQ(r->entries.size(), 8u);
+  EXPECT_EQ(r->Find("os-prepared-mapping")->value, "no");
   EXPECT_EQ(r->Find("vault")->value, "https://vault.example:8443");
   EXPECT_EQ(r->Find("vault")->line, 3);
   EXPECT_EQ(r->Find("vault-token-file")->value, "/etc/diskseal/host.token");
@@ -54,7 +56,7 @@ TEST(MachineConfigTest, EmptyAndCommentOnlyFilesSetNothing) {
 TEST(MachineConfigTest, MalformedLinesNameTheFileLineAndKey) {
   EXPECT_EQ(Error("vault = https://v:1\nvualt = https://v:2\n"),
             "/etc/diskseal/diskseal.conf:2: unknown key 'vualt' (did you mean 'vault'?); known keys: vault, "
-            "vault-token-file, vault-ca, kek, kek-alg, header-dir, state-dir");
+            "vault-token-file, vault-ca, kek, kek-alg, header-dir, state-dir, os-prepared-mapping");
   EXPECT_EQ(Error("# c\n\nvault https://v:1\n"),
             "/etc/diskseal/diskseal.conf:3: expected 'key = value', got 'vault https://v:1'");
   EXPECT_EQ(Error("kek =   \n"), "/etc/diskseal/diskseal.conf:1: key 'kek' has no value");
@@ -66,6 +68,8 @@ TEST(MachineConfigTest, MalformedLinesNameTheFileLineAndKey) {
             "/etc/diskseal/diskseal.conf:5: key 'vault' must be an https:// URL, not 'http://v:8443'");
   EXPECT_EQ(Error("kek-alg = RSA1_5\n"),
             "/etc/diskseal/diskseal.conf:1: key 'kek-alg' must be RSA-OAEP, RSA-OAEP-256 or A256KW, not 'RSA1_5'");
+  EXPECT_EQ(Error("os-prepared-mapping = off\n"),
+            "/etc/diskseal/diskseal.conf:1: key 'os-prepared-mapping' must be yes or no, not 'off'");
   // Far from every key: no suggestion.
   EXPECT_EQ(Error("listen = 0.0.0.0\n").find("did you mean"), std::string::npos);
 }

@@ -6,6 +6,7 @@
 #include <map>
 #include <set>
 
+#include "dm/dm.h"
 #include "util/bytes.h"
 #include "volume/signature.h"
 
@@ -439,6 +440,8 @@ Result<Machine> Discover(const MachineRoot& root) {
     v.encrypted = v.is_luks || AnyBelow(m, r, block, IsCrypt);
     v.lvm_lv = AnyBelow(m, r, block, IsLv);
     v.lvm_pv = b.signature == "LVM2_member";
+    if (dm::IsPreparedLinear(b.dm_uuid) && b.slaves.size() == 1)
+      if (int below = r.FindName(b.slaves[0]); below >= 0) v.prepared_from = m.blocks[size_t(below)].dev;
     v.crypttab = crypttab_for(block);
   };
 

@@ -93,6 +93,9 @@ struct Volume {
   bool is_luks = false;     // the device itself carries a LUKS header
   bool encrypted = false;   // it is, or sits on, an open LUKS/dm-crypt mapping
   bool lvm_pv = false, lvm_lv = false;
+  // Mounted from diskseal's prepared linear mapping (dm::kPreparedLinearUuidPrefix: the 1:1
+  // mapping the initramfs puts under root): the one device below it ("/dev/vda2"); else "".
+  std::string prepared_from;
   uint64_t size_bytes = 0;
   int block = -1;           // index into Machine::blocks; -1 when sysfs has no entry
 };

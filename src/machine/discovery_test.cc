@@ -256,6 +256,38 @@ TEST_F(DiscoverTest, BrokenFstabIsReportedWithThePath) {
   EXPECT_NE(m.status().message().find("etc/fstab"), std::string::npos);
 }
 
+// Root on diskseal's prepared linear mapping (packaging/initramfs-tools, prepared mode): the OS
+// volume is that mapping, not encrypted, and names the partition below it; any other dm mapping
+// (an LV) names nothing.
+TEST(DiscoverPrepared, RootOnThePreparedLinearMappingNamesThePartitionBelow) {
+  test::MachineTree t;
+  t.Block("vda", {.devno = "254:0"});
+  t.Block("vda1", {.devno = "254:1", .partition = true});
+  t.Block("vda2", {.devno = "254:2", .partition = true, .holders = {"dm-0"}});
+  t.Device("vda1", test::Ext4Image(0x02, "boot"));
+  t.Device("vda2", test::Ext4Image(0x01, "root"));
+  t.Block("dm-0", {.devno = "253:0", .slaves = {"vda2"}, .dm_name = "osencrypt",
+                   .dm_uuid = "DISKSEAL-LINEAR-01020304-0506-0708-090a-0b0c0d0e0f10-osencrypt"});
+  t.Device("dm-0", test::Ext4Image(0x01, "root"));
+  t.Block("dm-1", {.devno = "253:1", .slaves = {"vda1"}, .dm_name = "vg-lv", .dm_uuid = "LVM-abc"});
+  t.Device("dm-1", test::Ext4Image(0x03, "srv"));
+  t.Mount("253:0", "/", "ext4", "/dev/mapper/osencrypt");
+  t.Mount("254:1", "/boot", "ext4", "/dev/vda1");
+  t.Mount("253:1", "/srv", "ext4", "/dev/mapper/vg-lv");
+  t.File("etc/fstab", "UUID=01020304-0506-0708-090a-0b0c0d0e0f10 / ext4 defaults 0 1\n");
+  auto m = Discover(t.Root());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  const Volume* os = m->os();
+  ASSERT_NE(os, nullptr);
+  EXPECT_EQ(os->dev, "/dev/mapper/osencrypt");
+  EXPECT_EQ(os->prepared_from, "/dev/vda2");
+  EXPECT_FALSE(os->encrypted);
+  EXPECT_FALSE(os->lvm_lv);
+  ASSERT_TRUE(os->fstab.has_value());
+  EXPECT_EQ(os->fstab->file, "/");
+  for (const Volume* d : m->data()) EXPECT_EQ(d->prepared_from, "") << d->mountpoint;
+}
+
 TEST(DiscoverLive, ThisMachine) {
   MachineRoot root;
   root.env = PosixEnv();

@@ -218,6 +218,8 @@ class Runner {
       DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
                                                                              {r.name, online::HotzoneName(r.name)}}));
+      DS_ASSIGN_OR_RETURN(bool adopted, AdoptPreparedRoot(r, pass));
+      if (!adopted) return Status::Ok();  // restart pending: said why
       DS_RETURN_IF_ERROR(Encrypt(r, pass));
     }
     if (r.step == Step::kEncrypted) DS_RETURN_IF_ERROR(Advance(r, Step::kConfigured));
@@ -287,6 +289,31 @@ class Runner {
     DS_ASSIGN_OR_RETURN(Machine m, Discover(o_.root));
     const Volume* os = m.os();
     return os && BuiltOn(m, *os, r.name);
+  }
+
+  // No reboot (README "The OS volume"): / is on diskseal's prepared linear mapping, which the
+  // initramfs made 1:1 over the partition; it becomes the volume's mapping by a switch to the
+  // header's table (online/dm_online.h). True when / is on the volume's mapping now (also when
+  // it was the LUKS2 mapping already: a boot after the header was placed); false, with the reason
+  // logged and the restart pending, when the prepared mapping is not one diskseal may switch.
+  Result<bool> AdoptPreparedRoot(const VolumeRecord& r, const SecureBuffer& pass) {
+    DS_ASSIGN_OR_RETURN(auto m, dm::Find(r.name));
+    if (!m || !dm::IsPreparedLinear(m->uuid)) return true;
+    DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(env_, r.device, r.header, true));
+    DS_RETURN_IF_ERROR(engine::CheckBindingKeyless(env_, v, r.header));
+    DS_ASSIGN_OR_RETURN(auto unlocked, v.UnlockAll(pass.span()));
+    std::map<int, const SecureBuffer*> keys;
+    for (auto& [digest, key] : unlocked) keys[digest] = &key;
+    Status s = online::AdoptPreparedMapping(v, {&env_, Canonical(r.device), r.header}, r.name, keys, o_.hotzone_bytes);
+    if (s.code() == Code::kBusy) {
+      restart_pending_ = true;
+      *o_.log << "/: " << s.message() << " (VMRestartPending)\n";
+      return false;
+    }
+    DS_RETURN_IF_ERROR(s);
+    *o_.log << "/: no restart needed: /dev/mapper/" << r.name << " (diskseal's linear mapping of " << r.device
+            << ", made at boot) now has the table of its header; encrypting online\n";
+    return true;
   }
 
   // Whether the last EnableOs stopped for the reboot.
@@ -1011,7 +1038,8 @@ Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions&
     r.os = true;
     r.name = o.os.name;
     r.uuid = luks2::NewUuid();
-    r.device = device;
+    // On diskseal's prepared linear mapping (no reboot needed): the partition below it.
+    r.device = os->prepared_from.empty() ? device : os->prepared_from;
     r.lvm = os->lvm_lv;
     r.mountpoint = "/";
     r.fstype = os->fstype;

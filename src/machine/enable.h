@@ -23,6 +23,10 @@
 //      online] -> encrypted -> configured.
 // A power cut anywhere before the header is placed boots the old way (nothing changed); after it,
 // every boot activates the mapping the header describes (packaging/initramfs-tools).
+// No reboot when / is on diskseal's prepared linear mapping (the initramfs's 1:1 dm-linear
+// /dev/mapper/osencrypt over the partition, dm UUID DISKSEAL-LINEAR-...): at header-placed that
+// mapping is switched to the header's table (online::AdoptPreparedMapping, one load/suspend/
+// resume) and encrypting runs in the same call; a table it may not switch ends VMRestartPending.
 //
 // One run at a time per machine: both take MachineLock on <state-dir>/lock.
 // Threading: call from a single-threaded process (the userspace view forks its daemon); the
@@ -104,7 +108,8 @@ struct VolumeOutcome {
 
 Result<std::vector<VolumeOutcome>> EnableDataVolumes(Env& env, const EnableOptions& o);
 // The OS volume: from nothing to "VMRestartPending" (the header on /boot, the initramfs rebuilt),
-// or, run again after the reboot (or by `resume --all`), on to Encrypted while the machine runs.
+// or, run again after the reboot (or by `resume --all`), on to Encrypted while the machine runs;
+// on a prepared root (above) from nothing to Encrypted in one call, no reboot.
 // Needs a vault (o.vault and o.os.vault_*): the key at boot comes from there (or a BEK volume).
 Result<std::vector<VolumeOutcome>> EnableOsVolume(Env& env, const EnableOptions& o);
 // The reverse, online (root decrypted under its mapping while the machine runs), then the boot

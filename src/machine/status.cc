@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dm/dm.h"
 #include "engine/reencrypt_state.h"
 #include "luks2/volume.h"
 #include "machine/state.h"
@@ -90,7 +91,8 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
   out.os_volume = os && os->encrypted ? "Encrypted" : "NotEncrypted";
   if (out.os_volume == "NotEncrypted")
     for (const auto& b : m.blocks)
-      if (b.dm_name == "osencrypt") out.os_volume = "VMRestartPending";  // mapping, / not on it
+      // A mapping, / not on it; diskseal's prepared linear mapping (no encryption) is no sign.
+      if (b.dm_name == "osencrypt" && !dm::IsPreparedLinear(b.dm_uuid)) out.os_volume = "VMRestartPending";
   std::optional<VolumeStatus> os_status;
   std::string os_message;
   for (const auto& r : records) {
@@ -108,8 +110,13 @@ Result<MachineStatus> GetStatus(Env& env, const MachineRoot& root, const std::st
     VolumeStatus v = FromRecord(r);
     const std::string src = MountedAt(m, "/");
     // / on the mapping, or on an LVM logical volume over it.
-    const bool on_mapping = (!src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name)) ||
-                            (os && BuiltOn(m, *os, r.name));
+    bool on_mapping = (!src.empty() && Canonical(src) == Canonical("/dev/mapper/" + r.name)) ||
+                      (os && BuiltOn(m, *os, r.name));
+    // diskseal's prepared linear mapping becomes the volume's when enable switches its table, in
+    // the same run that goes on to encrypt: header placed and no run means it did not (yet).
+    if (on_mapping && r.step == Step::kHeaderPlaced && !running_pid)
+      for (const auto& b : m.blocks)
+        if (b.dm_name == r.name && dm::IsPreparedLinear(b.dm_uuid)) on_mapping = false;
     if (r.step == Step::kPlanned) {
       v.state = "NotEncrypted";  // nothing changed yet
     } else if (r.step >= Step::kDisabling) {

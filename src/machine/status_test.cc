@@ -235,6 +235,21 @@ TEST_F(StatusTest, OsVolumeGoesThroughVmRestartPending) {
   EXPECT_EQ(s.data_volumes, "NotEncrypted");
 }
 
+// The OS volume's record as enable writes it, its header (absent) in `dir`.
+VolumeRecord OsRecord(const StateDir& state, const ds::test::TempDir& dir, const std::string& device, Step step) {
+  VolumeRecord r;
+  r.os = true;
+  r.name = "osencrypt";
+  r.uuid = "11111111-0000-4000-8000-0000000000aa";
+  r.device = device;
+  r.mountpoint = "/";
+  r.fstype = "ext4";
+  r.header = dir / "no-such-header";
+  r.key_file = state.KeyPath(r.uuid);
+  r.step = step;
+  return r;
+}
+
 TEST(StatusOsTest, RootOnTheMappingIsEncryptionInProgressNotRestartPending) {
   test::MachineTree t;
   t.Block("sda", {.devno = "8:0"});
@@ -243,23 +258,44 @@ TEST(StatusOsTest, RootOnTheMappingIsEncryptionInProgressNotRestartPending) {
   ds::test::TempDir dir;
   StateDir state{*PosixEnv(), dir / "state"};
   ASSERT_TRUE(state.Prepare().ok());
-  VolumeRecord r;
-  r.os = true;
-  r.name = "osencrypt";
-  r.uuid = "11111111-0000-4000-8000-0000000000aa";
-  r.device = "/dev/sda";
-  r.mountpoint = "/";
-  r.fstype = "ext4";
-  r.header = dir / "no-such-header";
-  r.key_file = state.KeyPath(r.uuid);
-  r.step = Step::kEncrypting;
-  ASSERT_TRUE(state.Save(r).ok());
+  ASSERT_TRUE(state.Save(OsRecord(state, dir, "/dev/sda", Step::kEncrypting)).ok());
   auto s = GetStatus(*PosixEnv(), t.Root(), state.dir());
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(s->os_volume, "EncryptionInProgress");
   // Nobody holds the lock: the run was interrupted, and says how to carry on.
   EXPECT_EQ(s->progress_message,
             "Encrypting the OS volume interrupted at 0%: run `diskseal enable --volume-type OS` to resume");
+}
+
+// Root on diskseal's prepared linear mapping (named osencrypt too): no encryption and no restart
+// due until enable placed a header and did not switch the mapping; a run that switched it is
+// encrypting.
+TEST(StatusOsTest, PreparedLinearMappingIsNotARestartPending) {
+  test::MachineTree t;
+  t.Block("vda2", {.devno = "254:2", .partition = true, .holders = {"dm-0"}});
+  t.Device("vda2", test::Ext4Image(0x01, "root"));
+  t.Block("dm-0", {.devno = "253:0", .slaves = {"vda2"}, .dm_name = "osencrypt",
+                   .dm_uuid = "DISKSEAL-LINEAR-01020304-0506-0708-090a-0b0c0d0e0f10-osencrypt"});
+  t.Device("dm-0", test::Ext4Image(0x01, "root"));
+  t.Mount("253:0", "/", "ext4", "/dev/mapper/osencrypt");
+  ds::test::TempDir dir;
+  StateDir state{*PosixEnv(), dir / "state"};
+  ASSERT_TRUE(state.Prepare().ok());
+  auto s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->os_volume, "NotEncrypted");
+
+  // Header placed and no run: the mapping was not switched (refused, or cut short).
+  VolumeRecord r = OsRecord(state, dir, "/dev/vda2", Step::kHeaderPlaced);
+  ASSERT_TRUE(state.Save(r).ok());
+  s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->os_volume, "VMRestartPending");
+  r.step = Step::kEncrypting;  // switched: the run is under way (or stopped)
+  ASSERT_TRUE(state.Save(r).ok());
+  s = GetStatus(*PosixEnv(), t.Root(), state.dir());
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->os_volume, "EncryptionInProgress");
 }
 
 }  // namespace

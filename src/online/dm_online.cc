@@ -445,18 +445,112 @@ void PrintTimings(const std::string& name, const std::vector<engine::StepTiming>
                backoff_max);
 }
 
+// Whether the prepared mapping `name` (over the device `dev`) has v's table now (dm_online.h).
+Result<bool> PreparedFollows(luks2::Volume& v, const std::string& name, dev_t dev) {
+  DS_ASSIGN_OR_RETURN(auto targets, dm::LiveTargets(name));
+  DS_ASSIGN_OR_RETURN(auto layout, HeaderLayout(v));
+  dev_t helper = 0;
+  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
+  if (hz) helper = hz->dev;
+  return FollowsLayout(targets, layout, dev, helper);
+}
+
 }  // namespace
 
 std::string HotzoneName(const std::string& name) { return name + "-dshz"; }
 
-Result<std::optional<std::string>> ActiveMapping(const std::string& luks_uuid, const std::string& data_device) {
+Result<std::optional<std::string>> ActiveMapping(const std::string& luks_uuid, const std::string& data_device,
+                                                 luks2::Volume* v) {
   if (!dm::Available()) return std::optional<std::string>();
   struct stat st;
   if (::stat(data_device.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return std::optional<std::string>();
   DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
   for (const auto& m : holders)
     if (m.uuid == dm::MakeUuid(luks_uuid, m.name)) return std::optional<std::string>(m.name);
+  if (v) {
+    for (const auto& m : holders) {
+      if (!dm::IsPreparedLinear(m.uuid)) continue;
+      DS_ASSIGN_OR_RETURN(bool follows, PreparedFollows(*v, m.name, st.st_rdev));
+      if (follows) return std::optional<std::string>(m.name);
+    }
+  }
   return std::optional<std::string>();
+}
+
+Result<std::vector<LayoutPiece>> HeaderLayout(luks2::Volume& v) {
+  std::vector<LayoutPiece> out;
+  const uint64_t dev_size = v.data_device().Size();
+  for (const auto& seg : luks2::Segments(v.metadata())) {
+    if (std::any_of(seg.flags.begin(), seg.flags.end(), [](const std::string& f) { return f.rfind("backup-", 0) == 0; }))
+      continue;
+    if (seg.type != "crypt" && seg.type != "linear")
+      return Unsupported(v.name() + ": segment " + std::to_string(seg.id) + " has type '" + seg.type + "'");
+    DS_ASSIGN_OR_RETURN(uint64_t bytes, luks2::SegmentBytes(seg, dev_size));
+    out.push_back({bytes / kSector, seg.offset / kSector, seg.type == "crypt"});
+  }
+  if (out.empty()) return Corrupt(v.name() + ": the header describes no data segment");
+  return out;
+}
+
+bool IsLinearOneToOne(const std::vector<dm::TargetInfo>& t, dev_t dev, uint64_t sectors) {
+  return t.size() == 1 && t[0].type == "linear" && t[0].start == 0 && t[0].sectors == sectors && sectors > 0 &&
+         t[0].device == dev && t[0].device_sector == 0;
+}
+
+bool FollowsLayout(const std::vector<dm::TargetInfo>& t, const std::vector<LayoutPiece>& layout, dev_t dev,
+                   dev_t helper) {
+  uint64_t total = 0;
+  for (const auto& p : layout) total += p.sectors;
+  uint64_t at = 0;
+  for (const auto& x : t) {
+    if (x.start != at || x.sectors == 0 || x.start + x.sectors > total) return false;
+    at = x.start + x.sectors;
+    if (helper != 0 && x.device == helper) continue;  // a hotzone: the run's own routing
+    if (x.device != dev || (x.type != "crypt" && x.type != "linear")) return false;
+    // The piece holding the target's first sector; the target must end inside it.
+    uint64_t p0 = 0;
+    const LayoutPiece* in = nullptr;
+    for (const auto& p : layout) {
+      if (x.start >= p0 && x.start < p0 + p.sectors) {
+        in = &p;
+        break;
+      }
+      p0 += p.sectors;
+    }
+    if (!in || x.start + x.sectors > p0 + in->sectors) return false;
+    if ((x.type == "crypt") != in->crypt || x.device_sector != in->device_sector + (x.start - p0)) return false;
+  }
+  return at == total && total > 0;
+}
+
+Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
+                            const std::map<int, const SecureBuffer*>& keys, uint64_t hotzone_bytes) {
+  DS_ASSIGN_OR_RETURN(auto m, dm::Find(name));
+  if (!m) return NotFound(name + ": /dev/mapper/" + name + " does not exist");
+  if (!dm::IsPreparedLinear(m->uuid))
+    return Busy(name + ": /dev/mapper/" + name + " is not diskseal's prepared linear mapping (dm UUID '" + m->uuid +
+                "'); refusing to switch its table");
+  struct stat st;
+  if (::stat(ref.device.c_str(), &st) != 0) return PosixError(ref.device, errno);
+  if (!S_ISBLK(st.st_mode)) return InvalidArgument(ref.device + ": not a block device");
+  // An online run under it killed with its guardian: its held zone finished and the plain table
+  // of the header back first (a switch now would drop the writes queued in the zone).
+  DS_RETURN_IF_ERROR(RestoreLeftovers(ref, name, keys, hotzone_bytes));
+  DS_ASSIGN_OR_RETURN(auto targets, dm::LiveTargets(name));
+  DS_ASSIGN_OR_RETURN(auto layout, HeaderLayout(v));
+  const uint64_t sectors = v.data_device().Size() / kSector;
+  // The 1:1 linear table follows v's layout only while v maps every sector of the device as it
+  // is (nothing encrypted yet); a table that follows a later layout was adopted earlier in this
+  // boot (a run stopped, or killed and its mapping restored).
+  const bool one_to_one = IsLinearOneToOne(targets, st.st_rdev, sectors);
+  if (!FollowsLayout(targets, layout, st.st_rdev, 0))
+    return Busy(name + ": /dev/mapper/" + name + "'s table is not " +
+                (one_to_one ? std::string("what the header of ") + ref.device + " describes (part of it is encrypted already)"
+                            : "a plain 1:1 linear mapping of " + ref.device) +
+                "; refusing to switch it (restart the machine: the initramfs then opens the volume from its header)");
+  DS_ASSIGN_OR_RETURN(dm::Activation a, TableFor(v, name, ref.device, keys));
+  a.read_only = m->read_only;
+  return Switch(a);
 }
 
 Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,

@@ -33,7 +33,9 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
+#include "dm/dm.h"
 #include "engine/engine.h"
 #include "io/block_device.h"
 #include "luks2/volume.h"
@@ -47,7 +49,11 @@ std::string HotzoneName(const std::string& name);
 
 // The live LUKS2 mapping of the volume `luks_uuid` over `data_device` (diskseal's or cryptsetup's,
 // recognised by its dm UUID), or nullopt. Never an error where device-mapper is absent.
-Result<std::optional<std::string>> ActiveMapping(const std::string& luks_uuid, const std::string& data_device);
+// With `v` (that volume, loaded): also a prepared linear mapping (dm::kPreparedLinearUuidPrefix)
+// over the device whose live table is v's (PreparedMappingFollows), i.e. one AdoptPreparedMapping
+// switched earlier in this boot.
+Result<std::optional<std::string>> ActiveMapping(const std::string& luks_uuid, const std::string& data_device,
+                                                 luks2::Volume* v = nullptr);
 
 // What the online run needs to load the volume again from disk (the guardian does).
 struct VolumeRef {
@@ -72,5 +78,46 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
 // that nothing is left: see the file comment. ok when there is nothing to restore.
 Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
                         const std::map<int, const SecureBuffer*>& keys, uint64_t hotzone_bytes);
+
+// --- the prepared root: a plain linear mapping adopted by a volume (README "The OS volume") ---
+//
+// diskseal's initramfs puts a root partition under a 1:1 dm-linear mapping at every boot
+// ("prepared" mode). `enable --volume-type OS` then needs no reboot: once the volume's header
+// (encryption recorded, nothing done) is in place, the live mapping is switched to the header's
+// table with one load/suspend/resume, and the online run goes on under it. Its dm UUID stays
+// DISKSEAL-LINEAR-... (the kernel never changes a UUID), so what makes it the volume's mapping is
+// its table, checked against the header's segments before every use.
+
+// One piece of a header's plaintext, in order, without keys: what the volume's table maps.
+struct LayoutPiece {
+  uint64_t sectors = 0;        // length in the plaintext (512-byte sectors)
+  uint64_t device_sector = 0;  // where it starts on the data device
+  bool crypt = false;          // dm-crypt; else linear (plaintext)
+};
+// The header's regular segments (backup segments skipped) as pieces. kUnsupported for a segment
+// type that is neither crypt nor linear, kCorrupt for none.
+Result<std::vector<LayoutPiece>> HeaderLayout(luks2::Volume& v);
+
+// Whether `t` (a live table) is the 1:1 linear mapping of the whole device `dev` (`sectors` long):
+// one linear target from 0 to the end at device offset 0, what the initramfs makes.
+bool IsLinearOneToOne(const std::vector<dm::TargetInfo>& t, dev_t dev, uint64_t sectors);
+
+// Whether `t` maps `layout` over `dev`: targets contiguous from 0 to the layout's end, each one
+// inside a single piece of the same kind (crypt or linear) at the matching device offset. A
+// target over `helper` (an online run's hotzone device, dm_online.h; 0: none) may stand for any
+// range: a zone held, or left held by a run killed with its guardian.
+bool FollowsLayout(const std::vector<dm::TargetInfo>& t, const std::vector<LayoutPiece>& layout, dev_t dev,
+                   dev_t helper);
+
+// Switches the prepared linear mapping `name` over ref.device to v's table (one load, suspend,
+// resume; `keys`: every key v's segments use). Refused (kBusy, nothing changed) unless `name` is
+// a prepared linear mapping (its dm UUID) whose live table is the 1:1 linear table of the device
+// while v maps the device as it is (nothing encrypted yet), or follows v's layout already (adopted
+// earlier in this boot: switched again, which changes nothing). What an online run killed with
+// its guardian left is restored first (RestoreLeftovers, `hotzone_bytes` as there). Afterwards
+// ActiveMapping with `v` finds it. Precondition: the caller holds the device's claim with `name`
+// and its helper allowed.
+Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
+                            const std::map<int, const SecureBuffer*>& keys, uint64_t hotzone_bytes);
 
 }  // namespace ds::online

@@ -5,11 +5,11 @@
 // (VMRestartPending); the reboot activates root on the half-encrypted mapping; the packaged
 // diskseal-resume.service encrypts it online while the machine runs; a second reboot opens the
 // finished volume. Files written before and during encryption are intact, the status sequence
-// is ADE's, and cryptsetup on the host reads the final header.
+// is ADE's, and cryptsetup on the host reads the final header. That machine opted out of prepared
+// mode (the reboot path); it then opts back in, and the second enable needs no reboot at all.
 #include <gtest/gtest.h>
 
 #include <cstdio>
-#include <memory>
 
 #include "debian_guest.h"
 #include "testlib.h"
@@ -19,8 +19,10 @@ namespace ds::test {
 namespace {
 
 // Host side, on the image copy: the package built from this build, installed with dpkg in a
-// chroot (its initramfs hook does nothing until enable configures it); the machine's diskseal
-// configuration and vault credentials; a payload to find again.
+// chroot (which triggers the initramfs rebuild: prepared mode, root on a 1:1 linear mapping from
+// the next boot); the machine's diskseal configuration and vault credentials; a payload to find
+// again. PREPARED=no: `os-prepared-mapping = no` and the initramfs rebuilt as an admin would, so
+// that root boots from its partition as without diskseal.
 const char kInstall[] = R"SH(
 "$SRC/scripts/package" --build-dir "$BUILD" --out "$WORK/deb" --no-lintian >"$WORK/package.log" 2>&1 ||
   { cat "$WORK/package.log"; exit 1; }
@@ -38,6 +40,11 @@ vault = https://10.0.2.100:8000
 vault-token-file = /etc/diskseal/vault.token
 vault-ca = /etc/diskseal/vault-ca.pem
 EOF
+if [ "$PREPARED" = no ]; then
+  echo "os-prepared-mapping = no" >>"$m/etc/diskseal/diskseal.conf"
+  chroot "$m" update-initramfs -u -k all >"$WORK/update-initramfs.log" 2>&1 ||
+    { cat "$WORK/update-initramfs.log"; exit 1; }
+fi
 head -c 3145728 /dev/urandom >"$m/root/payload"
 (cd "$m/root" && sha256sum payload) >"$m/root/payload.sum"
 )SH";
@@ -64,6 +71,13 @@ wait_stopped() {
   echo "FAIL: process of $1 did not stop"; return 1
 }
 os_state() { diskseal status --json | sed -n 's/.*"OsVolumeEncrypted": "\([A-Za-z]*\)".*/\1/p'; }
+# The target types of osencrypt's table, in order ("crypt linear ").
+table_kinds() { table_kinds; }
+# Every system file as summed before (at most 5 differences shown), then the files named ($@).
+files_intact() {
+  md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
+  (cd /root && sha256sum -c "$@")
+}
 os_percent() { diskseal status --json | sed -n 's/.*"percent": \([0-9]*\).*/\1/p' | head -1; }
 )SH";
 
@@ -77,7 +91,8 @@ struct InstalledGuest {
 };
 
 // Fatal failures end the calling test (check HasFatalFailure()).
-void BootInstalled(const std::vector<std::string>& variant, InstalledGuest& s) {
+// `prepared`: "yes" (the package's default) or "no" (opted out: kInstall).
+void BootInstalled(const std::vector<std::string>& variant, const std::string& prepared, InstalledGuest& s) {
   std::string err;
   ASSERT_TRUE(PrepareDebianImage(variant, &s.img, &err)) << err;
   ASSERT_TRUE(CopyImage(s.img, s.dir / "disk.img", &err)) << err;
@@ -91,7 +106,7 @@ void BootInstalled(const std::vector<std::string>& variant, InstalledGuest& s) {
   const std::string build = std::string(DISKSEAL_BIN).substr(0, std::string(DISKSEAL_BIN).rfind('/'));
   RunResult prep = RunOnImage(s.img, s.dir / "disk.img",
                               {{"WORK", s.dir.path()}, {"BUILD", build}, {"SRC", DISKSEAL_SOURCE_DIR},
-                               {"VAULT_CA", s.vault->ca()}, {"TOKEN", token}},
+                               {"VAULT_CA", s.vault->ca()}, {"TOKEN", token}, {"PREPARED", prepared}},
                               kInstall);
   ASSERT_EQ(prep.exit_code, 0) << prep.out << prep.err;
 
@@ -107,12 +122,25 @@ void BootInstalled(const std::vector<std::string>& variant, InstalledGuest& s) {
   ASSERT_EQ(s.guest->Exec(kNet).exit_code, 0);
 }
 
+// cryptsetup (the stranger) on the host reads the header at `path` inside the image's /boot (the
+// guest is shut down): LUKS2, one crypt segment, no operation in progress.
+void ExpectCryptsetupReadsFinalHeader(InstalledGuest& s, const std::string& path) {
+  RunResult dump = RunProgram({"bash", "-c",
+                               "set -e; bl=$(losetup -f --show -r -o " + s.img.env["BOOT_OFFSET"] + " --sizelimit " +
+                                   s.img.env["BOOT_SIZE"] + " " + s.dir / "disk.img" + "); mkdir -p " + s.dir / "boot" +
+                                   "; mount -o ro $bl " + s.dir / "boot" + "; cryptsetup luksDump " + s.dir / "boot" +
+                                   path + "; rc=$?; umount " + s.dir / "boot" + "; losetup -d $bl; exit $rc"});
+  EXPECT_EQ(dump.exit_code, 0) << path << ": " << dump.out << dump.err;
+  EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
+  EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
+  EXPECT_NE(dump.out.find("0: crypt"), std::string::npos) << dump.out;
+}
+
 TEST(VmOsEnable, EnableOsRebootsOnceAndEncryptsRootOnlineWhileItRuns) {
   InstalledGuest s;
-  BootInstalled({}, s);
+  BootInstalled({}, "no", s);
   if (HasFatalFailure()) return;
   DebianImage& img = s.img;
-  TempDir& dir = s.dir;
   DebianGuest& g = *s.guest;
   std::string err;
   ExecResult doc = g.Exec("diskseal doctor --volume-type OS 2>&1; echo rc=$?");
@@ -205,8 +233,7 @@ findmnt -no SOURCE /
 dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
 dmsetup table osencrypt | sed 's/crypt aes-xts-plain64 [0-9a-f]*/crypt KEY/'
 dmesg | grep -i 'ext4\|dm' | tail -5
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum) && cat /root/before
+files_intact payload.sum && cat /root/before
 head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
 rm /etc/systemd/system/diskseal-resume.service.d/test.conf && sync
 kill -CONT "$(cat /tmp/resume.pid)"
@@ -240,9 +267,8 @@ while [ "$(os_state)" != Encrypted ] && [ $n -lt 1800 ]; do sleep 0.5; n=$((n + 
 echo "final: $(os_state)"
 diskseal status
 systemctl show -p ExecMainStatus --value diskseal-resume
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+table_kinds
+files_intact payload.sum during.sum
 )SH",
                           1000);
   std::printf("[ final ] %s", fin.output.c_str());
@@ -255,25 +281,27 @@ md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
   ExecResult again = g.Exec(std::string(kWaitStopped) + R"SH(
 echo "rebooted: $(os_state)"
 findmnt -no SOURCE /
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+table_kinds
+files_intact payload.sum during.sum
 )SH");
   EXPECT_EQ(again.exit_code, 0) << again.output;
   EXPECT_NE(again.output.find("rebooted: Encrypted\n/dev/mapper/osencrypt\ncrypt \nsystem files checked\n"), std::string::npos) << again.output;
 
-  // disable --volume-type OS: decrypted online under the mapping, the boot configuration removed;
-  // the next boot mounts the plain partition. (The final header is kept aside on /boot for
-  // cryptsetup on the host below.)
+  // disable --volume-type OS: decrypted online under the mapping, the boot configuration removed.
+  // The admin opts back in to prepared mode first (the line out of diskseal.conf), so the
+  // initramfs disable rebuilds puts the plain partition on a 1:1 linear mapping from the next boot.
+  // (The final header is kept aside on /boot for cryptsetup on the host below.)
   ExecResult dis = g.Exec(std::string(kWaitStopped) + R"SH(
 cp /boot/luks/osluksheader /boot/final-header.copy
+sed -i '/^os-prepared-mapping/d' /etc/diskseal/diskseal.conf
 diskseal disable --volume-type OS > /tmp/disable.out 2>&1; echo "disable-rc=$?"
 tail -4 /tmp/disable.out
 echo "after-disable: $(os_state)"
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
+table_kinds
 grep ' / ' /etc/fstab
 test -e /etc/diskseal/initramfs.conf || echo no-boot-config
 test -e /boot/luks/osluksheader || echo header-removed
+lsinitramfs "/boot/initrd.img-$(uname -r)" | grep -c 'etc/diskseal/prepared.conf$'
 )SH",
                           1200);
   std::printf("[ disabl] %s", dis.output.c_str());
@@ -281,31 +309,84 @@ test -e /boot/luks/osluksheader || echo header-removed
   EXPECT_NE(dis.output.find("after-disable: NotEncrypted\nlinear \nUUID=" + img.env["ROOT_UUID"] + " / ext4"),
             std::string::npos)
       << dis.output;
-  EXPECT_NE(dis.output.find("no-boot-config\nheader-removed\n"), std::string::npos) << dis.output;
+  EXPECT_NE(dis.output.find("no-boot-config\nheader-removed\n1\n"), std::string::npos) << dis.output;
+
+  // The plain partition again, now under the prepared 1:1 linear mapping (DISKSEAL-LINEAR dm UUID).
   ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  EXPECT_NE(g.Console().find("diskseal: root /dev/vda2 is on /dev/mapper/osencrypt, a plain linear mapping"),
+            std::string::npos)
+      << g.ConsoleTail();
   ExecResult plain = g.Exec(std::string(kWaitStopped) + R"SH(
 echo "plain: $(os_state)"
 findmnt -no SOURCE /
-dmsetup ls
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+t=$(dmsetup table osencrypt); echo "$t"
+[ "$t" = "0 $(cat /sys/class/block/vda2/size) linear $(cat /sys/class/block/vda2/dev) 0" ] && echo "linear 1:1 over vda2"
+dmsetup info -c --noheadings -o uuid osencrypt | cut -c1-16
+files_intact payload.sum during.sum
 )SH");
+  std::printf("[ plain ] %s", plain.output.c_str());
   EXPECT_EQ(plain.exit_code, 0) << plain.output;
-  EXPECT_NE(plain.output.find("plain: NotEncrypted\n/dev/vda2\nNo devices found\nsystem files checked\n"), std::string::npos)
+  EXPECT_NE(plain.output.find("plain: NotEncrypted\n/dev/mapper/osencrypt\n"), std::string::npos) << plain.output;
+  EXPECT_NE(plain.output.find("linear 1:1 over vda2\nDISKSEAL-LINEAR-\nsystem files checked\npayload: OK\nduring: OK\n"),
+            std::string::npos)
       << plain.output;
+
+  // No reboot at all on a prepared machine: enable switches that mapping to the header's table
+  // and encrypts root online in the same run, stopped (SIGSTOP, a test hook) at 30% with root
+  // running on the half-encrypted table of the same mapping and written to; then it finishes.
+  ExecResult en2 = g.Exec(std::string(kWaitStopped) + R"SH(
+(diskseal enable --volume-type OS --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --test-freeze-at-percent 30 \
+   > /tmp/enable2.out 2>&1; echo $? > /tmp/enable2.rc) &
+until pidof diskseal > /tmp/enable2.pid; do sleep 0.1; done
+wait_stopped /tmp/enable2.pid
+echo "mid2: $(os_state)"
+findmnt -no SOURCE /
+# The kinds only: the done part may be several crypt targets.
+dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
+head -c 2097152 /dev/urandom > /root/during2 && (cd /root && sha256sum during2 > during2.sum) && sync
+(cd /root && sha256sum -c payload.sum)
+kill -CONT "$(cat /tmp/enable2.pid)"
+wait
+cat /tmp/enable2.out
+echo "rc=$(cat /tmp/enable2.rc)"
+echo "after: $(os_state)"
+diskseal status | grep -i restart || echo no-restart-word
+table_kinds
+files_intact payload.sum during.sum during2.sum
+)SH",
+                           2400);
+  std::printf("[ enabl2] %s", en2.output.c_str());
+  ASSERT_EQ(en2.exit_code, 0) << en2.output;
+  EXPECT_NE(en2.output.find("mid2: EncryptionInProgress\n/dev/mapper/osencrypt\ncrypt linear \n"), std::string::npos)
+      << en2.output;
+  EXPECT_NE(en2.output.find("no restart needed"), std::string::npos) << en2.output;
+  EXPECT_EQ(en2.output.find("VMRestartPending"), std::string::npos) << en2.output;
+  EXPECT_NE(en2.output.find("rc=0\nafter: Encrypted\nno-restart-word\ncrypt \nsystem files checked\n"), std::string::npos)
+      << en2.output;
+  EXPECT_NE(en2.output.find("payload: OK\nduring: OK\nduring2: OK\n"), std::string::npos) << en2.output;
+
+  // The next boot opens root from its header as LUKS2 (the initramfs enable rebuilt).
+  ASSERT_TRUE(g.Reboot(300, &err)) << err;
+  ExecResult luks = g.Exec(std::string(kWaitStopped) + R"SH(
+echo "rebooted: $(os_state)"
+findmnt -no SOURCE /
+table_kinds
+dmsetup info -c --noheadings -o uuid osencrypt | cut -c1-12
+files_intact payload.sum during.sum during2.sum
+)SH",
+                           600);
+  std::printf("[ luks  ] %s", luks.output.c_str());
+  EXPECT_EQ(luks.exit_code, 0) << luks.output;
+  EXPECT_NE(luks.output.find("rebooted: Encrypted\n/dev/mapper/osencrypt\ncrypt \nCRYPT-LUKS2-\nsystem files checked\n"
+                             "payload: OK\nduring: OK\nduring2: OK\n"),
+            std::string::npos)
+      << luks.output;
   ASSERT_TRUE(g.Shutdown(120, &err)) << err;
 
-  // cryptsetup (the stranger) reads the final header of the encryption (kept on /boot before
-  // disable): one crypt segment, no operation in progress.
-  RunResult dump = RunProgram({"bash", "-c",
-                               "set -e; bl=$(losetup -f --show -r -o " + img.env["BOOT_OFFSET"] + " --sizelimit " +
-                                   img.env["BOOT_SIZE"] + " " + dir / "disk.img" + "); mkdir -p " + dir / "boot" +
-                                   "; mount -o ro " + "$bl " + dir / "boot" + "; cryptsetup luksDump " + dir / "boot" +
-                                   "/final-header.copy; rc=$?; umount " + dir / "boot" + "; losetup -d $bl; exit $rc"});
-  EXPECT_EQ(dump.exit_code, 0) << dump.out << dump.err;
-  EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
-  EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
-  EXPECT_NE(dump.out.find("0: crypt"), std::string::npos) << dump.out;
+  // cryptsetup reads the final header of the first encryption (kept before disable) and of the
+  // second (in place).
+  ExpectCryptsetupReadsFinalHeader(s, "/final-header.copy");
+  ExpectCryptsetupReadsFinalHeader(s, "/luks/osluksheader");
 }
 
 // Root on LVM (RHEL-style: xfs on the logical volume dsvg/root over partition 2): enable encrypts
@@ -315,7 +396,7 @@ md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
 // of the OS flow.
 TEST(VmOsEnable, RootOnLvmAndXfsEncryptsThePhysicalVolumeUnderTheGroup) {
   InstalledGuest s;
-  BootInstalled({"--root-fs", "xfs", "--lvm"}, s);
+  BootInstalled({"--root-fs", "xfs", "--lvm"}, "yes", s);
   if (HasFatalFailure()) return;
   DebianGuest& g = *s.guest;
   std::string err;
@@ -359,8 +440,7 @@ findmnt -no SOURCE /
 dmsetup deps -o devname dsvg-root | sed 's/.*: //'
 dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
 LVM_SUPPRESS_FD_WARNINGS=1 pvs --noheadings -o pv_name 2>&1 | tr -d ' '
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum) && cat /root/before
+files_intact payload.sum && cat /root/before
 head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
 rm /etc/systemd/system/diskseal-resume.service.d/test.conf && sync
 )SH",
@@ -389,9 +469,8 @@ sync
 n=0
 while [ "$(os_state)" != Encrypted ] && [ $n -lt 1800 ]; do sleep 0.5; n=$((n + 1)); done
 echo "final: $(os_state)"
-dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+table_kinds
+files_intact payload.sum during.sum
 )SH",
                          1000);
   std::printf("[ final ] %s", fin.output.c_str());
@@ -417,8 +496,7 @@ test -e /etc/diskseal/initramfs.conf || echo no-boot-config
 echo "plain: $(os_state)"
 dmsetup deps -o devname dsvg-root | sed 's/.*: //'
 dmsetup ls | cut -f1 | tr '\n' ' '; echo
-md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
-(cd /root && sha256sum -c payload.sum during.sum)
+files_intact payload.sum during.sum
 )SH");
   EXPECT_EQ(plain.exit_code, 0) << plain.output;
   EXPECT_NE(plain.output.find("plain: NotEncrypted\n(vda2)\ndsvg-root \nsystem files checked\npayload: OK\nduring: OK\n"),
