@@ -125,11 +125,13 @@ void BootInstalled(const std::vector<std::string>& variant, const std::string& p
 // cryptsetup (the stranger) on the host reads the header at `path` inside the image's /boot (the
 // guest is shut down): LUKS2, one crypt segment, no operation in progress.
 void ExpectCryptsetupReadsFinalHeader(InstalledGuest& s, const std::string& path) {
+  // The mount and the loop device go whatever luksDump says (a failed dump must not leak them).
+  const std::string boot = s.dir / "boot";
   RunResult dump = RunProgram({"bash", "-c",
                                "set -e; bl=$(losetup -f --show -r -o " + s.img.env["BOOT_OFFSET"] + " --sizelimit " +
-                                   s.img.env["BOOT_SIZE"] + " " + s.dir / "disk.img" + "); mkdir -p " + s.dir / "boot" +
-                                   "; mount -o ro $bl " + s.dir / "boot" + "; cryptsetup luksDump " + s.dir / "boot" +
-                                   path + "; rc=$?; umount " + s.dir / "boot" + "; losetup -d $bl; exit $rc"});
+                                   s.img.env["BOOT_SIZE"] + " " + s.dir / "disk.img" + "); trap 'umount " + boot +
+                                   " 2>/dev/null || true; losetup -d $bl' EXIT; mkdir -p " + boot + "; mount -o ro $bl " +
+                                   boot + "; cryptsetup luksDump " + boot + path});
   EXPECT_EQ(dump.exit_code, 0) << path << ": " << dump.out << dump.err;
   EXPECT_NE(dump.out.find("Version:       \t2"), std::string::npos) << dump.out;
   EXPECT_EQ(dump.out.find("online-reencrypt"), std::string::npos) << dump.out;
