@@ -3,6 +3,8 @@
 #   dd over the disk (the floor), cryptsetup's online reencryption (--init-only, open,
 #   --resume-only --active-name) and diskseal's (encrypt --init-only, open, resume), each on a
 #   mounted ext4 without and with a concurrent workload (a writer of 64 KiB files with fsync).
+# Each tool runs with its defaults (cryptsetup: checksum resilience with sha256; diskseal: md5) and
+# with the other's checksum hash ("cryptsetup-md5", "diskseal-sha256"), for like-for-like ratios.
 # Prints seconds and MiB/s of each, the ratio diskseal/cryptsetup, the workload's files/s and its
 # p99 latency per file during each run against the same workload alone, and diskseal's peak RSS.
 # diskseal's per-hotzone profile (DISKSEAL_ONLINE_TIMING) is printed as "timing ... sum" lines.
@@ -51,19 +53,21 @@ echo "RESULT dd $(echo "$a $b" | awk -v s=$SIZE '{printf "%.2f s %.1f MiB/s", $2
 fresh; mount /dev/vda /mnt; wl_start; sleep 5; echo "RESULT workload-alone $(wl_stop)"; umount /mnt
 run() {  # tool with_workload
   tool=$1; withwl=$2
+  case $tool in cryptsetup-md5) csopt="--resilience-hash md5";; *) csopt="";; esac
+  case $tool in diskseal-sha256) dsopt="--resilience-hash sha256";; *) dsopt="";; esac
   fresh
   rm -f /hdr
-  if [ $tool = cryptsetup ]; then
-    cryptsetup reencrypt --encrypt --init-only --header /hdr --key-file /tmp/pw $FAST --sector-size 4096 -q /dev/vda
+  if [ ${tool%-*} = cryptsetup ]; then
+    cryptsetup reencrypt --encrypt --init-only --header /hdr --key-file /tmp/pw $FAST --sector-size 4096 $csopt -q /dev/vda
     cryptsetup open --header /hdr --key-file /tmp/pw /dev/vda vol
   else
-    diskseal encrypt /dev/vda --header /hdr --init-only --key-file /tmp/pw $FAST
+    diskseal encrypt /dev/vda --header /hdr --init-only --key-file /tmp/pw $FAST $dsopt
     diskseal open /dev/vda vol --header /hdr --key-file /tmp/pw
   fi
   mount /dev/mapper/vol /mnt
   if [ $withwl = yes ]; then wl_start; fi
   a=$(now)
-  if [ $tool = cryptsetup ]; then
+  if [ ${tool%-*} = cryptsetup ]; then
     cryptsetup reencrypt --resume-only --header /hdr --active-name vol --key-file /tmp/pw
   else
     DISKSEAL_ONLINE_TIMING=1 diskseal resume /dev/vda --header /hdr --key-file /tmp/pw --progress-json \
@@ -72,13 +76,15 @@ run() {  # tool with_workload
   fi
   b=$(now)
   wlres=""; if [ $withwl = yes ]; then wlres=" $(wl_stop)"; fi
-  rss=""; if [ $tool = diskseal ]; then rss=" rss_kib $(cat /tmp/hwm.$P 2>/dev/null || echo ?)"; fi
-  if [ $tool = diskseal ]; then grep '^timing .* sum ' /tmp/timing | sed "s/^/PROFILE workload=$withwl /"; fi
+  rss=""; if [ ${tool%-*} = diskseal ]; then rss=" rss_kib $(cat /tmp/hwm.$P 2>/dev/null || echo ?)"; fi
+  if [ ${tool%-*} = diskseal ]; then grep '^timing .* sum ' /tmp/timing | sed "s/^/PROFILE $tool workload=$withwl /"; fi
   echo "RESULT $tool-online-workload=$withwl $(echo "$a $b" | awk -v s=$SIZE '{printf "%.2f s %.1f MiB/s", $2 - $1, s / ($2 - $1)}')$wlres$rss"
   umount /mnt
   dmsetup remove vol
 }
-for withw in no yes; do run cryptsetup $withw; run diskseal $withw; done
+for withw in no yes; do
+  for tool in cryptsetup diskseal cryptsetup-md5 diskseal-sha256; do run $tool $withw; done
+done
 EOF
 out=$(scripts/vm/run --disk "$work/disk.img" --bin build/diskseal --mem 1024 --smp "$SMP" --timeout 1800 "$work/guest.sh" 2>&1) || {
   echo "$out" | tail -20; exit 1; }
@@ -87,10 +93,16 @@ echo "$out" | grep '^RESULT' | sed 's/^RESULT //'
 echo "$out" | grep '^PROFILE' | sed 's/^PROFILE //'
 echo "$out" | grep '^RESULT' | sed 's/^RESULT //' | awk '
   / s / { split($0, f, " "); t[f[1]] = f[2] }
+  function ratio(what, cs, ds, w) {
+    if (t[cs "-online-workload=" w] > 0 && t[ds "-online-workload=" w] > 0)
+      printf "ratio diskseal/cryptsetup (rate), %s, workload=%s: %.2fx\n", what, w, t[cs "-online-workload=" w] / t[ds "-online-workload=" w]
+  }
   END {
-    if (t["cryptsetup-online-workload=no"] > 0)
-      printf "ratio diskseal/cryptsetup (rate), no workload: %.2fx\n", t["cryptsetup-online-workload=no"] / t["diskseal-online-workload=no"]
-    if (t["cryptsetup-online-workload=yes"] > 0)
-      printf "ratio diskseal/cryptsetup (rate), with workload: %.2fx\n", t["cryptsetup-online-workload=yes"] / t["diskseal-online-workload=yes"]
+    for (i = 0; i < 2; i++) {
+      w = i ? "yes" : "no"
+      ratio("each with its defaults", "cryptsetup", "diskseal", w)
+      ratio("both md5", "cryptsetup-md5", "diskseal", w)
+      ratio("both sha256", "cryptsetup", "diskseal-sha256", w)
+    }
     if (t["dd"] > 0) printf "diskseal online vs dd (time): %.2fx\n", t["diskseal-online-workload=no"] / t["dd"]
   }'

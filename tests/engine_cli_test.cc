@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -166,6 +167,10 @@ TEST_F(EngineCliTest, BadInputChangesNothing) {
   expect({"encrypt", img, "-d", dir_ / "key"}, 1, "--header FILE");  // usage, as cryptsetup
   expect({"encrypt", img, "--header", dir_ / "h", "-d", dir_ / "key", "--resilience", "datashift"}, 1, "data shift");
   expect({"encrypt", img, "--header", dir_ / "h", "-d", dir_ / "key", "--resilience", "bogus"}, 1, "--resilience");
+  // a checksum hash cryptsetup would not read back: refused before anything is written
+  expect({"encrypt", img, "--header", dir_ / "h", "-d", dir_ / "key", "--resilience-hash", "crc32c"}, 1,
+         img + ": --resilience-hash must be one of");
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "h"));
   WriteFile(dir_ / "garbage.hdr", std::string(70000, 'x'));
   expect({"encrypt", img, "--header", dir_ / "garbage.hdr", "-d", dir_ / "key"}, 5, "refusing to overwrite");
   expect({"encrypt", dir_ / "missing.img", "--header", dir_ / "h2", "-d", dir_ / "key"}, 4, "missing.img");

@@ -67,6 +67,27 @@ void AddEngineOptions(CLI::App& app, EngineArgs& e) {
                 "stop at the first commit point after this many bytes (exit 9, resumable): work in windows");
 }
 
+// --resilience and --resilience-hash, as cryptsetup spells them (the hash matters to checksum
+// resilience only and is ignored with the others, as there).
+struct ResilienceArgs {
+  std::string mode = "checksum";
+  std::string hash;  // empty: engine::DefaultChecksumHash()
+  CLI::Option* mode_opt = nullptr;
+  // Both checked before anything is claimed, asked or written.
+  Result<engine::Resilience> Parse(const std::string& dev) const {
+    DS_ASSIGN_OR_RETURN(engine::Resilience r, engine::ParseResilience(mode));
+    if (!hash.empty()) DS_RETURN_IF_ERROR(engine::ParseChecksumHash(hash).status().WithContext(dev));
+    return r;
+  }
+};
+
+void AddResilienceOptions(CLI::App& app, ResilienceArgs& r, const std::string& modes) {
+  r.mode_opt = app.add_option("--resilience", r.mode, modes);
+  app.add_option("--resilience-hash", r.hash,
+                 "hash of checksum resilience: md5 (default; it only tells old blocks from new after a crash), "
+                 "sha1, sha256 (cryptsetup's default), sha512, blake2b-512, blake2s-256");
+}
+
 Status FinishHeaderEscrow(Globals& g, const DeviceArgs& d, const VaultOptions* vo, const inplace::KeyMap* keys,
                           const SecureBuffer* pass, bool new_volume_key);
 
@@ -443,7 +464,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     KeySource keys;
     luks2::FormatOptions f;
     EngineArgs e;
-    std::string resilience = "checksum";
+    ResilienceArgs res;
     ShiftArgs shift;
     VaultOptions vault;
   };
@@ -453,8 +474,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
   AddPbkdfOptions(app, o->f.pbkdf);
   AddEngineOptions(app, o->e);
   AddVaultOptions(app, o->vault);
-  CLI::Option* res_opt = app.add_option("--resilience", o->resilience,
-                                        "checksum (default), journal, none (no crash safety); datashift with --reduce-device-size");
+  AddResilienceOptions(app, o->res, "checksum (default), journal, none (no crash safety); datashift with --reduce-device-size");
   app.add_option("--cipher,-c", o->f.cipher, "data cipher (default aes-xts-plain64)");
   app.add_option("--key-size,-s", o->f.key_size_bits, "volume key size in bits (default 512)");
   app.add_option("--sector-size", o->f.sector_size, "encryption sector size (default 4096 when the device allows)");
@@ -466,10 +486,10 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
   app.add_option("--label", o->f.label, "LUKS2 label");
   app.add_option("--uuid", o->f.uuid, "use this UUID");
   app.add_flag("--force", o->f.force, "write the header onto a header device that holds a signature");
-  return [o, &g, res_opt]() -> Status {
+  return [o, &g]() -> Status {
     CatchStopSignals();  // before anything is written: a signal from now on stops at a commit point
     const std::string& dev = o->dev.device;
-    DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    DS_ASSIGN_OR_RETURN(engine::Resilience res, o->res.Parse(dev));
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
     // --init-only with a detached header writes nothing but the new header file: the device may
     // be in use (a mounted root filesystem is initialised this way, then opened at the next boot).
@@ -482,7 +502,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
       if (!o->shift.reduce)
         return InvalidArgument(dev + ": encrypting in place needs --header FILE (detached header) or "
                                  "--reduce-device-size SIZE (header at the start of the device)");
-      if (res_opt->count() && res != engine::Resilience::kDatashift)
+      if (o->res.mode_opt->count() && res != engine::Resilience::kDatashift)
         return InvalidArgument(dev + ": with the header at the start of the device the resilience is datashift");
       return EncryptShift(g, o->dev, o->keys, o->f, o->e, o->shift, o->vault);
     }
@@ -514,6 +534,7 @@ Runner SetupEncrypt(CLI::App& app, Globals& g) {
     fr.temp_header = inplace::TempHeaderPath(o->dev.header, new_header_device);
     fr.format = o->f;
     fr.resilience = res;
+    fr.resilience_hash = o->res.hash;
     // --init-only without a header device: the device may be in use (read only, shared), and the
     // sector fits a filesystem that will stay mounted on the mapping.
     fr.device_mounted = header_only;
@@ -539,7 +560,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     DeviceArgs dev;
     KeySource keys;
     EngineArgs e;
-    std::string resilience = "checksum";
+    ResilienceArgs res;
     luks2::PbkdfOptions pbkdf;
     VaultOptions vault;
   };
@@ -548,7 +569,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
   AddKeyOptions(app, o->keys);
   AddEngineOptions(app, o->e);
   AddVaultOptions(app, o->vault);
-  app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
+  AddResilienceOptions(app, o->res, "checksum (default), journal, or none (no crash safety)");
   return [o, &g]() -> Status {
     CatchStopSignals();
     const std::string& dev = o->dev.device;
@@ -556,13 +577,13 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
       return InvalidArgument(dev + ": decrypt needs --header FILE: the detached header, or, when the header is at "
                                    "the start of the device, a new file to export it to (the data then moves back to "
                                    "offset 0, as with cryptsetup's `reencrypt --decrypt --header NEWFILE`)");
-    DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    DS_ASSIGN_OR_RETURN(engine::Resilience res, o->res.Parse(dev));
     if (res == engine::Resilience::kDatashift || res == engine::Resilience::kDatashiftChecksum)
       return InvalidArgument(dev + ": --resilience datashift* is chosen by diskseal itself for a header at the start");
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true, &o->e.run_dir));
     if (!g.env->Exists(o->dev.header)) {
-      if (o->resilience != "checksum")
+      if (o->res.mode != "checksum")
         return InvalidArgument(dev + ": with the header at the start the resilience is datashift-checksum");
       return DecryptShift(g, o->dev, o->keys, o->e, o->pbkdf, o->vault);
     }
@@ -578,6 +599,7 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     ir.device = dev;
     ir.header = o->dev.header;
     ir.resilience = res;
+    ir.resilience_hash = o->res.hash;
     ir.pbkdf = o->pbkdf;
     ir.unlock = [&](luks2::Volume& v) {
       return WithTries<luks2::Volume::Unlocked>(
@@ -604,7 +626,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     DeviceArgs dev;
     KeySource keys;
     EngineArgs e;
-    std::string resilience = "checksum";
+    ResilienceArgs res;
     luks2::PbkdfOptions pbkdf;
     std::string cipher;
     uint32_t key_size_bits = 0, sector_size = 0;
@@ -615,7 +637,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
   AddKeyOptions(app, o->keys);
   AddEngineOptions(app, o->e);
   AddPbkdfOptions(app, o->pbkdf);
-  app.add_option("--resilience", o->resilience, "checksum (default), journal, or none (no crash safety)");
+  AddResilienceOptions(app, o->res, "checksum (default), journal, or none (no crash safety)");
   app.add_option("--cipher,-c", o->cipher, "new data cipher (default: unchanged)");
   app.add_option("--key-size,-s", o->key_size_bits, "new volume key size in bits (default: unchanged)");
   app.add_option("--sector-size", o->sector_size, "new encryption sector size (default: unchanged)");
@@ -626,7 +648,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     const std::string& dev = o->dev.device;
     // Detached or at the start alike: the data stays where it is (old and new segment at the same
     // offset), the resilience data goes into the header's keyslots area, as cryptsetup does it.
-    DS_ASSIGN_OR_RETURN(engine::Resilience res, engine::ParseResilience(o->resilience));
+    DS_ASSIGN_OR_RETURN(engine::Resilience res, o->res.Parse(dev));
     // One owner per device (io/device_claim.h), before any key derivation or file is made.
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev, ClaimMode::kExclusive, true, true, &o->e.run_dir));
     DS_ASSIGN_OR_RETURN(luks2::Volume v, luks2::Volume::Load(*g.env, dev, o->dev.header, true));
@@ -717,7 +739,7 @@ Runner SetupReencrypt(CLI::App& app, Globals& g) {
     }
     if (binding) engine::WriteBinding(v.mutable_metadata(), *binding);
     DS_RETURN_IF_ERROR(engine::InitReencrypt(v.mutable_metadata(), v.metadata_device(), u.key, nk, made,
-                                             kdf, cipher, sector, res, iters).WithContext(dev));
+                                             kdf, cipher, sector, res, iters, o->res.hash).WithContext(dev));
     DS_RETURN_IF_ERROR(v.Commit());
     return ResumeOperation(g, o->dev, o->keys, o->e, nullptr, -1, &pass);
   };

@@ -155,6 +155,42 @@ TEST(Engine, EncryptsInPlaceToTheSameBytes) {
   }
 }
 
+TEST(Engine, EveryOfferedChecksumHashIsRecordedAndFinishes) {
+  // The default where OpenSSL offers it (not in FIPS mode) is md5: see DefaultChecksumHash.
+  EXPECT_EQ(DefaultChecksumHash(), "md5");
+  EXPECT_EQ(ParseChecksumHash("crc32c").status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(ParseChecksumHash("SHA256").status().code(), Code::kInvalidArgument);  // cryptsetup's spelling only
+  for (const char* hash : {"", "md5", "sha1", "sha256", "sha512", "blake2b-512", "blake2s-256"}) {
+    SCOPED_TRACE(hash);
+    test::TempDir dir;
+    const Bytes plain = test::MakeRandomImage(dir / "data", kDataSize, 7);
+    luks2::FormatOptions o = test::FastFormat();
+    o.offset_sectors = 0;
+    o.keyslots_size = 384u << 10;
+    SecureBuffer key;
+    auto hook = [&](luks2::Metadata& md, const SecureBuffer& k) {
+      return InitEncrypt(md, k, Resilience::kChecksum, 1000, hash);
+    };
+    auto v = luks2::Volume::Format(*PosixEnv(), dir / "data", dir / "hdr", o, AsBytes("pw"), hook, &key);
+    ASSERT_TRUE(v.ok()) << v.status().message();
+    auto st = ReadState(v->metadata(), kDataSize);
+    ASSERT_TRUE(st.ok() && st->has_value());
+    EXPECT_EQ((*st)->area.hash, *hash ? std::string(hash) : DefaultChecksumHash());
+    std::string h = test::ReadFileOrDie(dir / "hdr"), d = test::ReadFileOrDie(dir / "data");
+    EXPECT_EQ(FinishAndRead(Bytes(h.begin(), h.end()), Bytes(d.begin(), d.end()), key), plain);
+  }
+  test::TempDir dir;
+  test::MakeRandomImage(dir / "data", kDataSize, 8);
+  luks2::FormatOptions o = test::FastFormat();
+  o.offset_sectors = 0;
+  auto bad = [&](luks2::Metadata& md, const SecureBuffer& k) {
+    return InitEncrypt(md, k, Resilience::kChecksum, 1000, "crc32c");
+  };
+  SecureBuffer key;
+  EXPECT_EQ(luks2::Volume::Format(*PosixEnv(), dir / "data", dir / "hdr", o, AsBytes("pw"), bad, &key).status().code(),
+            Code::kInvalidArgument);
+}
+
 TEST(Engine, ProgressIsRecordedInCryptsetupsLayout) {
   Fixture f = MakeInitialised(Resilience::kChecksum, 512);
   MemDevice h("hdr", f.header), d("data", f.data);

@@ -4,6 +4,7 @@
 
 #include <openssl/crypto.h>
 
+#include "crypto/crypto.h"
 #include "luks2/digest.h"
 #include "luks2/format.h"
 #include "luks2/keyslot.h"
@@ -344,6 +345,27 @@ const char* ResilienceName(Resilience r) {
   return "?";
 }
 
+std::string DefaultChecksumHash() { return HashSize("md5") ? "md5" : "sha256"; }
+
+Result<std::string> ParseChecksumHash(const std::string& name) {
+  // Names as cryptsetup spells them (its OpenSSL backend maps the blake2 ones); OpenSSL here
+  // knows them under the same names.
+  static const char* const kKnown[] = {"md5", "sha1", "sha256", "sha512", "blake2b-512", "blake2s-256"};
+  for (const char* k : kKnown)
+    if (name == k) {
+      if (!HashSize(name)) return Unsupported("--resilience-hash " + name + " is not available here (FIPS mode?)");
+      return name;
+    }
+  return InvalidArgument("--resilience-hash must be one of md5, sha1, sha256, sha512, blake2b-512, blake2s-256");
+}
+
+namespace {
+Result<std::string> ChecksumHashOrDefault(std::string_view h) {
+  if (h.empty()) return DefaultChecksumHash();
+  return ParseChecksumHash(std::string(h));
+}
+}  // namespace
+
 Result<Resilience> ParseResilience(const std::string& s) {
   if (s == "checksum") return Resilience::kChecksum;
   if (s == "journal") return Resilience::kJournal;
@@ -550,7 +572,7 @@ void SetFinished(luks2::Metadata& md, const State& st) {
 }
 
 Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience resilience,
-                   uint32_t digest_iterations) {
+                   uint32_t digest_iterations, std::string_view checksum_hash) {
   Json& segs = md.json["segments"];
   if (segs.size() != 1 || !segs.contains("0") || segs["0"]["type"] != "crypt")
     return Unsupported("only a volume with one crypt segment can be decrypted in place");
@@ -571,7 +593,7 @@ Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience 
                {"offset", luks2::U64Str(area_off)},
                {"size", luks2::U64Str(md.areas_end() - area_off)}};
   if (resilience == Resilience::kChecksum) {
-    area["hash"] = "sha256";
+    DS_ASSIGN_OR_RETURN(area["hash"], ChecksumHashOrDefault(checksum_hash));
     area["sector_size"] = *luks2::JsonU32(prev["sector_size"]);
   }
   md.json["keyslots"][std::to_string(id)] = {{"type", "reencrypt"}, {"key_size", 1},
@@ -588,15 +610,15 @@ Status InitDecrypt(luks2::Metadata& md, const SecureBuffer& old_key, Resilience 
 Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffer& old_key,
                      const SecureBuffer& new_key, std::span<const uint8_t> passphrase,
                      const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
-                     Resilience resilience, uint32_t digest_iterations) {
+                     Resilience resilience, uint32_t digest_iterations, std::string_view checksum_hash) {
   return InitReencrypt(md, md_dev, old_key, new_key, {NewKeyslot{passphrase, std::nullopt}}, kdf, new_cipher,
-                       new_sector, resilience, digest_iterations);
+                       new_sector, resilience, digest_iterations, checksum_hash);
 }
 
 Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffer& old_key,
                      const SecureBuffer& new_key, const std::vector<NewKeyslot>& new_keyslots,
                      const luks2::KdfSpec& kdf, const std::string& new_cipher, uint32_t new_sector,
-                     Resilience resilience, uint32_t digest_iterations) {
+                     Resilience resilience, uint32_t digest_iterations, std::string_view checksum_hash) {
   if (new_keyslots.empty()) return InvalidArgument("a reencryption needs at least one keyslot for the new key");
   Json& segs = md.json["segments"];
   if (segs.size() != 1 || !segs.contains("0") || segs["0"]["type"] != "crypt")
@@ -651,7 +673,7 @@ Status InitReencrypt(luks2::Metadata& md, BlockDevice& md_dev, const SecureBuffe
                {"offset", luks2::U64Str(area_off)},
                {"size", luks2::U64Str(md.areas_end() - area_off)}};
   if (resilience == Resilience::kChecksum) {
-    area["hash"] = "sha256";
+    DS_ASSIGN_OR_RETURN(area["hash"], ChecksumHashOrDefault(checksum_hash));
     area["sector_size"] = std::max(new_sector, *luks2::JsonU32(prev["sector_size"]));
   }
   md.json["keyslots"][std::to_string(id)] = {{"type", "reencrypt"}, {"key_size", 1},
@@ -702,7 +724,7 @@ Status CheckVerificationDigest(const luks2::Metadata& md, const State& st,
 }
 
 Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience resilience,
-                   uint32_t digest_iterations) {
+                   uint32_t digest_iterations, std::string_view checksum_hash) {
   Json& segs = md.json["segments"];
   Json fin = segs["0"];
   fin["flags"] = {"backup-final"};
@@ -723,7 +745,7 @@ Status InitEncrypt(luks2::Metadata& md, const SecureBuffer& new_key, Resilience 
   // Checksums per encryption sector: a write torn at a sector boundary leaves every checksummed
   // block wholly old or wholly new, so recovery can tell which is which.
   if (resilience == Resilience::kChecksum) {
-    area["hash"] = "sha256";
+    DS_ASSIGN_OR_RETURN(area["hash"], ChecksumHashOrDefault(checksum_hash));
     area["sector_size"] = sector;
   }
   md.json["keyslots"][std::to_string(id)] = {{"type", "reencrypt"}, {"key_size", 1},

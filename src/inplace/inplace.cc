@@ -74,7 +74,7 @@ Result<Formatted> FormatAndEscrow(Env& env, const FormatRequest& r, std::ostream
   Formatted out;
   out.digest = -1;
   auto hook = [&](luks2::Metadata& md, const SecureBuffer& key) -> Status {
-    DS_RETURN_IF_ERROR(engine::InitEncrypt(md, key, r.resilience, digest_iters));
+    DS_RETURN_IF_ERROR(engine::InitEncrypt(md, key, r.resilience, digest_iters, r.resilience_hash));
     engine::WriteBinding(md, binding);
     out.digest = 0;  // InitEncrypt's digest of the new key
     return Status::Ok();
@@ -124,7 +124,7 @@ Result<DecryptInitResult> InitDecrypt(Env& env, const InitDecryptRequest& r) {
   }
   DS_ASSIGN_OR_RETURN(uint32_t iters, luks2::ChooseDigestIterations(r.pbkdf));
   if (binding) engine::WriteBinding(v.mutable_metadata(), *binding);
-  DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, r.resilience, iters).WithContext(r.device));
+  DS_RETURN_IF_ERROR(engine::InitDecrypt(v.mutable_metadata(), u.key, r.resilience, iters, r.resilience_hash).WithContext(r.device));
   DS_RETURN_IF_ERROR(v.Commit());  // one header write: the plain header or the in-progress one
   out.unlocked.emplace(std::move(u));
   return out;

@@ -62,6 +62,7 @@ struct FormatRequest {
   // Format's choice.
   luks2::FormatOptions format;
   engine::Resilience resilience = engine::Resilience::kChecksum;
+  std::string resilience_hash;  // checksum resilience's hash; empty: engine::DefaultChecksumHash()
   // The device stays mounted and in use: it is opened read-only and shared. Otherwise it is
   // opened for writing and exclusively, which fails while anything holds it.
   bool device_mounted = false;
@@ -110,6 +111,7 @@ Result<std::string> EscrowNewHeader(Env& env, vault::VaultClient& client, const 
 struct InitDecryptRequest {
   std::string device, header;  // the data device and its detached header
   engine::Resilience resilience = engine::Resilience::kChecksum;
+  std::string resilience_hash;  // as in FormatRequest
   luks2::PbkdfOptions pbkdf;   // the digest iterations of the plaintext side
   // Unlocks the volume (called once, after the header's checks). Required.
   std::function<Result<luks2::Volume::Unlocked>(luks2::Volume&)> unlock;
