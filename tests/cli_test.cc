@@ -109,6 +109,24 @@ TEST_F(CliTest, DumpJsonSchema) {
   EXPECT_EQ(Json::parse(ls.out), j["keyslots"]);
 }
 
+// docs/json-schemas.md "benchmark --json": every part measured, checksums in --resilience-hash's
+// exact spelling.
+TEST_F(CliTest, BenchmarkJsonSchema) {
+  RunResult r = Diskseal({"benchmark", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  Json j = Json::parse(r.out);
+  for (const char* h : {"sha1", "sha256", "sha512"}) EXPECT_GT(j["pbkdf2"][h].get<uint64_t>(), 0u) << h;
+  ASSERT_EQ(j["ciphers"].size(), 3u);
+  for (const auto& c : j["ciphers"]) EXPECT_GT(c["encrypt_mib_s"].get<int>(), 0) << c.dump();
+  ASSERT_GE(j["checksums"].size(), 3u);
+  for (const auto& c : j["checksums"]) {
+    EXPECT_GT(c["mib_s"].get<int>(), 0) << c.dump();
+    RunResult bad = Diskseal({"encrypt", dir_ / "none.img", "--header", dir_ / "none.hdr", "--resilience-hash",
+                              c["hash"].get<std::string>() + "x"});
+    EXPECT_EQ(bad.exit_code, 1) << bad.err;  // the spelling is exact
+  }
+}
+
 TEST_F(CliTest, DamagedCopyIsReportedThenRepaired) {
   Format();
   {

@@ -69,6 +69,11 @@ Json DumpJson(const HeaderRead& h) {
       area["cipher"] = k.area_cipher;
       area["key_size"] = k.area_key_size;
     }
+    if (k.type == "reencrypt") {  // checksum resilience: its hash and block (as luksDump shows them)
+      const Json& raw = md.json["keyslots"][std::to_string(k.id)]["area"];
+      if (raw.contains("hash")) area["hash"] = StrOr(raw, "hash");
+      if (raw.contains("sector_size") && raw["sector_size"].is_number_unsigned()) area["sector_size"] = raw["sector_size"];
+    }
     o["area"] = area;
     if (!k.unusable.empty()) o["unusable"] = k.unusable;
     auto d = DigestOfKeyslot(md, k.id);
@@ -145,6 +150,10 @@ std::string DumpText(const HeaderRead& h) {
     } else {
       o << "\tMode:       " << StrOr(md.json["keyslots"][std::to_string(k.id)], "mode") << "\n";
       o << "\tResilience: " << k.area_type << "\n";
+      const Json& raw = md.json["keyslots"][std::to_string(k.id)]["area"];
+      if (raw.contains("hash")) o << "\tHash:       " << StrOr(raw, "hash") << "\n";
+      if (raw.contains("sector_size") && raw["sector_size"].is_number_unsigned())
+        o << "\tHash data:  " << raw["sector_size"].get<uint64_t>() << " [bytes/sector]\n";
     }
     o << "\tArea offset:" << k.area_offset << " [bytes]\n";
     o << "\tArea length:" << k.area_size << " [bytes]\n";
