@@ -141,6 +141,15 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
     // Only the userspace view writes through diskseal; a kernel mapping writes nothing to the
     // device or the header, which may sit on a read-only filesystem (the OS volume's header on
     // /boot, mounted read-only by the initramfs).
+    auto header_on_ro_fs = [&] {
+      if (o->dev.header.empty() || IsBlockDevice(o->dev.header)) return false;
+      auto fs = g.env->StatFs(o->dev.header);
+      return fs.ok() && fs->read_only;
+    };
+    if (userspace && !o->read_only && header_on_ro_fs())
+      return PermissionDenied(o->dev.device + ": " + o->dev.header + " is on a read-only filesystem and a "
+                              "read-write userspace view writes its header (an operation it carries on, a hotzone "
+                              "it recovers): remount it read-write, or open with --readonly");
     DS_ASSIGN_OR_RETURN(OpenedVolume ov, LoadAndUnlock(g, o->dev, o->keys, o->slot.get(),
                                                        userspace && !o->read_only, &o->vault));
     luks2::Volume& v = ov.volume;
@@ -152,7 +161,13 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
         return Busy(o->dev.device + ": an in-place operation was interrupted mid-hotzone; open it read-write once "
                     "(it is recovered first) or run `diskseal resume`");
       // The recovery writes the device and the header: loaded read-write for it (a kernel open is
-      // otherwise read-only), and the result is what gets opened.
+      // otherwise read-only), and the result is what gets opened. A header file on a read-only
+      // filesystem (a /boot mounted read-only) is named as such rather than failing with the bare
+      // EROFS of its first write.
+      if (header_on_ro_fs())
+        return PermissionDenied(o->dev.device + ": " + o->dev.header + " records an interrupted hotzone, which "
+                                "opening recovers first and that writes the header, but it is on a read-only "
+                                "filesystem: remount it read-write and open again (nothing was changed)");
       DS_ASSIGN_OR_RETURN(luks2::Volume rw, luks2::Volume::Load(*g.env, o->dev.device, o->dev.header, true));
       engine::EngineOptions eo;
       eo.until_done = (*st)->done + *(*st)->hotzone_len;

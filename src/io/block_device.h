@@ -82,6 +82,7 @@ class Env {
   struct FsSpace {
     uint64_t total_bytes = 0;
     uint64_t avail_bytes = 0;
+    bool read_only = false;  // mounted read-only
   };
   virtual Result<FsSpace> StatFs(const std::string& path) = 0;
 };

@@ -254,6 +254,7 @@ class PosixEnvImpl final : public Env {
     FsSpace s;
     s.total_bytes = uint64_t(st.f_blocks) * st.f_frsize;
     s.avail_bytes = uint64_t(st.f_bavail) * st.f_frsize;
+    s.read_only = (st.f_flag & ST_RDONLY) != 0;
     return s;
   }
 };
