@@ -204,6 +204,10 @@ TEST_F(DatashiftCliTest, DecryptRefusesBadInputAndLeavesTheDeviceUntouched) {
   EXPECT_EQ(bad.exit_code, 2) << bad.err;
   EXPECT_FALSE(FileExists(hdr));
   EXPECT_FALSE(FileExists(hdr + ".diskseal-new"));
+  RunResult hash = Diskseal({"decrypt", img, "--header", hdr, "-d", dir_ / "key", "--resilience-hash", "md5"});
+  EXPECT_EQ(hash.exit_code, 1) << hash.err;
+  EXPECT_NE(hash.err.find("--resilience-hash does not apply"), std::string::npos) << hash.err;
+  EXPECT_FALSE(FileExists(hdr));
   WriteFile(hdr, "something precious");
   RunResult exists = RunProgram(Decrypt(img, hdr));
   EXPECT_EQ(exists.exit_code, 5) << exists.err;

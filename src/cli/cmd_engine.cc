@@ -585,6 +585,9 @@ Runner SetupDecrypt(CLI::App& app, Globals& g) {
     if (!g.env->Exists(o->dev.header)) {
       if (o->res.mode != "checksum")
         return InvalidArgument(dev + ": with the header at the start the resilience is datashift-checksum");
+      if (!o->res.hash.empty())
+        return InvalidArgument(dev + ": with the header at the start the moved segment's checksums are sha256, as "
+                                     "cryptsetup's datashift-checksum layout has them; --resilience-hash does not apply");
       return DecryptShift(g, o->dev, o->keys, o->e, o->pbkdf, o->vault);
     }
     {
