@@ -382,7 +382,9 @@ Result<std::string> ParseChecksumHash(const std::string& name) {
       if (!HashSize(name)) return Unsupported("--resilience-hash " + name + " is not available here (FIPS mode?)");
       return name;
     }
-  return InvalidArgument("--resilience-hash must be one of md5, sha1, sha256, sha512, blake2b-512, blake2s-256");
+  std::string choices;
+  for (const char* k : kKnown) choices += std::string(choices.empty() ? "" : ", ") + k;
+  return InvalidArgument("--resilience-hash must be one of " + choices);
 }
 
 namespace {
