@@ -19,6 +19,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include <gtest/gtest.h>
+
 #include "crypto/crypto.h"
 
 extern char** environ;
@@ -45,6 +47,12 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
+  // DISKSEAL_KEEP_FAILED=1: a failed test's directory (a guest's disk and console, a vault's
+  // files) is kept for a post-mortem instead of removed.
+  if (const char* keep = std::getenv("DISKSEAL_KEEP_FAILED"); keep && *keep == '1' && ::testing::Test::HasFailure()) {
+    std::fprintf(stderr, "kept %s (DISKSEAL_KEEP_FAILED)\n", path_.c_str());
+    return;
+  }
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
 }
