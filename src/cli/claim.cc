@@ -36,7 +36,7 @@ Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, Clai
   ClaimOptions co{mode, writes_device, {}};
   if (online_ok) {
     if (std::string name = ActiveMappingOf(env, d); !name.empty())
-      co.allowed_holders = {name, online::HotzoneName(name)};
+      co.allowed_holders = online::MappingHolders(name);
   }
   DS_ASSIGN_OR_RETURN(DeviceClaim dev, DeviceClaim::Acquire(d.device, co));
   held.push_back(std::move(dev));

@@ -84,12 +84,19 @@ std::string MakeUuid(const std::string& luks_uuid, const std::string& name) {
   return "CRYPT-LUKS2-" + hex + "-" + name;
 }
 
-Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin) {
+Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin,
+                                  const std::string& flush_majmin) {
   const std::span<const uint8_t> key = seg.key;
   std::string tail = " " + device_majmin + " " + std::to_string(seg.device_sector);
   if (seg.type == Segment::Type::kError) return SecureBuffer(1);  // "": no parameters
-  if (seg.type == Segment::Type::kLinear) {
+  if (seg.type == Segment::Type::kLinear || seg.type == Segment::Type::kSplitFlush) {
     std::string s = device_majmin + " " + std::to_string(seg.device_sector);
+    if (seg.type == Segment::Type::kSplitFlush) {
+      if (flush_majmin.empty()) return InvalidArgument("split-flush segment without a flush device");
+      // dm-delay: read class, write class, flush class, each "<dev> <offset> <delay ms>".
+      const std::string at = " " + std::to_string(seg.device_sector) + " 0";
+      s = device_majmin + at + " " + device_majmin + at + " " + flush_majmin + at;
+    }
     SecureBuffer out(s.size() + 1);
     std::memcpy(out.data(), s.c_str(), s.size() + 1);
     return out;
@@ -120,6 +127,8 @@ Status Validate(const Activation& a) {
     const Segment& s = a.segments[i];
     std::string what = a.name + ": segment " + std::to_string(i);
     if (s.sectors == 0) return InvalidArgument(what + " is empty");
+    if (s.type == Segment::Type::kSplitFlush && s.device.empty())
+      return InvalidArgument(what + ": a split-flush segment needs its own device for reads and writes");
     if (s.type == Segment::Type::kCrypt) {
       if (s.key.empty()) return InvalidArgument(what + " is encrypted but no key was given");
       DS_RETURN_IF_ERROR(CheckCipherSpec(s.cipher, s.key.size()).WithContext(what));
@@ -162,8 +171,11 @@ Status AddTable(dm_task* t, const Activation& a) {
     if (!s.device.empty()) {
       DS_ASSIGN_OR_RETURN(mm, MajMin(s.device));
     }
-    DS_ASSIGN_OR_RETURN(SecureBuffer params, TargetParams(s, mm));
-    const char* type = s.type == Segment::Type::kCrypt ? "crypt" : s.type == Segment::Type::kError ? "error" : "linear";
+    DS_ASSIGN_OR_RETURN(SecureBuffer params, TargetParams(s, mm, majmin));
+    const char* type = s.type == Segment::Type::kCrypt        ? "crypt"
+                       : s.type == Segment::Type::kError      ? "error"
+                       : s.type == Segment::Type::kSplitFlush ? "delay"
+                                                              : "linear";
     if (!dm_task_add_target(t, start, s.sectors, type, reinterpret_cast<const char*>(params.data())))
       return Internal(a.name + ": cannot add a " + type + " target");
     start += s.sectors;

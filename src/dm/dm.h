@@ -23,7 +23,11 @@ namespace ds::dm {
 
 // One piece of the plaintext device. Sizes and offsets in 512-byte sectors, as dm tables count.
 struct Segment {
-  enum class Type { kCrypt, kLinear, kError };  // kError: every I/O fails (no device)
+  // kError: every I/O fails (no device). kSplitFlush: reads and writes go to `device` at
+  // device_sector, empty flushes straight to the Activation's device (dm-delay with no delay in
+  // any of its three classes): the online helper whose reads and writes wait while the device
+  // below is suspended, and whose flushes must not (dm_online.h).
+  enum class Type { kCrypt, kLinear, kError, kSplitFlush };
   Type type = Type::kCrypt;
   uint64_t sectors = 0;         // length in the plaintext device
   uint64_t device_sector = 0;   // where the segment starts on the data device
@@ -53,9 +57,11 @@ struct Activation {
 std::string MakeUuid(const std::string& luks_uuid, const std::string& name);
 
 // The parameter string of one target ("<cipher> <hex key> <iv> <maj:min> <offset> [opts]" for
-// crypt, "<maj:min> <offset>" for linear), in locked memory because it holds the key.
-// device is given as "major:minor" so the table does not depend on device node names.
-Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin);
+// crypt, "<maj:min> <offset>" for linear, "<maj:min> <offset> 0" three times for split-flush,
+// the last one `flush_majmin`'s), in locked memory because it holds the key.
+// Devices are given as "major:minor" so the table does not depend on device node names.
+Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_majmin,
+                                  const std::string& flush_majmin = "");
 
 // Checks an Activation without touching the kernel: non-empty name and segments, non-zero
 // lengths, a cipher and a sector size dm-crypt accepts for crypt segments, a key when needed.

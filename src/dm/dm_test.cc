@@ -42,6 +42,25 @@ TEST(DmTest, LinearParams) {
   EXPECT_EQ(Str(*p), "8:16 2048");
 }
 
+// The online helper: reads and writes to its own device, empty flushes to the data device, no delay.
+TEST(DmTest, SplitFlushParamsSendFlushesToTheActivationsDevice) {
+  Segment s;
+  s.type = Segment::Type::kSplitFlush;
+  s.device_sector = 0;
+  auto p = TargetParams(s, "253:4", "8:16");
+  ASSERT_TRUE(p.ok());
+  EXPECT_EQ(Str(*p), "253:4 0 0 253:4 0 0 8:16 0 0");
+  EXPECT_EQ(TargetParams(s, "253:4").status().code(), Code::kInvalidArgument);
+  Activation a;
+  a.name = "v-dshz";
+  a.device = "/dev/vda";
+  s.sectors = 64;
+  a.segments = {s};
+  EXPECT_EQ(Validate(a).code(), Code::kInvalidArgument);  // no device of its own
+  a.segments[0].device = "/dev/mapper/v-dshzq";
+  EXPECT_TRUE(Validate(a).ok());
+}
+
 TEST(DmTest, ValidateRejectsBadActivations) {
   uint8_t key[64] = {};
   Segment crypt;

@@ -138,7 +138,7 @@ class Runner {
       DS_RETURN_IF_ERROR(Configure(r));
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(online::RawPath(adopt),
                                                                   {ClaimMode::kExclusive, true,
-                                                                   {adopt, online::HotzoneName(adopt)}}));
+                                                                   online::MappingHolders(adopt)}));
       DS_RETURN_IF_ERROR(Encrypt(r, pass, adopt));
     } else if (r.step == Step::kHeaderPlaced || r.step == Step::kEncrypting) {
       // The one interruption: unmount the plaintext device (refused, naming who holds it, while
@@ -153,7 +153,7 @@ class Runner {
       DS_RETURN_IF_ERROR(Configure(r));
       // The device is held by its own mapping now; this run is its one owner.
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
-                                                                             {r.name, online::HotzoneName(r.name)}}));
+                                                                             online::MappingHolders(r.name)}));
       DS_RETURN_IF_ERROR(Encrypt(r, pass));
     }
     // An adopted device is the mapping itself (until the next boot opens /dev/mapper/NAME).
@@ -217,7 +217,7 @@ class Runner {
       }
       DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
-                                                                             {r.name, online::HotzoneName(r.name)}}));
+                                                                             online::MappingHolders(r.name)}));
       DS_ASSIGN_OR_RETURN(bool adopted, AdoptPreparedRoot(r, pass));
       if (!adopted) return Status::Ok();  // restart pending: said why
       DS_RETURN_IF_ERROR(Encrypt(r, pass));
@@ -240,7 +240,7 @@ class Runner {
                     "): the OS volume is decrypted while it runs on its mapping; restart the machine first");
       DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
-                                                                             {r.name, online::HotzoneName(r.name)}}));
+                                                                             online::MappingHolders(r.name)}));
       DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
       DS_RETURN_IF_ERROR(Decrypt(r, pass));
     }
@@ -497,7 +497,7 @@ class Runner {
       DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
       DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(online::RawPath(adopted),
                                                                   {ClaimMode::kExclusive, true,
-                                                                   {adopted, online::HotzoneName(adopted)}}));
+                                                                   online::MappingHolders(adopted)}));
       DS_RETURN_IF_ERROR(InitDecrypt(r, pass, adopted));
       DS_RETURN_IF_ERROR(Decrypt(r, pass, adopted));
     } else if (r.step == Step::kConfigured || r.step == Step::kDecrypting) {
@@ -505,7 +505,7 @@ class Runner {
       if (live) {
         DS_ASSIGN_OR_RETURN(SecureBuffer pass, ReadKeyFile(env_, r.key_file));
         DS_ASSIGN_OR_RETURN(DeviceClaim claim, DeviceClaim::Acquire(r.device, {ClaimMode::kExclusive, true,
-                                                                               {r.name, online::HotzoneName(r.name)}}));
+                                                                               online::MappingHolders(r.name)}));
         DS_RETURN_IF_ERROR(InitDecrypt(r, pass));
         DS_RETURN_IF_ERROR(Decrypt(r, pass));
       }

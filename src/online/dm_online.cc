@@ -123,7 +123,7 @@ Status FinishZone(const VolumeRef& ref, const std::map<int, const SecureBuffer*>
   return engine::RunOperation(v, keys, eo);
 }
 
-// Removes the helper. Just after someone removed NAME the kernel may still hold the helper
+// Removes a helper. Just after someone removed NAME the kernel may still hold the helper
 // open for a moment (NAME's tables release it asynchronously): busy is retried, bounded.
 Status RemoveHelper(const std::string& hz_name) {
   Status s = dm::Remove(hz_name);
@@ -134,25 +134,35 @@ Status RemoveHelper(const std::string& hz_name) {
   return s;
 }
 
+// Removes NAME's helpers that exist, the one above first (it holds the queue open).
+Status RemoveHelpers(const std::string& name) {
+  for (const std::string& n : {HotzoneName(name), QueueName(name)}) {
+    DS_ASSIGN_OR_RETURN(auto m, dm::Find(n));
+    if (m) DS_RETURN_IF_ERROR(RemoveHelper(n));
+  }
+  return Status::Ok();
+}
+
 // See the file comment of dm_online.h: brings NAME back to the plain table of the header on disk
-// and removes the helper, whatever state a run left them in.
+// and removes the helpers, whatever state a run left them in.
 Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int, const SecureBuffer*>& keys,
                uint64_t hotzone_bytes) {
-  const std::string hz_name = HotzoneName(name);
-  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(hz_name));
+  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
+  DS_ASSIGN_OR_RETURN(auto queue, dm::Find(QueueName(name)));
   DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
+  // The device whose suspension holds a zone: the queue, or the helper itself without dm-delay.
+  const auto& held = queue ? queue : hz;
+  const std::string held_name = queue ? QueueName(name) : HotzoneName(name);
   if (!top) {
-    // Closed by someone else (it was not mounted): nothing uses the helper any more; the header
+    // Closed by someone else (it was not mounted): nothing uses the helpers any more; the header
     // is consistent (a zone left flagged is recovered by the next open or resume).
-    if (hz) {
-      if (hz->suspended) DS_RETURN_IF_ERROR(dm::Resume(hz_name, true));
-      DS_RETURN_IF_ERROR(RemoveHelper(hz_name));
-    }
+    if (held && held->suspended) DS_RETURN_IF_ERROR(dm::Resume(held_name, true));
+    DS_RETURN_IF_ERROR(RemoveHelpers(name));
     return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation; nothing is lost: open it "
                     "again and run `diskseal resume` to carry on");
   }
-  if (hz && hz->suspended) {
-    if (!top->suspended) {
+  if (held && held->suspended) {
+    if (!top->suspended && hz) {
       // Which range of NAME goes over the helper: the zone that was held.
       DS_ASSIGN_OR_RETURN(auto targets, dm::LiveTargets(name));
       for (const auto& t : targets) {
@@ -162,7 +172,7 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
           // The queued writes are in the new layout over a zone that is not: they must never
           // land. Fail them (and everything else there) rather than let the users wait forever.
           dm::Activation err;
-          err.name = hz_name;
+          err.name = held_name;
           err.device = ref.device;
           dm::Segment e;
           e.type = dm::Segment::Type::kError;
@@ -170,13 +180,13 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
           e.sectors = v.data_device().Size() / kSector;
           err.segments = {e};
           (void)dm::Reload(err);
-          (void)dm::Resume(hz_name, true);
+          (void)dm::Resume(held_name, true);
           return fin.WithContext(name + ": the hotzone at byte " + std::to_string(t.start * kSector) +
                                  " could not be finished; its I/O now fails until `diskseal resume` finishes it");
         }
       }
     }
-    DS_RETURN_IF_ERROR(dm::Resume(hz_name, true));
+    DS_RETURN_IF_ERROR(dm::Resume(held_name, true));
   }
   {
     DS_ASSIGN_OR_RETURN(luks2::Volume v, LoadFresh(ref));
@@ -184,8 +194,7 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
     a.read_only = top->read_only;
     DS_RETURN_IF_ERROR(Switch(a));
   }
-  if (hz) DS_RETURN_IF_ERROR(dm::Remove(hz_name));
-  return Status::Ok();
+  return RemoveHelpers(name);
 }
 
 // The engine's gate over the dm stack; the guardian behind it.
@@ -196,18 +205,35 @@ class DmGate final : public engine::ZoneGate {
       : v_(v), ref_(ref), name_(std::move(name)), keys_(keys), read_only_(read_only) {}
   ~DmGate() override { (void)Finish(); }
 
-  // Creates the helper device and forks the guardian. Precondition: single-threaded caller.
+  // Creates the helper devices and forks the guardian. Precondition: single-threaded caller.
   Status Start(uint64_t hotzone_bytes) {
-    dm::Activation hz;
-    hz.name = HotzoneName(name_);
-    hz.device = ref_.device;
-    hz.dm_uuid = "DISKSEAL-HOTZONE-" + v_.metadata().uuid + "-" + name_;
-    hz.private_device = true;
+    const auto helper = [&](const std::string& n, const char* kind, dm::Segment seg) {
+      dm::Activation a;
+      a.name = n;
+      a.device = ref_.device;
+      a.dm_uuid = (std::string("DISKSEAL-") + kind + "-" + v_.metadata().uuid + "-" + name_).substr(0, 128);
+      a.private_device = true;
+      a.segments = {seg};
+      return a;
+    };
     dm::Segment lin;
     lin.type = dm::Segment::Type::kLinear;
     lin.sectors = v_.data_device().Size() / kSector;
-    hz.segments = {lin};
-    DS_RETURN_IF_ERROR(dm::Create(hz));
+    dm::Segment split = lin;
+    split.type = dm::Segment::Type::kSplitFlush;
+    split.device = "/dev/mapper/" + QueueName(name_);
+    DS_RETURN_IF_ERROR(dm::Create(helper(QueueName(name_), "HZQUEUE", lin)));
+    held_ = QueueName(name_);
+    Status made = dm::Create(helper(HotzoneName(name_), "HOTZONE", split));
+    if (!made.ok()) {
+      // No dm-delay in this kernel (or no module for it): the helper is a linear device held
+      // itself, as before the split. Correct, but every flush on NAME waits for a held zone.
+      DS_RETURN_IF_ERROR(RemoveHelper(QueueName(name_)));
+      DS_RETURN_IF_ERROR(dm::Create(helper(HotzoneName(name_), "HOTZONE", lin)));
+      held_ = HotzoneName(name_);
+      std::cerr << "diskseal: " << name_ << ": no dm-delay target (" << made.message()
+                << "); a flush on /dev/mapper/" << name_ << " waits while a hotzone is rewritten\n";
+    }
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) return PosixError("pipe", errno);
     std::cout.flush();
@@ -271,7 +297,7 @@ class DmGate final : public engine::ZoneGate {
     DS_RETURN_IF_ERROR(dm::Reload(a));
     DS_RETURN_IF_ERROR(dm::Suspend(name_));
     // Top to bottom: the helper is suspended while NAME is, so no I/O can be in it half-way.
-    Status s = dm::Suspend(HotzoneName(name_));
+    Status s = dm::Suspend(held_);
     // udev's rules for NAME's new table read NAME, hence the suspended helper: their end is
     // waited for once the helper is resumed (Release), never while it is held.
     WaitPendingUdev();
@@ -281,7 +307,7 @@ class DmGate final : public engine::ZoneGate {
   }
 
   Status Release(const luks2::Metadata&) override {
-    Status s = dm::Resume(HotzoneName(name_), true);
+    Status s = dm::Resume(held_, true);
     last_held_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - held_at_).count();
     if (s.ok()) WaitPendingUdev();
     return s;
@@ -372,6 +398,7 @@ class DmGate final : public engine::ZoneGate {
   static constexpr int kBusyMemoryMs = 1000;
 
   bool read_only_;
+  std::string held_;  // the device suspended while a zone is held (Start)
   int pipe_ = -1;
   pid_t guardian_ = -1;
   std::string sysfs_;
@@ -458,6 +485,10 @@ Result<bool> PreparedFollows(luks2::Volume& v, const std::string& name, dev_t de
 }  // namespace
 
 std::string HotzoneName(const std::string& name) { return name + "-dshz"; }
+std::string QueueName(const std::string& name) { return name + "-dshzq"; }
+std::vector<std::string> MappingHolders(const std::string& name) {
+  return {name, HotzoneName(name), QueueName(name)};
+}
 
 Result<std::optional<std::string>> ActiveMapping(const std::string& luks_uuid, const std::string& data_device,
                                                  luks2::Volume* v) {
@@ -556,8 +587,9 @@ Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::s
 Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
                         const std::map<int, const SecureBuffer*>& keys, uint64_t hotzone_bytes) {
   DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
+  DS_ASSIGN_OR_RETURN(auto queue, dm::Find(QueueName(name)));
   DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
-  if (!hz && !(top && top->suspended)) return Status::Ok();
+  if (!hz && !queue && !(top && top->suspended)) return Status::Ok();
   if (!top) {
     (void)Restore(ref, name, keys, hotzone_bytes);  // removes the orphaned helper
     return Status::Ok();

@@ -4,15 +4,23 @@
 // The stack (learned from cryptsetup's luks2_reencrypt.c, with fewer devices and no overlay):
 //   NAME          the user's mapping: the header's segments (done part in the new layout, the
 //                 rest in the old one), and during a step the hotzone in the NEW layout over
-//   NAME-dshz     a private dm-linear 1:1 over the data device, suspended while the engine
+//   NAME-dshz     a private dm-delay with no delay over the whole device: reads and writes go on
+//                 to NAME-dshzq, flushes straight to the data device;
+//   NAME-dshzq    a private dm-linear 1:1 over the data device, suspended while the engine
 //                 rewrites the hotzone on the data device directly.
+// Why two helpers: device-mapper sends a user's flush (every fsync) to every target of NAME, the
+// hotzone's too; through a suspended helper it would wait for the step even when the data it
+// makes durable is elsewhere. A flush has no data and only needs to reach the disk; the writes
+// queued in NAME-dshzq have not completed, so no flush owes them durability. Where the kernel
+// has no dm-delay, NAME-dshz is the linear helper and is held itself (flushes then wait).
 // Per hotzone (DmGate::Hold/Release around the engine's step):
 //   1. load NAME's table with the hotzone mapped new over NAME-dshz; suspend NAME (waits for I/O
-//      in flight), suspend NAME-dshz, resume NAME: from now on users' writes into the hotzone are
-//      encrypted with the new key and queue in NAME-dshz, reads there wait; I/O elsewhere flows.
+//      in flight), suspend NAME-dshzq, resume NAME: from now on users' writes into the hotzone
+//      are encrypted with the new key and queue in NAME-dshzq, reads there wait; I/O elsewhere
+//      and every flush flows.
 //   2. the engine reads the zone from the data device (page cache dropped), writes its
 //      resilience data, commits, transforms, writes, syncs, commits "done";
-//   3. resume NAME-dshz: the queued writes land after the rewrite (already in the new layout:
+//   3. resume NAME-dshzq: the queued writes land after the rewrite (already in the new layout:
 //      they win), queued reads see the new data.
 // Only hotzone I/O waits, for one step; other I/O waits only while NAME switches tables.
 //
@@ -20,10 +28,10 @@
 // the run ends, however it ends: normal end, error, or kill -9 of the run. It reads the state from
 // the kernel (which devices are suspended, which range of NAME goes over NAME-dshz) and the header
 // from disk: a zone left held is first finished by the engine (its writes are queued in the new
-// layout, so it must become new before they land), then NAME-dshz is resumed and NAME gets the plain
-// table of the header, and NAME-dshz is removed. The same restoration runs in-process when a
-// later run finds NAME-dshz left behind (the guardian killed too). If the zone cannot be finished
-// (an I/O error), NAME-dshz gets an error table instead, so that nothing waits forever.
+// layout, so it must become new before they land), then NAME-dshzq is resumed and NAME gets the
+// plain table of the header, and the helpers are removed. The same restoration runs in-process
+// when a later run finds a helper left behind (the guardian killed too). If the zone cannot be
+// finished (an I/O error), NAME-dshzq gets an error table instead, so that nothing waits forever.
 #pragma once
 
 #include <sys/types.h>
@@ -44,8 +52,12 @@
 
 namespace ds::online {
 
-// The helper device of NAME.
+// The helper devices of NAME: the one NAME's hotzone maps over, and the queue held below it.
 std::string HotzoneName(const std::string& name);
+std::string QueueName(const std::string& name);
+// The mappings that hold NAME's data device while an online run (or its leftovers) is under
+// NAME: NAME and its helpers. What a device claim for that run allows (io/device_claim.h).
+std::vector<std::string> MappingHolders(const std::string& name);
 
 // The live LUKS2 mapping of the volume `luks_uuid` over `data_device` (diskseal's or cryptsetup's,
 // recognised by its dm UUID), or nullopt. Never an error where device-mapper is absent.

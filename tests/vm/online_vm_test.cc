@@ -109,7 +109,7 @@ wait_workload $(( $(cat /tmp/progress) + 3 ))
 stop_workload
 echo "after encrypt: $(tables)"
 test "$(tables)" = "      1 crypt " || fail "table is not one crypt target"
-dmsetup info vol-dshz 2>/dev/null && fail "helper device left"
+dmsetup ls | grep -q dshz && fail "helper device left"
 verify_all
 remount_check
 cryptsetup open --test-passphrase --header /hdr --key-file /tmp/pw /dev/vda || fail "cryptsetup refuses the header"
@@ -170,7 +170,7 @@ kill -9 $RUN
 wait $RUN || true
 # The guardian removes the helper device when it is done: wait for that state.
 n=0
-while dmsetup info vol-dshz > /dev/null 2>&1; do
+while dmsetup ls | grep -q dshz; do
   n=$((n + 1)); [ $n -lt 3000 ] || fail "helper device never removed"; sleep 0.1
 done
 dmsetup info vol | grep -q 'State: *ACTIVE' || fail "mapping not active after the kill"
@@ -231,7 +231,7 @@ printf wrong > /tmp/bad
 if diskseal resume /dev/vda --key-file /tmp/bad --header /hdr 2> /tmp/run.log; then fail "wrong key accepted"; fi
 cat /tmp/run.log
 test "$(dmsetup table vol)" = "$before" || fail "table changed by a wrong key"
-dmsetup info vol-dshz > /dev/null 2>&1 && fail "helper device left by a wrong key"
+dmsetup ls | grep -q dshz && fail "helper device left by a wrong key"
 echo WRONG-KEY-OK
 
 diskseal resume /dev/vda $DS --hotzone-size 1M --progress-json 2> /tmp/run.log &
@@ -247,10 +247,35 @@ done
 if wait $RUN; then tail -3 /tmp/run.log; fail "the run did not stop when its mapping was closed"; fi
 grep -v '^{' /tmp/run.log | tail -3
 grep -q 'vol: /dev/mapper/vol was closed by someone else' /tmp/run.log || fail "no message naming the closed mapping"
-dmsetup info vol-dshz > /dev/null 2>&1 && fail "helper device left after the close"
+dmsetup ls | grep -q dshz && fail "helper device left after the close"
 diskseal open /dev/vda vol $DS || fail "open after the close"
-diskseal resume /dev/vda $DS --hotzone-size 4M 2> /tmp/run.log || { cat /tmp/run.log; fail "resume after the close"; }
+# The resume after the close finishes the encryption. On the way: a flush on the mapping (what
+# every fsync sends) does not wait for a held hotzone. The run is stopped (SIGSTOP) while its
+# queue device is suspended, and an empty flush of /dev/mapper/vol (nothing mounted, no dirty
+# pages: fsync of the block device) still returns.
+diskseal resume /dev/vda $DS --hotzone-size 256K --progress-json 2> /tmp/run.log &
+RUN=$!
+n=0
+while :; do
+  n=$((n + 1)); [ $n -lt 2000 ] || { tail -3 /tmp/run.log; fail "never saw a zone held"; }
+  kill -0 $RUN 2>/dev/null || { tail -3 /tmp/run.log; fail "the run ended before a zone was seen held"; }
+  dmsetup info vol-dshzq 2>/dev/null | grep -q 'State: *SUSPENDED' || continue
+  kill -STOP $RUN
+  dmsetup info vol-dshzq 2>/dev/null | grep -q 'State: *SUSPENDED' && break
+  kill -CONT $RUN
+done
+echo "zone held, run stopped: $(tables)"
+rm -f /tmp/flushed
+( dd if=/dev/null of=/dev/mapper/vol conv=notrunc,fsync 2>/dev/null; touch /tmp/flushed ) &
+n=0
+until [ -e /tmp/flushed ]; do
+  n=$((n + 1)); [ $n -lt 600 ] || { kill -CONT $RUN; fail "a flush waited for the held hotzone"; }; sleep 0.05
+done
+dmsetup info vol-dshzq | grep -q 'State: *SUSPENDED' || fail "the zone was released under a stopped run"
+kill -CONT $RUN
+wait $RUN || { tail -3 /tmp/run.log; fail "resume after the close"; }
 test "$(tables)" = "      1 crypt " || fail "table after the resume"
+echo FLUSH-PASSES-HELD-ZONE-OK
 e2fsck -fn /dev/mapper/vol > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck"; }
 mount -o ro /dev/mapper/vol /mnt
 (cd /mnt && sha256sum -c /tmp/seed.sums > /dev/null) || fail "seed files differ"
@@ -261,6 +286,7 @@ echo CLOSED-MID-RUN-OK
   GuestResult g = RunInGuest(script, Options(dir));
   EXPECT_EQ(g.exit_code, 0) << g.console;
   EXPECT_NE(g.console.find("WRONG-KEY-OK"), std::string::npos) << g.console;
+  EXPECT_NE(g.console.find("FLUSH-PASSES-HELD-ZONE-OK"), std::string::npos) << g.console;
   EXPECT_NE(g.console.find("CLOSED-MID-RUN-OK"), std::string::npos) << g.console;
 }
 
