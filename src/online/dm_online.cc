@@ -296,10 +296,11 @@ class DmGate final : public engine::ZoneGate {
     last_len_ = len;
     DS_RETURN_IF_ERROR(dm::Reload(a));
     DS_RETURN_IF_ERROR(dm::Suspend(name_));
-    // Top to bottom: the helper is suspended while NAME is, so no I/O can be in it half-way.
+    // Top to bottom: the queue (or the lone helper) is suspended while NAME is, so no I/O can be
+    // in it half-way; NAME's I/O drained through it when NAME was suspended.
     Status s = dm::Suspend(held_);
-    // udev's rules for NAME's new table read NAME, hence the suspended helper: their end is
-    // waited for once the helper is resumed (Release), never while it is held.
+    // udev's rules for NAME's new table read NAME, hence the suspended queue: their end is
+    // waited for once the queue is resumed (Release), never while it is held.
     WaitPendingUdev();
     Status r = s.ok() ? dm::ResumeNoWait(name_, udev_cookie_) : dm::Resume(name_);
     DS_RETURN_IF_ERROR(s);
