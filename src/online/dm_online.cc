@@ -568,6 +568,7 @@ Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::s
   // An online run under it killed with its guardian: its held zone finished and the plain table
   // of the header back first (a switch now would drop the writes queued in the zone).
   DS_RETURN_IF_ERROR(RestoreLeftovers(ref, name, keys, hotzone_bytes));
+  DS_ASSIGN_OR_RETURN(v, LoadFresh(ref));  // that restore may have committed a held zone
   DS_ASSIGN_OR_RETURN(auto targets, dm::LiveTargets(name));
   DS_ASSIGN_OR_RETURN(auto layout, HeaderLayout(v));
   const uint64_t sectors = v.data_device().Size() / kSector;
@@ -602,6 +603,9 @@ Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
 Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
                  const std::map<int, const SecureBuffer*>& keys, engine::EngineOptions eo) {
   DS_RETURN_IF_ERROR(RestoreLeftovers(ref, name, keys, eo.hotzone_bytes));
+  // A zone a killed run left held was finished by that restore, which committed the header on
+  // disk: `v`, loaded before, would still show it flagged.
+  DS_ASSIGN_OR_RETURN(v, LoadFresh(ref));
   DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
   if (!top) return NotFound(name + ": /dev/mapper/" + name + " is not open");
   DS_RETURN_IF_ERROR(CheckSectorFits(*ref.env, v, name));
