@@ -23,6 +23,7 @@
 #include "fuse/file_server.h"
 #include "fuse/run_dir.h"
 #include "luks2/metadata.h"
+#include "online/dm_online.h"
 
 namespace ds::cli {
 
@@ -76,7 +77,7 @@ Status CheckDeviceFree(fuse::RunDir& run, const std::string& device) {
   if (::stat(device.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) {
     DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
     if (!holders.empty())
-      return Busy(device + ": already open as /dev/mapper/" + holders[0].name);
+      return Busy(device + ": already open as /dev/mapper/" + online::UserFacingHolder(holders).name);
   }
   return Status::Ok();
 }

@@ -170,7 +170,7 @@ Status RefuseUnderForeignMapping(const std::string& device) {
   if (::stat(device.c_str(), &st) != 0 || !S_ISBLK(st.st_mode)) return Status::Ok();
   DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
   if (holders.empty()) return Status::Ok();
-  return Busy(device + ": held by the mapping /dev/mapper/" + holders.front().name +
+  return Busy(device + ": held by the mapping /dev/mapper/" + online::UserFacingHolder(holders).name +
               ", which is not this volume's; refusing to rewrite the device under it");
 }
 

@@ -27,6 +27,8 @@ namespace ds::online {
 namespace {
 
 constexpr uint64_t kSector = 512;
+constexpr char kHotzoneUuidPrefix[] = "DISKSEAL-HOTZONE-";
+constexpr char kQueueUuidPrefix[] = "DISKSEAL-HZQUEUE-";
 
 std::string HzPath(const std::string& name) { return "/dev/mapper/" + HotzoneName(name); }
 
@@ -211,7 +213,7 @@ class DmGate final : public engine::ZoneGate {
       dm::Activation a;
       a.name = n;
       a.device = ref_.device;
-      a.dm_uuid = (std::string("DISKSEAL-") + kind + "-" + v_.metadata().uuid + "-" + name_).substr(0, 128);
+      a.dm_uuid = (std::string(kind) + v_.metadata().uuid + "-" + name_).substr(0, 128);
       a.private_device = true;
       a.segments = {seg};
       return a;
@@ -222,14 +224,14 @@ class DmGate final : public engine::ZoneGate {
     dm::Segment split = lin;
     split.type = dm::Segment::Type::kSplitFlush;
     split.device = "/dev/mapper/" + QueueName(name_);
-    DS_RETURN_IF_ERROR(dm::Create(helper(QueueName(name_), "HZQUEUE", lin)));
+    DS_RETURN_IF_ERROR(dm::Create(helper(QueueName(name_), kQueueUuidPrefix, lin)));
     held_ = QueueName(name_);
-    Status made = dm::Create(helper(HotzoneName(name_), "HOTZONE", split));
+    Status made = dm::Create(helper(HotzoneName(name_), kHotzoneUuidPrefix, split));
     if (!made.ok()) {
       // No dm-delay in this kernel (or no module for it): the helper is a linear device held
       // itself, as before the split. Correct, but every flush on NAME waits for a held zone.
       DS_RETURN_IF_ERROR(RemoveHelper(QueueName(name_)));
-      DS_RETURN_IF_ERROR(dm::Create(helper(HotzoneName(name_), "HOTZONE", lin)));
+      DS_RETURN_IF_ERROR(dm::Create(helper(HotzoneName(name_), kHotzoneUuidPrefix, lin)));
       held_ = HotzoneName(name_);
       std::cerr << "diskseal: " << name_ << ": no dm-delay target (" << made.message()
                 << "); a flush on /dev/mapper/" << name_ << " waits while a hotzone is rewritten\n";
@@ -489,6 +491,14 @@ std::string HotzoneName(const std::string& name) { return name + "-dshz"; }
 std::string QueueName(const std::string& name) { return name + "-dshzq"; }
 std::vector<std::string> MappingHolders(const std::string& name) {
   return {name, HotzoneName(name), QueueName(name)};
+}
+bool IsHelper(const dm::MappingInfo& m) {
+  return m.uuid.rfind(kHotzoneUuidPrefix, 0) == 0 || m.uuid.rfind(kQueueUuidPrefix, 0) == 0;
+}
+const dm::MappingInfo& UserFacingHolder(const std::vector<dm::MappingInfo>& holders) {
+  for (const auto& m : holders)
+    if (!IsHelper(m)) return m;
+  return holders.front();
 }
 
 Result<std::optional<std::string>> ActiveMapping(const std::string& luks_uuid, const std::string& data_device,

@@ -58,6 +58,11 @@ std::string QueueName(const std::string& name);
 // The mappings that hold NAME's data device while an online run (or its leftovers) is under
 // NAME: NAME and its helpers. What a device claim for that run allows (io/device_claim.h).
 std::vector<std::string> MappingHolders(const std::string& name);
+// Whether `m` is an online run's helper (by its dm UUID): a holder to name only when no other is.
+bool IsHelper(const dm::MappingInfo& m);
+// The holder of a device worth naming to a user: the first that is not a helper (NAME rather
+// than NAME-dshz), else the first. Precondition: `holders` is not empty.
+const dm::MappingInfo& UserFacingHolder(const std::vector<dm::MappingInfo>& holders);
 
 // The live LUKS2 mapping of the volume `luks_uuid` over `data_device` (diskseal's or cryptsetup's,
 // recognised by its dm UUID), or nullopt. Never an error where device-mapper is absent.

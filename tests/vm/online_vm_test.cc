@@ -273,6 +273,11 @@ until [ -e /tmp/flushed ]; do
 done
 dmsetup info vol-dshzq | grep -q 'State: *SUSPENDED' || fail "the zone was released under a stopped run"
 echo FLUSH-PASSES-HELD-ZONE-OK
+# A tired admin opens the device again meanwhile: refused, naming the mapping, not a helper.
+if diskseal open /dev/vda vol2 $DS 2> /tmp/open2.log; then fail "a second open of a device in use"; fi
+cat /tmp/open2.log
+grep -q dshz /tmp/open2.log && fail "the refusal names a helper device"
+dmsetup ls | grep -q vol2 && fail "a second mapping was made"
 # Then the run and its guardian (its child) are both killed with the zone held: nothing restores
 # the mapping until the next resume, which finishes the held zone, removes both helpers and
 # carries the encryption to the end.
