@@ -90,12 +90,13 @@ Result<SecureBuffer> TargetParams(const Segment& seg, const std::string& device_
   std::string tail = " " + device_majmin + " " + std::to_string(seg.device_sector);
   if (seg.type == Segment::Type::kError) return SecureBuffer(1);  // "": no parameters
   if (seg.type == Segment::Type::kLinear || seg.type == Segment::Type::kSplitFlush) {
-    std::string s = device_majmin + " " + std::to_string(seg.device_sector);
+    // Key-less: an ordinary string is fine.
+    const std::string at = device_majmin + " " + std::to_string(seg.device_sector);
+    std::string s = at;
     if (seg.type == Segment::Type::kSplitFlush) {
       if (flush_majmin.empty()) return InvalidArgument("split-flush segment without a flush device");
-      // dm-delay: read class, write class, flush class, each "<dev> <offset> <delay ms>".
-      const std::string at = " " + std::to_string(seg.device_sector) + " 0";
-      s = device_majmin + at + " " + device_majmin + at + " " + flush_majmin + at;
+      // dm-delay: read, write and flush class, each "<dev> <offset> <delay ms>".
+      s = at + " 0 " + at + " 0 " + flush_majmin + " " + std::to_string(seg.device_sector) + " 0";
     }
     SecureBuffer out(s.size() + 1);
     std::memcpy(out.data(), s.c_str(), s.size() + 1);
