@@ -185,6 +185,16 @@ std::map<std::string, Entry>& Registry() {
   return *r;
 }
 
+// The parent of process `pid` (0 when it is gone): the field after the command in /proc/PID/stat,
+// whose command may itself hold spaces and parentheses.
+int ParentPid(int pid) {
+  const std::string stat = ReadRaw("/proc/" + std::to_string(pid) + "/stat");
+  const size_t end = stat.rfind(')');
+  int ppid = 0;
+  if (end == std::string::npos || std::sscanf(stat.c_str() + end + 1, " %*c %d", &ppid) != 1) return 0;
+  return ppid;
+}
+
 // Every other process holding the lock file open or locked, as "CMDLINE (pid N)".
 std::string DescribeHolders(int lock_fd) {
   struct stat ls;
@@ -205,11 +215,14 @@ std::string DescribeHolders(int lock_fd) {
     }
   }
   pids.erase(int(::getpid()));
+  std::map<int, std::string> cmds;
+  for (int p : pids) cmds[p] = ProcessCommandLine(p);
   std::string out;
   int shown = 0;
-  for (int p : pids) {
-    std::string cmd = ProcessCommandLine(p);
+  for (const auto& [p, cmd] : cmds) {
     if (cmd.empty()) continue;  // gone, or the locker that forked the real holder
+    // A fork of a holder shown (an online run's guardian) is the same owner, not a second one.
+    if (auto parent = cmds.find(ParentPid(p)); parent != cmds.end() && parent->second == cmd) continue;
     if (shown++ == 3) {
       out += " and others";
       break;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -152,6 +153,50 @@ TEST(DeviceClaim, RefusalNamesTheHolderWhateverPathItUsed) {
   EXPECT_EQ(m.rfind(dir / "link", 0), 0u) << m;
   EXPECT_NE(m.find("in use by flock -x " + lock + " cat (pid " + std::to_string(pid) + ")"), std::string::npos) << m;
   EXPECT_TRUE(DeviceClaim::Acquire(dir / "img", {ClaimMode::kExclusive, true, {}}).ok()) << "free again";
+}
+
+// An online run forks a guardian that inherits its lock: the refusal names the run once, not
+// the run and its own fork as two owners. Here a process takes the lock and forks a copy of itself.
+TEST(DeviceClaim, RefusalNamesAHolderNotItsForkedCopy) {
+  TempDir dir;
+  test::MakeRandomImage(dir / "img", 1 << 20, 1);
+  const std::string lock = LockFile(dir / "img");
+  std::filesystem::create_directories(DeviceClaim::LockDir());
+  int ready[2], hold[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  ASSERT_EQ(::pipe(hold), 0);
+  const pid_t holder = ::fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    ::close(ready[0]);
+    ::close(hold[1]);
+    const int fd = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0 || ::flock(fd, LOCK_EX) != 0) ::_exit(1);
+    const pid_t copy = ::fork();  // keeps the locked descriptor, as the guardian does
+    if (copy < 0) ::_exit(1);
+    const pid_t me = ::getpid();
+    if (::write(ready[1], &me, sizeof me) != sizeof me) ::_exit(1);
+    char c;
+    while (::read(hold[0], &c, 1) > 0) {
+    }
+    if (copy > 0) ::waitpid(copy, nullptr, 0);
+    ::_exit(0);
+  }
+  ::close(ready[1]);
+  ::close(hold[0]);
+  pid_t pids[2] = {};
+  ASSERT_EQ(::read(ready[0], &pids[0], sizeof(pid_t)), ssize_t(sizeof(pid_t)));
+  ASSERT_EQ(::read(ready[0], &pids[1], sizeof(pid_t)), ssize_t(sizeof(pid_t)));
+  const pid_t copy = pids[0] == holder ? pids[1] : pids[0];
+  auto c = DeviceClaim::Acquire(dir / "img", {ClaimMode::kShared, false, {}});
+  ::close(hold[1]);
+  ::close(ready[0]);
+  ::waitpid(holder, nullptr, 0);
+  ASSERT_FALSE(c.ok());
+  const std::string& m = c.status().message();
+  EXPECT_NE(m.find("(pid " + std::to_string(holder) + ")"), std::string::npos) << m;
+  EXPECT_EQ(m.find("(pid " + std::to_string(copy) + ")"), std::string::npos) << m;
+  EXPECT_EQ(m.find(", "), std::string::npos) << "one owner named: " << m;
 }
 
 TEST(DeviceClaim, MountedLoopRefusesItAndItsBackingFile) {
