@@ -303,6 +303,17 @@ Result<std::vector<TargetInfo>> LiveTargets(const std::string& name) {
   return out;
 }
 
+Result<std::string> Message(const std::string& name, const std::string& message) {
+  DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_TARGET_MSG, name));
+  if (!dm_task_set_sector(t.get(), 0) || !dm_task_set_message(t.get(), message.c_str()))
+    return Internal(name + ": cannot set up a device-mapper message");
+  g_last_error.clear();
+  g_last_errno = 0;
+  if (!dm_task_run(t.get())) return RunError(t.get(), name + ": message '" + message + "'");
+  const char* reply = dm_task_get_message_response(t.get());
+  return std::string(reply ? reply : "");
+}
+
 Status Remove(const std::string& name) {
   if (!Available()) return Unsupported("device-mapper is not available in this kernel");
   DS_ASSIGN_OR_RETURN(Task t, NewTask(DM_DEVICE_REMOVE, name));

@@ -111,6 +111,11 @@ Result<std::vector<TargetInfo>> LiveTargets(const std::string& name);
 // nothing else: the caller wipes a crypt target's key.
 void ParseTargetDevice(std::string_view params, TargetInfo& t);
 
+// Sends `message` to NAME (what `dmsetup message NAME 0 MESSAGE` sends) and returns the kernel's
+// reply ("" when none). Device-mapper's own messages (its statistics, "@stats_...") answer also
+// while NAME is suspended; a target's messages go to the target at sector 0.
+Result<std::string> Message(const std::string& name, const std::string& message);
+
 // Removes /dev/mapper/NAME. kBusy when it is open (mounted, held); kNotFound when absent.
 Status Remove(const std::string& name);
 

@@ -134,7 +134,8 @@ class Runner {
       }
       uint64_t len = std::min(NextLength(st_.done, hz), end - st_.done);
       if (o_.gate && !IsShiftStep(st_.done, len)) {
-        const uint64_t unit = ZoneUnit(), want = o_.gate->ZoneLength(len);
+        const uint64_t unit = ZoneUnit();
+        const uint64_t want = o_.gate->ZoneLength(st_.StepOffset(st_.done, len), len, st_.backward);
         if (want < len) len = std::max<uint64_t>(want / unit * unit, unit);
         len = std::min(len, end - st_.done);
       }

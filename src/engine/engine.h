@@ -49,9 +49,14 @@ class ZoneGate {
   // The hotzone is committed done; `md` is the header as committed.
   virtual Status Release(const luks2::Metadata& md) = 0;
   // The length the gate wants for the next hotzone, at most `max` (the engine's limit): a gate
-  // whose users are busy asks for shorter zones, so no one waits long for one. The engine rounds
-  // it down to whole resilience blocks (at least one). Called before Hold.
-  virtual uint64_t ZoneLength(uint64_t max) { return max; }
+  // whose users are busy asks for shorter zones, so no one waits long for one. The longest zone
+  // is bytes [offset, offset + max); the engine keeps its start (its end when `backward`) and
+  // rounds the length down to whole resilience blocks (at least one). Called before Hold.
+  virtual uint64_t ZoneLength(uint64_t offset, uint64_t max, bool backward) {
+    (void)offset;
+    (void)backward;
+    return max;
+  }
 };
 
 // Where one hotzone step's time went (seconds), for profiling an online run.

@@ -309,12 +309,16 @@ TEST(Engine, OnlineGateWrapsEveryHotzoneAndUntilDoneStopsAtAZoneEnd) {
 class ShrinkingGate : public RecordingGate {
  public:
   using RecordingGate::RecordingGate;
-  uint64_t ZoneLength(uint64_t max) override {
+  uint64_t ZoneLength(uint64_t offset, uint64_t max, bool backward) override {
     static constexpr uint64_t kAsk[] = {5000, 100, 3 * 4096 + 7, 1u << 30};
     asked_max.push_back(max);
+    asked_at.push_back(backward ? offset + max : offset);
+    asked_backward.push_back(backward);
     return kAsk[calls_++ % 4];
   }
   std::vector<uint64_t> asked_max;
+  std::vector<uint64_t> asked_at;  // the end the zone keeps: its start, or its end when backward
+  std::vector<bool> asked_backward;
 
  private:
   size_t calls_ = 0;
@@ -350,6 +354,13 @@ TEST(Engine, OnlineGateMayShortenZonesToWholeBlocks) {
     EXPECT_EQ(gate.zones[2].second, 3 * 4096u);
     EXPECT_EQ(gate.zones[3].second, kHotzone);
     for (uint64_t m : gate.asked_max) EXPECT_LE(m, kHotzone);
+    // The gate is told where each zone will lie: the end it keeps is the zone's.
+    ASSERT_EQ(gate.asked_at.size(), gate.zones.size());
+    for (size_t i = 0; i < gate.zones.size(); ++i) {
+      const auto [off, len] = gate.zones[i];
+      EXPECT_EQ(gate.asked_backward[i], decrypt) << i;
+      EXPECT_EQ(gate.asked_at[i], decrypt ? off + len : off) << i;
+    }
     auto plain = v->OpenData({{0, &f.key}});
     ASSERT_TRUE(plain.ok());
     Bytes out((*plain)->Size());

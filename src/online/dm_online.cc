@@ -20,6 +20,7 @@
 #include "dm/volume_table.h"
 #include "engine/reencrypt_state.h"
 #include "online/adopt.h"
+#include "online/zone_heat.h"
 #include "volume/signature.h"
 
 namespace ds::online {
@@ -163,6 +164,7 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
     return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation; nothing is lost: open it "
                     "again and run `diskseal resume` to carry on");
   }
+  DeleteHeatRegions(name);  // the run's I/O statistics on NAME (zone_heat.h)
   if (held && held->suspended) {
     if (!top->suspended && hz) {
       // Which range of NAME goes over the helper: the zone that was held.
@@ -273,19 +275,34 @@ class DmGate final : public engine::ZoneGate {
   }
 
   // Busy (users did I/O on NAME within the last kBusyMemoryMs): a zone that holds for about kBusyHold at
-  // the rate the last step had, at least kMinBusyZone; idle: `max` (the rate is best with big
-  // zones). The hold of a zone is what a user touching it waits for.
-  uint64_t ZoneLength(uint64_t max) override {
+  // the rate of the last long step, at least kMinBusyZone, and ending before the first area where
+  // users did I/O lately (zone_heat.h); a zone that starts in such an area is kHotZone long, so
+  // that what waits there waits little. Idle: `max` (the rate is best with big zones). The hold of
+  // a zone is what a user touching it waits for.
+  uint64_t ZoneLength(uint64_t offset, uint64_t max, bool backward) override {
     const uint64_t ios = UserIos();
     const auto now = std::chrono::steady_clock::now();
     // Users blocked on a short zone do little I/O during it: busy stays busy for kBusyMemory.
     // A few I/Os (a filesystem's lazy inode table init, a journal commit) are not a workload.
     if (ios >= last_ios_ + kBusyIos) busy_until_ = now + std::chrono::milliseconds(kBusyMemoryMs);
     last_ios_ = ios;
-    if (now >= busy_until_) return max;
-    if (last_held_ <= 0 || last_len_ == 0) return std::min(max, kFirstBusyZone);
-    const double want = double(last_len_) / last_held_ * kBusyHold;
-    return std::min<uint64_t>(max, std::max<uint64_t>(kMinBusyZone, uint64_t(want)));
+    if (now >= busy_until_ || max == 0) return max;
+    uint64_t want = std::min(max, kFirstBusyZone);
+    if (rate_ > 0) want = std::min<uint64_t>(max, std::max<uint64_t>(kMinBusyZone, uint64_t(rate_ * kBusyHold)));
+    if (heat_) {
+      if (Status s = heat_->Sample(offset, max, backward, now); !s.ok()) {
+        // No statistics (an old kernel, or NAME gone): zones sized by time alone.
+        heat_.reset();
+        return want;
+      }
+      const uint64_t cold = heat_->ColdRun(offset, max, backward, now, std::chrono::milliseconds(kBusyMemoryMs));
+      if (cold == 0) return std::min(max, kHotZone);
+      // Where nobody worked lately a zone may hold longer: few users reach it.
+      uint64_t cold_want = std::min(max, kFirstBusyZone);
+      if (rate_ > 0) cold_want = std::min<uint64_t>(max, std::max<uint64_t>(kMinBusyZone, uint64_t(rate_ * kColdHold)));
+      want = std::min(cold_want, cold);
+    }
+    return want;
   }
 
   Status Hold(uint64_t off, uint64_t len, uint64_t) override {
@@ -295,7 +312,7 @@ class DmGate final : public engine::ZoneGate {
     // it: let a burst in flight finish first (bounded: a steady stream must not stop the run).
     BackOff();
     held_at_ = std::chrono::steady_clock::now();
-    last_len_ = len;
+    held_len_ = len;
     DS_RETURN_IF_ERROR(dm::Reload(a));
     DS_RETURN_IF_ERROR(dm::Suspend(name_));
     // Top to bottom: the queue (or the lone helper) is suspended while NAME is, so no I/O can be
@@ -311,18 +328,28 @@ class DmGate final : public engine::ZoneGate {
 
   Status Release(const luks2::Metadata&) override {
     Status s = dm::Resume(held_, true);
-    last_held_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - held_at_).count();
+    const double held = std::chrono::duration<double>(std::chrono::steady_clock::now() - held_at_).count();
+    // The rate of a short zone is mostly the step's fixed cost: only long ones estimate it.
+    if (held > 0 && held_len_ >= kMinBusyZone) rate_ = double(held_len_) / held;
     if (s.ok()) WaitPendingUdev();
     return s;
   }
 
   // Watches NAME's block statistics for kObserveMs before the first zone, so that a first zone
-  // under a running workload is short too.
-  void Observe(dev_t top) {
+  // under a running workload is short too and avoids where it works. `first`: the first zone's
+  // offset; `max` its longest length.
+  void Observe(dev_t top, uint64_t first, uint64_t max, bool backward) {
     sysfs_ = "/sys/dev/block/" + std::to_string(major(top)) + ":" + std::to_string(minor(top));
     last_ios_ = UserIos();
+    // Areas of kHeatArea (larger on a disk whose hotzone limit is large), in a window of at
+    // least four zones: bounded kernel memory whatever the disk's size.
+    const uint64_t area = std::max<uint64_t>(kHeatArea, max / 16);
+    heat_.emplace(name_, v_.data_device().Size(), area, 64);
+    DeleteHeatRegions(name_);  // a killed run's
+    if (!heat_->Sample(first, max, backward, std::chrono::steady_clock::now()).ok()) heat_.reset();
     ::usleep(kObserveMs * 1000);
-    (void)ZoneLength(0);
+    (void)ZoneLength(first, 0, backward);
+    if (heat_ && !heat_->Sample(first, max, backward, std::chrono::steady_clock::now()).ok()) heat_.reset();
   }
 
   double backoff_total() const { return backoff_total_; }
@@ -393,8 +420,11 @@ class DmGate final : public engine::ZoneGate {
   // Each step also costs a fixed ~50 ms in the QEMU guest (table load, suspend/resume, two
   // commits): a shorter target would spend most of the step on that.
   static constexpr double kBusyHold = 0.3;          // seconds
+  static constexpr double kColdHold = 0.6;          // seconds, a busy run's zone in a cold area
   static constexpr uint64_t kMinBusyZone = 2u << 20;
   static constexpr uint64_t kFirstBusyZone = 4u << 20;  // before any step measured the rate
+  static constexpr uint64_t kHotZone = 1u << 20;        // a zone where users work: the step's fixed cost dominates
+  static constexpr uint64_t kHeatArea = 1u << 20;
   static constexpr uint64_t kBusyIos = 4;
   static constexpr int kObserveMs = 100;
   static constexpr double kMaxBackOff = 0.05;       // seconds
@@ -406,8 +436,9 @@ class DmGate final : public engine::ZoneGate {
   pid_t guardian_ = -1;
   std::string sysfs_;
   uint64_t last_ios_ = 0;
-  uint64_t last_len_ = 0;
-  double last_held_ = 0;
+  uint64_t held_len_ = 0;
+  double rate_ = 0;  // bytes/s of the last long step
+  std::optional<ZoneHeat> heat_;  // none without device-mapper statistics
   std::chrono::steady_clock::time_point busy_until_;
   std::chrono::steady_clock::time_point held_at_;
   double backoff_total_ = 0, backoff_max_ = 0;
@@ -646,7 +677,15 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
     std::cerr << "diskseal: " << name << ": /dev/mapper/" << name << " now maps the volume over " << ref.device
               << " (no remount)\n";
   }
-  gate.Observe(top->dev);
+  {
+    // Where the first zone lies, for the gate's I/O statistics (a guess is harmless: the window
+    // follows the zones).
+    auto st = engine::ReadState(v.metadata(), v.data_device().Size());
+    const uint64_t max = std::min<uint64_t>(eo.hotzone_bytes, st.ok() && *st ? (*st)->data_size : 0);
+    const bool backward = st.ok() && *st && (*st)->backward;
+    const uint64_t first = st.ok() && *st && max ? (*st)->StepOffset(std::min((*st)->done, (*st)->data_size - max), max) : 0;
+    gate.Observe(top->dev, first, max, backward);
+  }
   eo.in_use = true;
   eo.gate = &gate;
   // DISKSEAL_ONLINE_TIMING=1: where each hotzone step's time went, on stderr after the run

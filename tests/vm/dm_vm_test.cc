@@ -10,7 +10,7 @@ namespace {
 
 TEST(VmDm, ActivationAgreesWithTheKernelAndCryptsetup) {
   TempDir dir;
-  ds::test::Run({"truncate", "-s", "40M", dir / "scratch.img"});
+  ds::test::Run({"truncate", "-s", "80M", dir / "scratch.img"});
   ds::test::Run({"truncate", "-s", "40M", dir / "luks.img"});
   const std::string script = R"SH(
 printf secret > /tmp/pw

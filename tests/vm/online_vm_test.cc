@@ -278,6 +278,13 @@ if diskseal open /dev/vda vol2 $DS 2> /tmp/open2.log; then fail "a second open o
 cat /tmp/open2.log
 grep -q dshz /tmp/open2.log && fail "the refusal names a helper device"
 dmsetup ls | grep -q vol2 && fail "a second mapping was made"
+# ... and starts a second resume: exit 5 naming the run once (its guardian, a fork holding the
+# same lock, is not a second owner).
+rc=0; diskseal resume /dev/vda $DS 2> /tmp/second.log || rc=$?
+cat /tmp/second.log
+[ $rc = 5 ] || fail "a second resume exited $rc"
+grep -q "in use by diskseal resume .*(pid $RUN); diskseal allows one owner per device" /tmp/second.log || fail "the refusal does not name the run"
+[ "$(grep -o '(pid ' /tmp/second.log | wc -l)" = 1 ] || fail "the refusal names more than one owner"
 # Then the run and its guardian (its child) are both killed with the zone held: nothing restores
 # the mapping until the next resume, which finishes the held zone, removes both helpers and
 # carries the encryption to the end.
@@ -294,6 +301,8 @@ diskseal resume /dev/vda $DS --hotzone-size 4M 2> /tmp/run.log || { cat /tmp/run
 grep -q 'restoring the mapping an interrupted online run left behind' /tmp/run.log || { cat /tmp/run.log; fail "no restore"; }
 dmsetup ls | grep -q dshz && fail "helper device left after the resume"
 test "$(tables)" = "      1 crypt " || fail "table after the resume"
+# The killed run's I/O statistics on vol (where users work, online/zone_heat.h) are gone too.
+test -z "$(dmsetup message vol 0 @stats_list)" || fail "statistics regions left on vol: $(dmsetup message vol 0 @stats_list)"
 echo BOTH-KILLED-RESUMED-OK
 e2fsck -fn /dev/mapper/vol > /tmp/fsck.log 2>&1 || { cat /tmp/fsck.log; fail "fsck"; }
 mount -o ro /dev/mapper/vol /mnt

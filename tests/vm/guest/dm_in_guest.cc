@@ -9,6 +9,7 @@
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 #include <fstream>
 
@@ -16,6 +17,7 @@
 
 #include "crypto/crypto.h"
 #include "dm/dm.h"
+#include "online/zone_heat.h"
 #include "testlib.h"
 #include "volume/crypt_device.h"
 
@@ -190,6 +192,55 @@ TEST(DmInGuest, BusyNameAndOpenDevice) {
     EXPECT_EQ(busy.code(), Code::kBusy) << busy.ToString();
   }
   EXPECT_TRUE(Remove("one").ok());
+}
+
+// The online gate's view of where users work (online/zone_heat.h) from the kernel's own I/O
+// statistics: a write through the mapping makes its area busy and no other; the window moves
+// with the zones; the regions are found and deleted by program id.
+TEST(DmInGuest, ZoneHeatSeesWhereUsersWrite) {
+  constexpr uint64_t kMiB = 1u << 20;
+  Segment lin;
+  lin.type = Segment::Type::kLinear;
+  lin.sectors = 64 * 2048;  // 64 MiB of /dev/vda
+  Activation act;
+  act.name = "heat";
+  act.luks_uuid = kLuksUuid;
+  act.device = "/dev/vda";
+  act.segments = {lin};
+  ASSERT_TRUE(Create(act).ok());
+  const auto regions = [] {
+    auto l = Message("heat", std::string("@stats_list ") + online::kStatsProgram);
+    EXPECT_TRUE(l.ok()) << l.status().message();
+    return l.ok() ? online::ParseStatsList(*l, online::kStatsProgram).size() : size_t(99);
+  };
+  {
+    online::ZoneHeat heat("heat", 64 * kMiB, kMiB, 16);
+    const auto memory = std::chrono::seconds(3600);
+    ASSERT_TRUE(heat.Sample(0, 8 * kMiB, false, online::ZoneHeat::Clock::now()).ok());
+    EXPECT_EQ(regions(), 1u);
+    EXPECT_EQ(heat.ColdRun(0, 8 * kMiB, false, online::ZoneHeat::Clock::now(), memory), 8 * kMiB);
+    DirectFile("/dev/mapper/heat", true).Write(3 * kMiB + 4096, Bytes(4096, 0x5a));
+    ASSERT_TRUE(heat.Sample(0, 8 * kMiB, false, online::ZoneHeat::Clock::now()).ok());
+    const auto now = online::ZoneHeat::Clock::now();
+    EXPECT_EQ(heat.ColdRun(0, 8 * kMiB, false, now, memory), 3 * kMiB);
+    EXPECT_EQ(heat.ColdRun(3 * kMiB, 8 * kMiB, false, now, memory), 0u);
+    EXPECT_EQ(heat.ColdRun(4 * kMiB, 8 * kMiB, false, now, memory), 8 * kMiB);
+    EXPECT_EQ(heat.ColdRun(0, 8 * kMiB, true, now, memory), 4 * kMiB);
+    // Further on: a new window (one region still), which sees a read there too.
+    ASSERT_TRUE(heat.Sample(40 * kMiB, 8 * kMiB, false, online::ZoneHeat::Clock::now()).ok());
+    EXPECT_EQ(regions(), 1u);
+    (void)DirectFile("/dev/mapper/heat", false).Read(45 * kMiB, 4096);
+    ASSERT_TRUE(heat.Sample(40 * kMiB, 8 * kMiB, false, online::ZoneHeat::Clock::now()).ok());
+    EXPECT_EQ(heat.ColdRun(40 * kMiB, 8 * kMiB, false, online::ZoneHeat::Clock::now(), memory), 5 * kMiB);
+  }
+  // Another program's region survives the cleanup.
+  ASSERT_TRUE(Message("heat", "@stats_create - /4 someone-else").ok());
+  online::DeleteHeatRegions("heat");
+  EXPECT_EQ(regions(), 0u);
+  auto all = Message("heat", "@stats_list");
+  ASSERT_TRUE(all.ok());
+  EXPECT_NE(all->find("someone-else"), std::string::npos) << *all;
+  EXPECT_TRUE(Remove("heat").ok());
 }
 
 // A mapping a crash left half made (created, never loaded) is recognised as stale and removable.
