@@ -274,11 +274,11 @@ class DmGate final : public engine::ZoneGate {
     return Status::Ok();
   }
 
-  // Busy (users did I/O on NAME within the last kBusyMemoryMs): a zone that holds for about kBusyHold at
-  // the rate of the last long step, at least kMinBusyZone, and ending before the first area where
-  // users did I/O lately (zone_heat.h); a zone that starts in such an area is kHotZone long, so
-  // that what waits there waits little. Idle: `max` (the rate is best with big zones). The hold of
-  // a zone is what a user touching it waits for.
+  // The hold of a zone is what a user touching it waits for. Idle: `max` (the rate is best with
+  // big zones). Busy (users did I/O on NAME within the last kBusyMemoryMs): the zone ends before
+  // the first area where users did I/O lately (zone_heat.h); one that starts in such an area is
+  // kHotZone long, so that what waits there waits little; elsewhere it holds about kColdHold at
+  // the rate of the last long step (at least kMinBusyZone). Without statistics: about kBusyHold.
   uint64_t ZoneLength(uint64_t offset, uint64_t max, bool backward) override {
     const uint64_t ios = UserIos();
     const auto now = std::chrono::steady_clock::now();

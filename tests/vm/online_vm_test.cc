@@ -149,6 +149,41 @@ echo ONLINE-DECRYPT-OK
   EXPECT_NE(g.console.find("ONLINE-DECRYPT-OK"), std::string::npos) << g.console;
 }
 
+// A kernel without dm-delay: the run falls back to the single linear helper held itself (every
+// flush on the mapping then waits for a held zone) and says so; with the workload running,
+// nothing is lost and the result is what cryptsetup opens.
+TEST(VmOnline, WithoutDmDelayTheLinearHelperLosesNothing) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+rmmod dm_delay || fail "cannot unload dm-delay"
+echo /bin/false > /proc/sys/kernel/modprobe  # and nothing loads it again
+dmsetup targets | grep -q '^delay' && fail "dm-delay still available"
+seed
+diskseal encrypt /dev/vda $DS --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+diskseal open /dev/vda vol $DS
+mount /dev/mapper/vol /mnt
+start_workload
+wait_workload 5
+diskseal resume /dev/vda $DS --hotzone-size 1M --progress-json 2> /tmp/run.log || { cat /tmp/run.log; fail "online encrypt without dm-delay"; }
+grep -q 'no dm-delay target' /tmp/run.log || { cat /tmp/run.log; fail "did not say it fell back"; }
+wait_workload $(( $(cat /tmp/progress) + 3 ))
+stop_workload
+test "$(tables)" = "      1 crypt " || fail "table is not one crypt target"
+dmsetup ls | grep -q dshz && fail "helper device left"
+remount_check
+umount /mnt
+dmsetup remove vol
+cryptsetup open --header /hdr --key-file /tmp/pw /dev/vda cs || fail "cryptsetup cannot open the result"
+mount -o ro /dev/mapper/cs /mnt
+(cd /mnt && sha256sum -c /tmp/seed.sums > /dev/null) || fail "seed files differ through cryptsetup"
+umount /mnt
+echo FALLBACK-OK
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("FALLBACK-OK"), std::string::npos) << g.console;
+}
+
 TEST(VmOnline, KillNineMidHotzoneLeavesTheMappingUsableAndCryptsetupCarriesOn) {
   TempDir dir;
   const std::string script = std::string(kCommon) + R"SH(
