@@ -343,10 +343,15 @@ class DmGate final : public engine::ZoneGate {
     last_ios_ = UserIos();
     // Areas of kHeatArea (larger on a disk whose hotzone limit is large), in a window of at
     // least four zones: bounded kernel memory whatever the disk's size.
+    // NAME's own size (sysfs, in sectors): smaller than the data device's when the header is
+    // at its start, and a statistics region must lie inside NAME.
     const uint64_t area = std::max<uint64_t>(kHeatArea, max / 16);
-    heat_.emplace(name_, v_.data_device().Size(), area, 64);
+    char size[32];
+    unsigned long long sectors = 0;
+    if (ReadSysfs("size", size, sizeof size) && std::sscanf(size, "%llu", &sectors) == 1 && sectors > 0)
+      heat_.emplace(name_, sectors * kSector, area, 64);
     DeleteHeatRegions(name_);  // a killed run's
-    if (!heat_->Sample(first, max, backward, std::chrono::steady_clock::now()).ok()) heat_.reset();
+    if (heat_ && !heat_->Sample(first, max, backward, std::chrono::steady_clock::now()).ok()) heat_.reset();
     ::usleep(kObserveMs * 1000);
     (void)ZoneLength(first, 0, backward);
     if (heat_ && !heat_->Sample(first, max, backward, std::chrono::steady_clock::now()).ok()) heat_.reset();
