@@ -15,8 +15,10 @@
 namespace ds::cli {
 
 std::string ActiveMappingOf(Env& env, const DeviceArgs& d) {
-  if (d.header.empty() || !env.Exists(d.header)) return "";
-  auto h = env.Open(d.header, OpenOptions{});
+  // No detached header: the device's own (a volume cryptsetup or `format` made, opened by either).
+  const std::string& from = d.header.empty() ? d.device : d.header;
+  if (from.empty() || !env.Exists(from)) return "";
+  auto h = env.Open(from, OpenOptions{});
   if (!h.ok()) return "";
   auto read = luks2::ReadHeader(**h);
   if (!read.ok()) return "";

@@ -14,7 +14,8 @@ namespace ds::cli {
 // (data, or a header at its start), so a read-only device is refused here. The claims are held
 // until the returned vector is destroyed; keep it for the whole command.
 // `online_ok`: the command can run under the volume's own live mapping (online/dm_online.h), so
-// that mapping's hold on the device is not a refusal (the detached header names the volume).
+// that mapping's hold on the device is not a refusal (the header, detached or at the device's
+// start, names the volume).
 // With online_ok and `run_dir`: when a live read-write userspace view of this volume (same
 // device, same header) serves from run_dir, no claim is taken and none is returned: that daemon
 // holds the claim, and the command's operation runs inside it (fuse/online_control.h).
@@ -22,7 +23,8 @@ Result<std::vector<DeviceClaim>> ClaimVolume(Env& env, const DeviceArgs& d, Clai
                                              bool writes_device, bool online_ok = false,
                                              const std::string* run_dir = nullptr);
 
-// The live mapping of the volume whose detached header is d.header over d.device, or "".
+// The live mapping of the volume over d.device whose header is d.header (detached), or the
+// device's own when d.header is empty; "" when there is none or no header can be read.
 std::string ActiveMappingOf(Env& env, const DeviceArgs& d);
 
 // cryptsetup's own owner: while `cryptsetup reencrypt` works on a volume it holds an flock on

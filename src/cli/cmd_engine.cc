@@ -57,7 +57,8 @@ struct EngineArgs {
 void AddEngineOptions(CLI::App& app, EngineArgs& e) {
   app.add_flag("--init-only", e.init_only,
                "only write the header with the operation recorded (nothing transformed yet, cryptsetup's "
-               "`reencrypt --init-only`); `open` then activates it and `resume` carries it on, online while it is open");
+               "`reencrypt --init-only`); `open` then activates it and `resume` carries it on, online while it is open "
+               "(not with the header at the start where the data moves: that runs closed)");
   AddHotzoneSizeOption(app, e.hotzone, "memory for data buffers (default 32M): two hotzones of half this each (journal mode caps them at its area); with --reduce-device-size R one hotzone of R/2 instead");
   app.add_flag("--progress-json", e.progress_json, "progress as JSON lines on stderr");
   app.add_option("--threads", e.threads, "encryption threads (default: one per core)");
@@ -167,8 +168,12 @@ Status ResumeOperation(Globals& g, const DeviceArgs& d, const KeySource& keys, c
   }
   if (e.init_only) {
     *g.out << d.device << ": " << engine::ModeName(out.mode) << " initialised (" << out.done_before << " of "
-           << out.data_size << " bytes done); open it and run `" << ContinueCommand(d, keys, vo)
-           << "` to carry it on (online while it is open)\n";
+           << out.data_size << " bytes done); "
+           << (out.moves_data ? "run `" + ContinueCommand(d, keys, vo) +
+                                    "` to carry it on with the volume closed (the data moves: not online)"
+                              : "open it and run `" + ContinueCommand(d, keys, vo) +
+                                    "` to carry it on (online while it is open)")
+           << "\n";
     return Status::Ok();
   }
   *g.out << d.device << ": " << engine::ModeName(out.mode) << " finished (" << out.data_size - out.done_before

@@ -198,6 +198,7 @@ Status RunOperation(Env& env, const RunRequest& r, std::ostream& log, RunOutcome
   o.mode = st->mode;
   o.data_size = st->data_size;
   o.done_before = st->done;
+  o.moves_data = st->moved || st->shift || st->decrypt_shift();
   KeyMap keys;
   if (r.known) {
     keys = *r.known;
@@ -216,10 +217,16 @@ Status RunOperation(Env& env, const RunRequest& r, std::ostream& log, RunOutcome
     DS_ASSIGN_OR_RETURN(auto named, dm::Find(r.mapping));
     if (!named) return NotFound(r.device + ": /dev/mapper/" + r.mapping + " is not open");
     o.mapping = r.mapping;
-  } else if (!r.header.empty()) {
+  } else {
     DS_ASSIGN_OR_RETURN(auto live, online::ActiveMapping(v.metadata().uuid, r.device, &v));
     if (live) o.mapping = *live;
   }
+  // A data shift (the header at the start, encrypt or decrypt) writes the data at another offset
+  // than the live table maps it: refused before the run touches the mapping or the device.
+  if (!o.mapping.empty() && o.moves_data)
+    return Busy(r.device + ": /dev/mapper/" + o.mapping + " is open, and this " + engine::ModeName(st->mode) +
+                " moves the data (header at the start of the device), which cannot be done under a live mapping; "
+                "close it (`diskseal close " + o.mapping + "`) and run the command again");
   Progress p(r.progress_out, r.progress_mode, r.progress_label.empty() ? engine::ModeName(st->mode) : r.progress_label,
              st->data_size, st->done);
   if (r.observer) p.SetObserver(r.observer);

@@ -185,6 +185,7 @@ struct RunOutcome {
   bool had_operation = false;          // the header recorded an operation when loaded
   engine::Mode mode = engine::Mode::kEncrypt;
   uint64_t data_size = 0, done_before = 0;  // of the state as loaded
+  bool moves_data = false;             // a data shift (header at the start): never under a live mapping
   std::string mapping;                 // the live dm mapping it ran under, or ""
   bool in_daemon = false;              // ran in the userspace daemon
   bool loaded = false;                 // the header loaded (an error before this is Load's)

@@ -251,6 +251,90 @@ echo DISKSEAL-CARRIES-ON-OK
   EXPECT_NE(g.console.find("DISKSEAL-CARRIES-ON-OK"), std::string::npos) << g.console;
 }
 
+// A volume with its header on the device, made and opened by cryptsetup (the usual LUKS2 disk):
+// `diskseal reencrypt DEVICE` gives it a new key while it is mounted and written; stopped midway,
+// cryptsetup's `--resume-only --active-name` finishes; cryptsetup's own online init, diskseal
+// finishes. A data shift (encrypt with the header at the start) under an open mapping is refused
+// before anything is written, and its --init-only says it runs closed.
+TEST(VmOnline, HeaderOnTheDeviceReencryptsOnlineBothWaysWithCryptsetup) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+K="--key-file /tmp/pw"
+FAST="--pbkdf pbkdf2 --pbkdf-force-iterations 1000"
+cryptsetup luksFormat -q --type luks2 $FAST $K /dev/vda
+cryptsetup open $K /dev/vda vol
+mkfs.ext4 -q -F /dev/mapper/vol
+mount /dev/mapper/vol /mnt
+dd if=/dev/urandom of=/mnt/seed1 bs=1M count=6 2>/dev/null
+dd if=/dev/urandom of=/mnt/seed2 bs=64k count=5 2>/dev/null
+(cd /mnt && sha256sum seed1 seed2) > /tmp/seed.sums
+
+# 1. diskseal, the whole way, while mounted and written.
+start_workload
+wait_workload 3
+diskseal reencrypt /dev/vda $K --hotzone-size 1M $FAST 2> /tmp/run.log || { cat /tmp/run.log; fail "online reencrypt"; }
+grep -q 'runs online under /dev/mapper/vol' /tmp/run.log || { cat /tmp/run.log; fail "did not run online"; }
+stop_workload
+test "$(tables)" = "      1 crypt " || fail "table after reencrypt"
+remount_check
+cryptsetup luksDump /dev/vda | grep -q 'online-reencrypt' && fail "requirement left in the header"
+echo ATTACHED-REENCRYPT-OK
+
+# 2. diskseal stops at a commit point, cryptsetup carries on under the mapping.
+start_workload
+wait_workload 3
+rc=0; diskseal reencrypt /dev/vda $K --hotzone-size 1M --stop-after 8M $FAST 2> /tmp/run.log || rc=$?
+test $rc = 9 || { cat /tmp/run.log; fail "stop-after exit $rc"; }
+cryptsetup reencrypt --resume-only --active-name vol $K || fail "cryptsetup resume-only"
+stop_workload
+test "$(tables)" = "      1 crypt " || fail "table after cryptsetup"
+remount_check
+echo CRYPTSETUP-CARRIES-ON-OK
+
+# 3. cryptsetup initialises online, diskseal carries on.
+start_workload
+wait_workload 3
+cryptsetup reencrypt --init-only $K $FAST -q /dev/vda || fail "cryptsetup init"
+diskseal resume /dev/vda $K --hotzone-size 1M 2> /tmp/run.log || { cat /tmp/run.log; fail "diskseal resume of cryptsetup's"; }
+grep -q 'runs online' /tmp/run.log || fail "did not run online"
+stop_workload
+test "$(tables)" = "      1 crypt " || fail "table after diskseal"
+remount_check
+umount /mnt
+cryptsetup close vol
+cryptsetup open --test-passphrase $K /dev/vda || fail "cryptsetup refuses the result"
+echo DISKSEAL-CARRIES-ON-OK
+
+# 4. A data shift cannot run under a live mapping: refused, the device unchanged.
+dd if=/dev/zero of=/dev/vda bs=1M count=17 2>/dev/null  # the LUKS header gone
+mkfs.ext4 -q -F /dev/vda 40M
+diskseal encrypt /dev/vda $K --reduce-device-size 16M --init-only $FAST > /tmp/init.log 2>&1 || { cat /tmp/init.log; fail "init"; }
+grep -q 'with the volume closed' /tmp/init.log || { cat /tmp/init.log; fail "init-only promised online"; }
+diskseal open /dev/vda vol $K
+before=$(sha256sum < /dev/vda)
+rc=0; diskseal resume /dev/vda $K 2> /tmp/err.log || rc=$?
+cat /tmp/err.log
+test $rc = 5 || fail "resume of a data shift under a mapping: exit $rc"
+grep -q 'moves the data.*diskseal close vol' /tmp/err.log || fail "refusal does not say why"
+test "$before" = "$(sha256sum < /dev/vda)" || fail "device changed"
+rc=0; diskseal encrypt /dev/vda $K --reduce-device-size 16M 2> /tmp/err.log || rc=$?
+cat /tmp/err.log
+test $rc = 5 || fail "the encrypt command again under a mapping: exit $rc"
+test "$before" = "$(sha256sum < /dev/vda)" || fail "device changed"
+test "$(dmsetup table vol | wc -l)" = 2 || fail "mapping changed"
+diskseal close vol
+diskseal resume /dev/vda $K 2> /tmp/run.log || { cat /tmp/run.log; fail "offline resume"; }
+cryptsetup open $K /dev/vda cs || fail "cryptsetup cannot open the shifted volume"
+e2fsck -fn /dev/mapper/cs > /dev/null || fail "fsck of the shifted volume"
+cryptsetup close cs
+echo SHIFT-REFUSED-OK
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  for (const char* m : {"ATTACHED-REENCRYPT-OK", "CRYPTSETUP-CARRIES-ON-OK", "DISKSEAL-CARRIES-ON-OK", "SHIFT-REFUSED-OK"})
+    EXPECT_NE(g.console.find(m), std::string::npos) << m << "\n" << g.console;
+}
+
 // Bad input on the online path: the wrong key for a resume on an active mapping changes nothing;
 // the mapping closed by someone else mid-run (not mounted, so `dmsetup remove` can) stops the run
 // with a message naming it, the helper device is gone, nothing is lost and a later open + resume
