@@ -80,6 +80,35 @@ seed() {
   umount /mnt
 }
 DS="--key-file /tmp/pw --header /hdr"
+# diskseal finishes online what cryptsetup started on the open, mounted `vol` (workload running;
+# "$@": the key and header flags), checks the result, and closes vol with cryptsetup.
+diskseal_finishes_cryptsetups() {
+  diskseal resume /dev/vda "$@" 2> /tmp/run.log || { cat /tmp/run.log; fail "diskseal resume of cryptsetup's"; }
+  grep -q 'runs online' /tmp/run.log || fail "did not run online"
+  stop_workload
+  test "$(tables)" = "      1 crypt " || fail "table after diskseal"
+  remount_check
+  umount /mnt
+  cryptsetup close vol
+}
+# After an online encryption: the workload stopped (and checked), one crypt target, no helper
+# left, every file intact and fsck clean (remount_check).
+finished_encrypted() {
+  stop_workload
+  test "$(tables)" = "      1 crypt " || fail "table is not one crypt target"
+  dmsetup ls | grep -q dshz && fail "helper device left"
+  remount_check
+}
+# The way in of most tests: seeded plaintext, the operation initialised (detached header), opened,
+# mounted, and the workload running with at least $1 files written.
+online_start() {
+  seed
+  diskseal encrypt /dev/vda $DS --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000
+  diskseal open /dev/vda vol $DS
+  mount /dev/mapper/vol /mnt
+  start_workload
+  wait_workload $1
+}
 )SH";
 
 GuestOptions Options(TempDir& dir) {
@@ -158,19 +187,11 @@ TEST(VmOnline, WithoutDmDelayTheLinearHelperLosesNothing) {
 rmmod dm_delay || fail "cannot unload dm-delay"
 echo /bin/false > /proc/sys/kernel/modprobe  # and nothing loads it again
 dmsetup targets | grep -q '^delay' && fail "dm-delay still available"
-seed
-diskseal encrypt /dev/vda $DS --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000
-diskseal open /dev/vda vol $DS
-mount /dev/mapper/vol /mnt
-start_workload
-wait_workload 5
+online_start 5
 diskseal resume /dev/vda $DS --hotzone-size 1M --progress-json 2> /tmp/run.log || { cat /tmp/run.log; fail "online encrypt without dm-delay"; }
 grep -q 'no dm-delay target' /tmp/run.log || { cat /tmp/run.log; fail "did not say it fell back"; }
 wait_workload $(( $(cat /tmp/progress) + 3 ))
-stop_workload
-test "$(tables)" = "      1 crypt " || fail "table is not one crypt target"
-dmsetup ls | grep -q dshz && fail "helper device left"
-remount_check
+finished_encrypted
 umount /mnt
 dmsetup remove vol
 cryptsetup open --header /hdr --key-file /tmp/pw /dev/vda cs || fail "cryptsetup cannot open the result"
@@ -187,12 +208,7 @@ echo FALLBACK-OK
 TEST(VmOnline, KillNineMidHotzoneLeavesTheMappingUsableAndCryptsetupCarriesOn) {
   TempDir dir;
   const std::string script = std::string(kCommon) + R"SH(
-seed
-diskseal encrypt /dev/vda $DS --init-only --pbkdf pbkdf2 --pbkdf-force-iterations 1000
-diskseal open /dev/vda vol $DS
-mount /dev/mapper/vol /mnt
-start_workload
-wait_workload 3
+online_start 3
 
 # 1. kill -9 of the run mid-hotzone: its guardian finishes the zone and restores the mapping.
 diskseal resume /dev/vda $DS --hotzone-size 1M --progress-json 2> /tmp/run.log &
@@ -235,13 +251,7 @@ cryptsetup open --header /hdr2 --key-file /tmp/pw /dev/vda vol
 mount /dev/mapper/vol /mnt
 start_workload
 wait_workload 3
-diskseal resume /dev/vda --key-file /tmp/pw --header /hdr2 --hotzone-size 2M 2> /tmp/run.log || { cat /tmp/run.log; fail "diskseal resume of cryptsetup's"; }
-grep -q 'runs online' /tmp/run.log || fail "did not run online"
-stop_workload
-test "$(tables)" = "      1 crypt " || fail "table after diskseal"
-remount_check
-umount /mnt
-cryptsetup close vol
+diskseal_finishes_cryptsetups --key-file /tmp/pw --header /hdr2 --hotzone-size 2M
 echo DISKSEAL-CARRIES-ON-OK
 )SH";
   GuestResult g = RunInGuest(script, Options(dir));
@@ -295,13 +305,7 @@ echo CRYPTSETUP-CARRIES-ON-OK
 start_workload
 wait_workload 3
 cryptsetup reencrypt --init-only $K $FAST -q /dev/vda || fail "cryptsetup init"
-diskseal resume /dev/vda $K --hotzone-size 1M 2> /tmp/run.log || { cat /tmp/run.log; fail "diskseal resume of cryptsetup's"; }
-grep -q 'runs online' /tmp/run.log || fail "did not run online"
-stop_workload
-test "$(tables)" = "      1 crypt " || fail "table after diskseal"
-remount_check
-umount /mnt
-cryptsetup close vol
+diskseal_finishes_cryptsetups $K --hotzone-size 1M
 cryptsetup open --test-passphrase $K /dev/vda || fail "cryptsetup refuses the result"
 echo DISKSEAL-CARRIES-ON-OK
 
@@ -332,6 +336,56 @@ echo SHIFT-REFUSED-OK
   GuestResult g = RunInGuest(script, Options(dir));
   EXPECT_EQ(g.exit_code, 0) << g.console;
   for (const char* m : {"ATTACHED-REENCRYPT-OK", "CRYPTSETUP-CARRIES-ON-OK", "DISKSEAL-CARRIES-ON-OK", "SHIFT-REFUSED-OK"})
+    EXPECT_NE(g.console.find(m), std::string::npos) << m << "\n" << g.console;
+}
+
+// `killall -9 diskseal` with a zone held kills the run and its guardian: the zone stays held
+// (users' I/O there waits). cryptsetup's `--resume-only --active-name` then blocks reading the
+// helper device (seen: it probes every device of NAME's table); `diskseal resume` is what
+// releases it: it finishes the zone, restores the mapping and the whole encryption, after which
+// cryptsetup ends (its helper device gone) having changed nothing. Every file intact.
+TEST(VmOnline, BothKilledWithAZoneHeldDisksealResumeReleasesCryptsetup) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+online_start 3
+diskseal resume /dev/vda $DS --hotzone-size 1M 2> /tmp/run.log &
+# Both processes stopped while the queue is suspended, then killed: a held zone, deterministically.
+held=0; n=0
+while [ $held = 0 ]; do
+  n=$((n + 1)); [ $n -lt 100000 ] || fail "never caught a held zone"
+  dmsetup info vol-dshzq 2>/dev/null | grep -q SUSPENDED || continue
+  kill -STOP $(pidof diskseal) 2>/dev/null || continue
+  if dmsetup info vol-dshzq | grep -q SUSPENDED; then held=1; else kill -CONT $(pidof diskseal); fi
+done
+test "$(pidof diskseal | wc -w)" = 2 || fail "expected the run and its guardian"
+kill -9 $(pidof diskseal)
+while pidof diskseal > /dev/null; do sleep 0.1; done
+dmsetup info vol-dshzq | grep -q SUSPENDED || fail "zone not held after the kill"
+echo HELD-AND-KILLED
+cryptsetup reencrypt --resume-only --header /hdr --active-name vol --key-file /tmp/pw > /tmp/cs.log 2>&1 &
+CS=$!
+n=0
+until ls -l /proc/$CS/fd 2>/dev/null | grep -q 'vol-dshz$'; do
+  kill -0 $CS 2>/dev/null || { cat /tmp/cs.log; fail "cryptsetup ended without waiting on the held zone"; }
+  n=$((n + 1)); [ $n -lt 3000 ] || fail "cryptsetup never opened the helper"; sleep 0.05
+done
+echo CRYPTSETUP-WAITS
+diskseal resume /dev/vda $DS 2> /tmp/run.log || { cat /tmp/run.log; fail "diskseal resume over the leftovers"; }
+grep -q 'restoring the mapping' /tmp/run.log || { cat /tmp/run.log; fail "no restore said"; }
+n=0
+while kill -0 $CS 2>/dev/null; do n=$((n + 1)); [ $n -lt 1200 ] || fail "cryptsetup still blocked"; sleep 0.1; done
+rc=0; wait $CS || rc=$?
+echo "cryptsetup ended: exit $rc: $(cat /tmp/cs.log)"
+finished_encrypted
+umount /mnt
+diskseal close vol
+cryptsetup open --test-passphrase --header /hdr --key-file /tmp/pw /dev/vda || fail "cryptsetup refuses the header"
+cryptsetup luksDump --header /hdr /dev/vda | grep -q 'online-reencrypt' && fail "operation left in the header"
+echo RELEASED-OK
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  for (const char* m : {"HELD-AND-KILLED", "CRYPTSETUP-WAITS", "RELEASED-OK"})
     EXPECT_NE(g.console.find(m), std::string::npos) << m << "\n" << g.console;
 }
 
