@@ -20,6 +20,7 @@
 #include "dm/volume_table.h"
 #include "engine/reencrypt_state.h"
 #include "online/adopt.h"
+#include "online/memory_lock.h"
 #include "online/zone_heat.h"
 #include "volume/signature.h"
 
@@ -658,7 +659,11 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   DS_ASSIGN_OR_RETURN(bool take_over, NeedsTakeOver(ref, name, *top));
   // Every page this process will touch stays in memory: a fault on a page of a file on the volume
   // being switched (the binary itself, for a root volume) would wait for a device we suspended.
-  if (::mlockall(MCL_CURRENT) != 0 || ::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0)
+  // Every mapped page is made resident first when a mapped file may live there
+  // (online/memory_lock.h); otherwise only what is in memory and what the run touches.
+  const LockDecision lock = LockScopeFor(*ref.env, top->dev);
+  if ((lock.scope == LockScope::kAll && ::mlockall(MCL_CURRENT) != 0) ||
+      ::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0)
     return PosixError(name + ": locking memory for the online run (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)", errno);
   DmGate gate(v, ref, name, keys, top->read_only);
   Status started = gate.Start(eo.hotzone_bytes);
@@ -704,7 +709,11 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   Status run = engine::RunOperation(v, keys, eo);
   Status fin = gate.Finish();
   (void)munlockall();
-  if (eo.timings) PrintTimings(name, timings, gate.backoff_total(), gate.backoff_max());
+  if (eo.timings) {
+    PrintTimings(name, timings, gate.backoff_total(), gate.backoff_max());
+    std::fprintf(stderr, "timing %s lock=%s (%s)\n", name.c_str(), lock.scope == LockScope::kAll ? "all" : "on-fault",
+                 lock.why.c_str());
+  }
   if (!run.ok() || !fin.ok()) {
     // Someone closed NAME under the run (possible while it is not mounted): the engine stopped
     // at its next switch, before flagging another zone, and the guardian removed the helper.

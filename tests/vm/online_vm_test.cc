@@ -132,8 +132,11 @@ echo "after open: $(tables)"
 mount /dev/mapper/vol /mnt
 start_workload
 wait_workload 5
-diskseal resume /dev/vda $DS --hotzone-size 2M --progress-json 2> /tmp/run.log || { cat /tmp/run.log; fail "online encrypt"; }
+DISKSEAL_ONLINE_TIMING=1 diskseal resume /dev/vda $DS --hotzone-size 2M --progress-json 2> /tmp/run.log || { cat /tmp/run.log; fail "online encrypt"; }
 grep -q 'runs online under /dev/mapper/vol' /tmp/run.log || fail "did not run online"
+# No file of the run lives on the volume: only the pages it uses are locked (online/memory_lock.h).
+grep 'timing vol lock=' /tmp/run.log
+grep -q 'timing vol lock=on-fault' /tmp/run.log || fail "locked every page for a data volume"
 wait_workload $(( $(cat /tmp/progress) + 3 ))
 stop_workload
 echo "after encrypt: $(tables)"

@@ -367,8 +367,8 @@ files_intact payload.sum during.sum
   // and encrypts root online in the same run, stopped (SIGSTOP, a test hook) at 30% with root
   // running on the half-encrypted table of the same mapping and written to; then it finishes.
   ExecResult en2 = g.Exec(std::string(kWaitStopped) + R"SH(
-(diskseal enable --volume-type OS --pbkdf pbkdf2 --pbkdf-force-iterations 1000 --test-freeze-at-percent 30 \
-   > /tmp/enable2.out 2>&1; echo $? > /tmp/enable2.rc) &
+(DISKSEAL_ONLINE_TIMING=1 diskseal enable --volume-type OS --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+   --test-freeze-at-percent 30 > /tmp/enable2.out 2>&1; echo $? > /tmp/enable2.rc) &
 until pidof diskseal > /tmp/enable2.pid; do sleep 0.1; done
 wait_stopped /tmp/enable2.pid
 echo "mid2: $(os_state)"
@@ -379,7 +379,8 @@ head -c 2097152 /dev/urandom > /root/during2 && (cd /root && sha256sum during2 >
 (cd /root && sha256sum -c payload.sum)
 kill -CONT "$(cat /tmp/enable2.pid)"
 wait
-cat /tmp/enable2.out
+grep -v '^timing ' /tmp/enable2.out
+grep -o 'lock=[a-z-]* ([^)]*)' /tmp/enable2.out || echo no-lock-line
 echo "rc=$(cat /tmp/enable2.rc)"
 echo "after: $(os_state)"
 diskseal status | grep -i restart || echo no-restart-word
@@ -392,6 +393,9 @@ files_intact payload.sum during.sum during2.sum
   EXPECT_NE(en2.output.find("mid2: EncryptionInProgress\n/dev/mapper/osencrypt\ncrypt linear \n"), std::string::npos)
       << en2.output;
   EXPECT_NE(en2.output.find("no restart needed"), std::string::npos) << en2.output;
+  // The binary lives on root, the volume: every mapped page was made resident and locked.
+  EXPECT_NE(en2.output.find("lock=all (a mapped file on "), std::string::npos) << en2.output;
+  EXPECT_NE(en2.output.find(", on the volume)"), std::string::npos) << en2.output;
   EXPECT_EQ(en2.output.find("VMRestartPending"), std::string::npos) << en2.output;
   EXPECT_NE(en2.output.find("rc=0\nafter: Encrypted\nno-restart-word\ncrypt \nsystem files checked\n"), std::string::npos)
       << en2.output;
@@ -516,8 +520,9 @@ files_intact payload.sum during.sum
   // disable: decrypted under the running system, the filter and the boot configuration removed;
   // the next boot activates the group on the plain partition again.
   ExecResult dis = g.Exec(std::string(kWaitStopped) + R"SH(
-diskseal disable --volume-type OS > /tmp/disable.out 2>&1; echo "disable-rc=$?"
-tail -3 /tmp/disable.out
+DISKSEAL_ONLINE_TIMING=1 diskseal disable --volume-type OS > /tmp/disable.out 2>&1; echo "disable-rc=$?"
+grep -v '^timing ' /tmp/disable.out | tail -3
+grep -o 'lock=[a-z-]* ([^)]*)' /tmp/disable.out || echo no-lock-line
 echo "after-disable: $(os_state)"
 grep -c 'diskseal' /etc/lvm/lvmlocal.conf
 test -e /etc/diskseal/initramfs.conf || echo no-boot-config
@@ -531,6 +536,9 @@ dmsetup table
                          1200);
   std::printf("[ disabl] %s", dis.output.c_str());
   EXPECT_NE(dis.output.find("disable-rc=0\n"), std::string::npos) << dis.output;
+  // Root is on a logical volume stacked on the mapping: every mapped page locked.
+  EXPECT_NE(dis.output.find("lock=all (a mapped file on "), std::string::npos) << dis.output;
+  EXPECT_NE(dis.output.find(", on the volume)"), std::string::npos) << dis.output;
   EXPECT_NE(dis.output.find("after-disable: NotEncrypted\n0\nno-boot-config\nlinear \nraw LV start: XFSB\n"),
             std::string::npos)
       << dis.output;
