@@ -662,9 +662,8 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   // Every mapped page is made resident first when a mapped file may live there
   // (online/memory_lock.h); otherwise only what is in memory and what the run touches.
   const LockDecision lock = LockScopeFor(*ref.env, top->dev);
-  if ((lock.scope == LockScope::kAll && ::mlockall(MCL_CURRENT) != 0) ||
-      ::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0)
-    return PosixError(name + ": locking memory for the online run (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)", errno);
+  if (int e = LockMemory(*ref.env, lock); e != 0)
+    return PosixError(name + ": locking memory for the online run (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)", e);
   DmGate gate(v, ref, name, keys, top->read_only);
   Status started = gate.Start(eo.hotzone_bytes);
   if (!started.ok()) {

@@ -52,6 +52,15 @@ struct LockInputs {
 // place; else kOnFault. Pure: no I/O.
 LockDecision DecideLockScope(const LockInputs& in);
 
+// Whether a mapped file is one the run executes from, whole (kOnFault makes these resident and
+// locked up front all the same: faulting in AES or the engine's code during the first held zone
+// lengthened that step, and users' waits, by ~30 ms in the QEMU guest). `path` as in maps.
+bool RunsFrom(const std::string& path, const std::string& self_exe);
+
+// Locks the memory of an online run as `d` says (mlockall; for kOnFault also the files RunsFrom
+// names, mlock). Returns the errno of a failed lock, 0 on success.
+int LockMemory(Env& env, const LockDecision& d);
+
 // The decision for this process and the volume's mapping `top` (its device number): reads
 // /proc/self/{maps,mountinfo}, /proc/swaps and sysfs (holders, loop devices) through `env`.
 // kAll if any read fails. Call it before anything is held: it reads files and allocates.

@@ -96,6 +96,20 @@ TEST(MemoryLock, ActiveSwapOrUnreadableInputLocksEverything) {
   EXPECT_EQ(DecideLockScope(none).scope, LockScope::kAll);
 }
 
+TEST(MemoryLock, TheRunsOwnCodeIsLockedWholeTheVaultsLibrariesAreNot) {
+  const std::string exe = "/usr/sbin/diskseal";
+  EXPECT_TRUE(RunsFrom(exe, exe));
+  EXPECT_TRUE(RunsFrom("/usr/lib/x86_64-linux-gnu/libcrypto.so.3", exe));
+  EXPECT_TRUE(RunsFrom("/usr/lib/x86_64-linux-gnu/libc.so.6", exe));
+  EXPECT_TRUE(RunsFrom("/usr/lib/x86_64-linux-gnu/libstdc++.so.6.0.30", exe));
+  EXPECT_TRUE(RunsFrom("/usr/lib64/ld-linux-x86-64.so.2", exe));
+  EXPECT_FALSE(RunsFrom("/usr/lib/x86_64-linux-gnu/libcurl.so.4.8.0", exe));
+  EXPECT_FALSE(RunsFrom("/usr/lib/x86_64-linux-gnu/libgnutls.so.30", exe));
+  EXPECT_FALSE(RunsFrom("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0", exe));
+  EXPECT_FALSE(RunsFrom("[heap]", exe));
+  EXPECT_FALSE(RunsFrom("/usr/bin/other", exe));
+}
+
 TEST(MemoryLock, ThisProcessOnTheHostIsDecided) {
   // The real gatherer on the host: no device-mapper here, so a device number nothing uses stands
   // for the volume; the test binary lives on an ordinary filesystem, so the answer depends on
