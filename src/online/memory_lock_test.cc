@@ -3,8 +3,10 @@
 // it, on btrfs, on an overlay, in a loop image, or with swap active locks everything.
 #include "online/memory_lock.h"
 
+#include <sys/mman.h>
 #include <sys/sysmacros.h>
 
+#include <memory>
 #include <set>
 
 #include <gtest/gtest.h>
@@ -108,6 +110,26 @@ TEST(MemoryLock, TheRunsOwnCodeIsLockedWholeTheVaultsLibrariesAreNot) {
   EXPECT_FALSE(RunsFrom("/usr/lib/x86_64-linux-gnu/libsqlite3.so.0", exe));
   EXPECT_FALSE(RunsFrom("[heap]", exe));
   EXPECT_FALSE(RunsFrom("/usr/bin/other", exe));
+}
+
+TEST(MemoryLock, OnFaultLocksTheRunsCodeWholeAndLittleElse) {
+  // The real calls on this process (root here): the C library is locked whole, so VmLck is at
+  // least its size; a 64 MiB buffer allocated and never touched stays unlocked.
+  auto lck = [] {
+    auto st = PosixEnv()->ReadFile("/proc/self/status", 1u << 20);
+    const size_t at = st.ok() ? st->find("VmLck:") : std::string::npos;
+    return at == std::string::npos ? -1L : std::stol(st->substr(at + 6));
+  };
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "AddressSanitizer makes mlock and mlockall do nothing";
+#endif
+  ASSERT_EQ(LockMemory(*PosixEnv(), {LockScope::kOnFault, "test"}), 0);
+  std::unique_ptr<char[]> untouched(new char[64u << 20]);
+  const long kib = lck();
+  munlockall();
+  EXPECT_GT(kib, 1024) << "the C library alone is over 1 MiB";
+  EXPECT_LT(kib, 64 * 1024) << "an untouched buffer was locked";
+  EXPECT_NE(untouched.get(), nullptr);
 }
 
 TEST(MemoryLock, ThisProcessOnTheHostIsDecided) {
