@@ -211,7 +211,9 @@ class DmGate final : public engine::ZoneGate {
   ~DmGate() override { (void)Finish(); }
 
   // Creates the helper devices and forks the guardian. Precondition: single-threaded caller.
-  Status Start(uint64_t hotzone_bytes) {
+  // `lock`: how the run locked its memory; the guardian locks its own the same way (locks are
+  // not inherited across fork), since it may finish a held zone after the run is killed.
+  Status Start(uint64_t hotzone_bytes, const LockDecision& lock) {
     const auto helper = [&](const std::string& n, const char* kind, dm::Segment seg) {
       dm::Activation a;
       a.name = n;
@@ -258,7 +260,8 @@ class DmGate final : public engine::ZoneGate {
       ::signal(SIGINT, SIG_IGN);
       ::signal(SIGTERM, SIG_IGN);
       ::signal(SIGHUP, SIG_IGN);
-      (void)::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT);
+      // Single-threaded here (forked before the engine's threads): reading maps may allocate.
+      (void)LockMemory(*ref_.env, lock);
       char c;
       while (::read(fds[0], &c, 1) != 0) {
         if (errno != EINTR && errno != EAGAIN) break;
@@ -665,7 +668,7 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   if (int e = LockMemory(*ref.env, lock); e != 0)
     return PosixError(name + ": locking memory for the online run (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)", e);
   DmGate gate(v, ref, name, keys, top->read_only);
-  Status started = gate.Start(eo.hotzone_bytes);
+  Status started = gate.Start(eo.hotzone_bytes, lock);
   if (!started.ok()) {
     (void)munlockall();
     return started;
