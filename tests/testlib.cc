@@ -170,6 +170,21 @@ bool HaveProgram(const std::string& name) {
   return RunProgram({"sh", "-c", "command -v " + name}).exit_code == 0;
 }
 
+LoopDevice::LoopDevice(const std::string& file, bool read_only) {
+  std::vector<std::string> a = {"losetup", "-f", "--show"};
+  if (read_only) a.push_back("-r");
+  a.push_back(file);
+  RunResult r = RunProgram(a);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  if (r.exit_code != 0) return;
+  dev_ = r.out;
+  while (!dev_.empty() && (dev_.back() == '\n' || dev_.back() == ' ')) dev_.pop_back();
+}
+
+LoopDevice::~LoopDevice() {
+  if (!dev_.empty()) RunProgram({"losetup", "-d", dev_});
+}
+
 void WriteFile(const std::string& path, const std::string& data) {
   std::ofstream f(path, std::ios::binary | std::ios::trunc);
   f.write(data.data(), std::streamsize(data.size()));

@@ -25,6 +25,20 @@ class TempDir {
   std::string path_;
 };
 
+// A loop device over `file` (root only), detached on destruction; dev() is empty when losetup
+// failed (a test failure is recorded).
+class LoopDevice {
+ public:
+  explicit LoopDevice(const std::string& file, bool read_only = false);
+  ~LoopDevice();
+  LoopDevice(const LoopDevice&) = delete;
+  LoopDevice& operator=(const LoopDevice&) = delete;
+  const std::string& dev() const { return dev_; }
+
+ private:
+  std::string dev_;
+};
+
 struct RunResult {
   int exit_code = -1;  // 128+N when killed by signal N
   std::string out, err;

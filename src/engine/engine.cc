@@ -138,6 +138,7 @@ class Runner {
         const uint64_t want = o_.gate->ZoneLength(st_.StepOffset(st_.done, len), len, st_.backward);
         if (want < len) len = std::max<uint64_t>(want / unit * unit, unit);
         len = std::min(len, end - st_.done);
+        if (o_.users_bypass_cache) len = PageAlignedLength(st_.done, len, std::min(hz, end - st_.done));
       }
       DS_RETURN_IF_ERROR(Step(len, hz, have));
     }
@@ -176,6 +177,44 @@ class Runner {
 
   // Every hotzone is a whole number of these (sectors and resilience blocks).
   uint64_t ZoneUnit() const { return std::max<uint64_t>(st_.sector_size(), st_.area.block); }
+
+  // users_bypass_cache (engine.h): `len` (whole blocks, at most `max`) changed by at most a page
+  // so that the zone's far edge, where the next zone starts, lies on a page boundary of the data
+  // device; unchanged where whole blocks cannot get there or the zone ends the data. Online runs
+  // move no data (OldAt == NewAt).
+  uint64_t PageAlignedLength(uint64_t done, uint64_t len, uint64_t max) const {
+    if (done + len >= st_.data_size) return len;
+    const uint64_t page = CachePageSize(), unit = ZoneUnit();
+    const uint64_t pos = st_.StepOffset(done, len);
+    // Forward the far edge is the zone's end; backward (decryption) its start.
+    const uint64_t over = st_.backward ? (page - st_.NewAt(pos) % page) % page : st_.NewAt(pos + len) % page;
+    if (over == 0 || over % unit != 0) return len;
+    if (len > over) return len - over;
+    const uint64_t longer = len + (page - over);
+    return longer <= max && longer % unit == 0 ? longer : len;
+  }
+
+  // Writes bytes of the zone [zone, zone+zlen) (device offsets) at `at`. With
+  // users_bypass_cache, the zone's bytes in a page it shares with bytes outside it go around the
+  // page cache, the rest as usual (engine.h says why).
+  Status WriteZoneBytes(uint64_t zone, uint64_t zlen, uint64_t at, std::span<const uint8_t> b) {
+    if (!o_.users_bypass_cache) return data_.WriteAt(at, b);
+    const uint64_t page = CachePageSize(), zend = zone + zlen;
+    // [zone, head) and [tail, zend) share a page with what lies outside the zone.
+    const uint64_t head = std::min(zend, (zone + page - 1) / page * page);
+    const uint64_t tail = std::max(head, zend / page * page);
+    const uint64_t from = at, to = at + b.size();
+    auto part = [&](uint64_t a, uint64_t z, bool around) -> Status {
+      a = std::max(a, from);
+      z = std::min(z, to);
+      if (a >= z) return Status::Ok();
+      auto sub = b.subspan(size_t(a - from), size_t(z - a));
+      return around ? data_.WriteAtUncached(a, sub) : data_.WriteAt(a, sub);
+    };
+    DS_RETURN_IF_ERROR(part(zone, head, true));
+    DS_RETURN_IF_ERROR(part(head, tail, false));
+    return part(tail, zend, true);
+  }
 
   uint64_t HotzoneLimit() const {
     const uint64_t unit = ZoneUnit();
@@ -354,7 +393,7 @@ class Runner {
       const Status written = ForEachPiece(len, kPiece, [&](size_t t, uint64_t at, uint64_t n) -> Status {
         std::span<uint8_t> piece(buf_.data() + at, size_t(n));
         DS_RETURN_IF_ERROR(tf_.ApplyOn(t, piece, pos + at));
-        DS_RETURN_IF_ERROR(data_.WriteAt(st_.NewAt(pos + at), piece));
+        DS_RETURN_IF_ERROR(WriteZoneBytes(st_.NewAt(pos), len, st_.NewAt(pos + at), piece));
         data_.StartWriteback(st_.NewAt(pos + at), n);
         return Status::Ok();
       });
@@ -427,7 +466,7 @@ class Runner {
       case Resilience::kJournal: {
         DS_RETURN_IF_ERROR(md_dev_.ReadAt(st_.area.offset, buf_));
         DS_RETURN_IF_ERROR(tf_.Apply(buf_, pos));
-        DS_RETURN_IF_ERROR(data_.WriteAt(at, buf_));
+        DS_RETURN_IF_ERROR(WriteZoneBytes(at, len, at, buf_));
         break;
       }
       case Resilience::kChecksum: {
@@ -441,7 +480,7 @@ class Runner {
           std::span<uint8_t> b(buf_.data() + i * block, block);
           if (std::memcmp(now.data() + i * hs, sums.data() + i * hs, hs) != 0) continue;  // already new
           DS_RETURN_IF_ERROR(tf_.Apply(b, pos + i * block));
-          DS_RETURN_IF_ERROR(data_.WriteAt(at + i * block, b));
+          DS_RETURN_IF_ERROR(WriteZoneBytes(at, len, at + i * block, b));
         }
         break;
       }

@@ -2,12 +2,19 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cstdlib>
+#include <functional>
+#include <utility>
 #include <cstring>
 
 #include "crypto/crypto.h"
 #include "engine/datashift.h"
 #include "engine/reencrypt_state.h"
+#include "io/io_buffer.h"
 #include "io/mem_device.h"
 #include "luks2/header_io.h"
 #include "luks2/test_util.h"
@@ -367,6 +374,179 @@ TEST(Engine, OnlineGateMayShortenZonesToWholeBlocks) {
     ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
     EXPECT_EQ(out, f.plain) << (decrypt ? "decrypt" : "encrypt");
   }
+}
+
+// Records which writes went around the page cache (BlockDevice::WriteAtUncached), forwarding
+// everything to a FaultDevice (so RecordingGate still sees every write).
+class UncachedRecorder final : public BlockDevice {
+ public:
+  explicit UncachedRecorder(FaultDevice& d) : d_(d) {}
+  Status ReadAt(uint64_t o, std::span<uint8_t> b) override { return d_.ReadAt(o, b); }
+  Status WriteAt(uint64_t o, std::span<const uint8_t> b) override {
+    cached.emplace_back(o, b.size());
+    return d_.WriteAt(o, b);
+  }
+  Status WriteAtUncached(uint64_t o, std::span<const uint8_t> b) override {
+    uncached.emplace_back(o, b.size());
+    return d_.WriteAt(o, b);
+  }
+  Status Sync() override { return d_.Sync(); }
+  uint64_t Size() const override { return d_.Size(); }
+  const std::string& name() const override { return d_.name(); }
+  bool writable() const override { return true; }
+  std::vector<std::pair<uint64_t, uint64_t>> cached, uncached;
+
+ private:
+  FaultDevice& d_;
+};
+
+// Online under a dm table users write through (users_bypass_cache), 512-byte sectors: the zones
+// the gate shortens end on page boundaries (a page of the data device's cache is never half
+// zone, half users' bytes), so no byte goes around the cache. A run resumed mid-page (an earlier
+// run stopped there) writes exactly the zone's bytes of that shared page around the cache, and
+// the result is right both ways.
+TEST(Engine, OnlineZonesEndOnPageBoundariesAndSharedPagesGoAroundTheCache) {
+  const uint64_t page = CachePageSize();
+  ASSERT_LE(page, kHotzone);
+  for (bool decrypt : {false, true}) {
+    Fixture f = decrypt ? MakeDecryptInitialised(Resilience::kChecksum, 512) : MakeInitialised(Resilience::kChecksum, 512);
+    MemDevice h("hdr", f.header);
+    FaultDevice d("data", f.data);
+    // An earlier run (no users beside it) stopped after a zone of 4608 bytes: mid-page.
+    {
+      auto v = Open(&h, &d);
+      ASSERT_TRUE(v.ok());
+      ShrinkingGate gate(h, d);
+      EngineOptions eo;
+      eo.hotzone_bytes = kHotzone;
+      eo.in_use = true;
+      eo.gate = &gate;
+      eo.until_done = 4608;
+      ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+      ASSERT_EQ(gate.zones.size(), 1u);
+      EXPECT_EQ(gate.zones[0].second, 4608u);
+    }
+    FaultDevice d2("data", d.Current());
+    UncachedRecorder rec(d2);
+    auto v = Open(&h, &rec);
+    ASSERT_TRUE(v.ok());
+    ShrinkingGate gate(h, d2);
+    EngineOptions eo;
+    eo.hotzone_bytes = kHotzone;
+    eo.threads = 2;
+    eo.in_use = true;
+    eo.users_bypass_cache = true;
+    eo.gate = &gate;
+    ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+    ASSERT_GE(gate.zones.size(), 4u);
+    uint64_t covered = 4608;
+    for (size_t i = 0; i < gate.zones.size(); ++i) {
+      const auto [off, len] = gate.zones[i];
+      EXPECT_EQ(off, decrypt ? kDataSize - covered - len : covered) << i;
+      covered += len;
+      // The edge the next zone starts from: on a page boundary.
+      EXPECT_EQ((decrypt ? off : off + len) % page, 0u) << i << ": " << off << "+" << len;
+    }
+    EXPECT_EQ(covered, kDataSize);
+    // The first zone (asked 5000 bytes) stops at the first page boundary; only its bytes of the
+    // page the earlier run's zone shares went around the cache.
+    EXPECT_EQ(gate.zones[0].second, page - 4608 % page);
+    const uint64_t shared = decrypt ? kDataSize - 4608 - (page - 4608 % page) : 4608;
+    // (in pieces, one per thread)
+    uint64_t around = 0;
+    for (const auto& [o, n] : rec.uncached) {
+      EXPECT_TRUE(o >= shared && o + n <= shared + page - 4608 % page) << o << "+" << n;
+      around += n;
+    }
+    EXPECT_EQ(around, page - 4608 % page);
+    for (const auto& [o, n] : rec.cached) EXPECT_TRUE(o + n <= shared || o >= shared + page - 4608 % page) << o;
+    auto plain = v->OpenData({{0, &f.key}});
+    ASSERT_TRUE(plain.ok());
+    Bytes out((*plain)->Size());
+    ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
+    EXPECT_EQ(out, f.plain) << (decrypt ? "decrypt" : "encrypt");
+  }
+}
+
+// A gate that asks for zones of one length and, at its first Hold, runs `at_hold` (a user's
+// write beside the zone).
+class UserAtHoldGate : public ZoneGate {
+ public:
+  UserAtHoldGate(uint64_t len, std::function<void()> at_hold) : len_(len), at_hold_(std::move(at_hold)) {}
+  uint64_t ZoneLength(uint64_t, uint64_t max, bool) override { return std::min(max, len_); }
+  Status Hold(uint64_t, uint64_t, uint64_t) override {
+    if (at_hold_) std::exchange(at_hold_, nullptr)();
+    return Status::Ok();
+  }
+  Status Release(const luks2::Metadata&) override { return Status::Ok(); }
+
+ private:
+  uint64_t len_;
+  std::function<void()> at_hold_;
+};
+
+// Online under a real page cache: the data device is a loop device and users write through a
+// second loop device over the same file (as through the dm table: around the data device's page
+// cache). An earlier run stopped mid-page, its buffered write left that page cached; when the
+// next run holds its first zone, a user writes the done part of the page. The run must neither
+// read the zone's part of the page from the stale cache nor write the page back whole: the
+// user's sector stays, and every other byte is the volume's plaintext.
+TEST(Engine, OnlineKeepsUsersBytesInAPageItsFirstZoneShares) {
+  if (::geteuid() != 0) GTEST_SKIP() << "loop devices need root";
+  const uint64_t page = CachePageSize();
+  Fixture f = MakeInitialised(Resilience::kChecksum, 512);
+  test::TempDir dir;
+  test::WriteFile(dir / "data", std::string(f.data.begin(), f.data.end()));
+  test::LoopDevice mine(dir / "data"), users(dir / "data");
+  ASSERT_FALSE(mine.dev().empty());
+  ASSERT_FALSE(users.dev().empty());
+  auto data = PosixEnv()->Open(mine.dev(), {.write = true});
+  ASSERT_TRUE(data.ok()) << data.status().message();
+  MemDevice h("hdr", f.header);
+  const uint64_t first = page + 512;  // where the earlier run stopped
+  {
+    auto v = Open(&h, data->get());
+    ASSERT_TRUE(v.ok());
+    UserAtHoldGate gate(first, nullptr);
+    EngineOptions eo;
+    eo.hotzone_bytes = kHotzone;
+    eo.in_use = true;
+    eo.users_bypass_cache = false;  // an older diskseal: buffered, mid-page
+    eo.gate = &gate;
+    eo.until_done = first;
+    ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+  }
+  const Bytes user = test::RandomData(512, 5);
+  auto v = Open(&h, data->get());
+  ASSERT_TRUE(v.ok());
+  UserAtHoldGate gate(kHotzone, [&] {
+    const int fd = ::open(users.dev().c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    IoBuffer b(512);
+    std::copy(user.begin(), user.end(), b.data());
+    EXPECT_EQ(::pwrite(fd, b.data(), 512, off_t(page)), 512);
+    ::close(fd);
+  });
+  EngineOptions eo;
+  eo.hotzone_bytes = kHotzone;
+  eo.threads = 2;
+  eo.in_use = true;
+  eo.users_bypass_cache = true;
+  eo.gate = &gate;
+  ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
+  data->reset();
+  const std::string img = test::ReadFileOrDie(dir / "data");
+  EXPECT_EQ(Bytes(img.begin() + long(page), img.begin() + long(page + 512)), user) << "the user's sector was lost";
+  MemDevice d("data", Bytes(img.begin(), img.end()));
+  auto done = Open(&h, &d);
+  ASSERT_TRUE(done.ok());
+  auto plain = done->OpenData({{0, &f.key}});
+  ASSERT_TRUE(plain.ok());
+  Bytes out((*plain)->Size());
+  ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
+  Bytes want = f.plain;
+  std::copy_n(out.begin() + long(page), 512, want.begin() + long(page));  // the user's sector
+  EXPECT_EQ(out, want);
 }
 
 TEST(Engine, TamperedReencryptionMetadataIsRefusedBeforeAnyWrite) {

@@ -18,27 +18,7 @@ namespace {
 
 constexpr size_t kSize = 8u << 20;
 
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
-// A loop device over `file`, detached on destruction.
-class Loop {
- public:
-  explicit Loop(const std::string& file) {
-    auto r = test::Run({"losetup", "-f", "--show", file});
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    dev_ = Trim(r.out);
-  }
-  ~Loop() {
-    if (!dev_.empty()) test::Run({"losetup", "-d", dev_});
-  }
-  const std::string& dev() const { return dev_; }
-
- private:
-  std::string dev_;
-};
+using Loop = test::LoopDevice;
 
 // A mount of `dev` at `dir`, unmounted on destruction.
 class Mount {

@@ -9,9 +9,15 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "util/status.h"
 
 namespace ds {
+
+// The unit a block device's page cache reads and writes back in: a memory page (4096 bytes on
+// x86-64, 64 KiB on some arm64 and ppc64 kernels).
+inline uint64_t CachePageSize() { return uint64_t(::sysconf(_SC_PAGESIZE)); }
 
 // A random-access byte device: an image file or a block device.
 // Threading: ReadAt/WriteAt may be called concurrently from several threads on disjoint ranges;
@@ -35,7 +41,15 @@ class BlockDevice {
   // comes from the medium: needed when others write the medium through another device (a
   // device-mapper table over this one), whose writes this device's page cache never sees.
   // Precondition: this process's own writes there are synced. No effect without a page cache.
+  // Every page touching the range is dropped, partial ones at its edges included.
   virtual void DropCache(uint64_t /*offset*/, uint64_t /*len*/) {}
+  // WriteAt around this device's page cache (O_DIRECT): only these bytes reach the medium, never
+  // the rest of a cached page that holds them, and cached pages of the range are invalidated.
+  // For writes beside others who write the medium through another device (see DropCache).
+  // Offset and size: multiples of the device's logical block size. Devices without a page cache
+  // (and files that refuse O_DIRECT, whose cache every writer shares) write as WriteAt does.
+  // Sync covers it as it covers WriteAt.
+  virtual Status WriteAtUncached(uint64_t offset, std::span<const uint8_t> buf) { return WriteAt(offset, buf); }
   virtual uint64_t Size() const = 0;
   // The path or a label, for messages ("disk.img: ...").
   virtual const std::string& name() const = 0;

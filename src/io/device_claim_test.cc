@@ -24,11 +24,6 @@ namespace {
 
 using test::TempDir;
 
-std::string Trim(std::string s) {
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-  return s;
-}
-
 std::string LockFile(const std::string& path) {
   auto id = IdentifyDevice(path);
   EXPECT_TRUE(id.ok()) << id.status().message();
@@ -40,25 +35,7 @@ int TryFlock(const std::string& lock, const char* mode) {
   return test::Run({"flock", "-n", mode, lock, "true"}).exit_code;
 }
 
-// A loop device over `file`, detached on destruction.
-class Loop {
- public:
-  explicit Loop(const std::string& file, bool read_only = false) {
-    std::vector<std::string> a = {"losetup", "-f", "--show"};
-    if (read_only) a.push_back("-r");
-    a.push_back(file);
-    auto r = test::Run(a);
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    dev_ = Trim(r.out);
-  }
-  ~Loop() {
-    if (!dev_.empty()) test::Run({"losetup", "-d", dev_});
-  }
-  const std::string& dev() const { return dev_; }
-
- private:
-  std::string dev_;
-};
+using Loop = test::LoopDevice;
 
 TEST(DeviceClaim, PathsOfOneFileAreOneIdentity) {
   TempDir dir;

@@ -1,3 +1,4 @@
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -5,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "io/block_device.h"
+#include "io/io_buffer.h"
 #include "io/mem_device.h"
 #include "testlib.h"
 
@@ -85,6 +87,74 @@ TEST(PosixEnv, ListDirReadLinkStatFs) {
   ASSERT_TRUE(space.ok());
   EXPECT_GT(space->total_bytes, 0u);
   EXPECT_LE(space->avail_bytes, space->total_bytes);
+}
+
+// Writes `b` at `off` of block device `dev` around its page cache (as a user's write through a
+// device-mapper table over the medium reaches it).
+void WriteDirect(const std::string& dev, uint64_t off, const Bytes& b) {
+  const int fd = ::open(dev.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << dev;
+  IoBuffer buf(b.size());
+  std::copy(b.begin(), b.end(), buf.data());
+  EXPECT_EQ(::pwrite(fd, buf.data(), b.size(), off_t(off)), ssize_t(b.size()));
+  ::close(fd);
+}
+
+// Two loop devices over one file: `mine` is the data device the engine opens, `users` stands in
+// for a device-mapper table over it, whose writes bypass mine's page cache. What the online
+// engine relies on (engine.h, users_bypass_cache): a page of mine's cache goes stale when users
+// write part of it; DropCache of any part of a page drops the whole page; a buffered write of
+// part of a stale cached page writes the whole page back, the users' bytes as they were before
+// (the danger), and WriteAtUncached writes only its own bytes.
+TEST(PosixEnv, PagesSharedWithWritesThroughAnotherDevice) {
+  if (::geteuid() != 0) GTEST_SKIP() << "loop devices need root";
+  const uint64_t page = CachePageSize();
+  test::TempDir dir;
+  const Bytes orig = test::RandomData(4 * page, 1);
+  test::WriteFile(dir / "img", std::string(orig.begin(), orig.end()));
+  test::LoopDevice mine(dir / "img"), users(dir / "img");
+  ASSERT_FALSE(mine.dev().empty());
+  ASSERT_FALSE(users.dev().empty());
+  auto d = PosixEnv()->Open(mine.dev(), {.write = true});
+  ASSERT_TRUE(d.ok()) << d.status().message();
+  BlockDevice& dev = **d;
+  Bytes got(page);
+  ASSERT_TRUE(dev.ReadAt(page, got).ok());  // page 1 is now in mine's cache
+  const Bytes user = test::RandomData(512, 2);
+  WriteDirect(users.dev(), page, user);
+  Bytes first(512);
+  ASSERT_TRUE(dev.ReadAt(page, first).ok());
+  EXPECT_TRUE(std::equal(first.begin(), first.end(), orig.begin() + long(page))) << "the cache did not go stale";
+  // Dropping only the page's last sector drops the page: its first sector is read anew.
+  dev.DropCache(2 * page - 512, 512);
+  ASSERT_TRUE(dev.ReadAt(page, first).ok());
+  EXPECT_EQ(first, user);
+
+  // Page 2 cached, a user writes its first sector, mine writes its last sector buffered: the
+  // user's sector is lost.
+  ASSERT_TRUE(dev.ReadAt(2 * page, got).ok());
+  WriteDirect(users.dev(), 2 * page, user);
+  const Bytes last = test::RandomData(512, 3);
+  ASSERT_TRUE(dev.WriteAt(3 * page - 512, last).ok());
+  ASSERT_TRUE(dev.Sync().ok());
+  // Page 3 the same, written around the cache: both writes stay.
+  ASSERT_TRUE(dev.ReadAt(3 * page, got).ok());
+  WriteDirect(users.dev(), 3 * page, user);
+  ASSERT_TRUE(dev.WriteAtUncached(4 * page - 512, last).ok());
+  ASSERT_TRUE(dev.Sync().ok());
+  // The uncached write left no stale page behind: a cached read sees both writes.
+  Bytes p3(page);
+  ASSERT_TRUE(dev.ReadAt(3 * page, p3).ok());
+  EXPECT_TRUE(std::equal(user.begin(), user.end(), p3.begin()));
+  EXPECT_TRUE(std::equal(last.begin(), last.end(), p3.end() - 512));
+  d->reset();
+  const std::string img = test::ReadFileOrDie(dir / "img");
+  auto at = [&](uint64_t off) { return Bytes(img.begin() + long(off), img.begin() + long(off + 512)); };
+  EXPECT_NE(at(2 * page), user) << "a buffered partial-page write kept a user's sector it never read";
+  EXPECT_EQ(at(2 * page), Bytes(orig.begin() + long(2 * page), orig.begin() + long(2 * page + 512)));
+  EXPECT_EQ(at(3 * page - 512), last);
+  EXPECT_EQ(at(3 * page), user);
+  EXPECT_EQ(at(4 * page - 512), last);
 }
 
 TEST(FaultDevice, PowerCutDropsUnsyncedWrites) {

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "io/block_device.h"
+#include "io/io_buffer.h"
 
 namespace ds {
 
@@ -70,8 +71,41 @@ class PosixDevice final : public BlockDevice {
 
   void DropCache(uint64_t offset, uint64_t len) override {
     // POSIX_FADV_DONTNEED on a block device invalidates the clean pages of its page cache in the
-    // range (the bdev inode's mapping); dirty ones stay, which the precondition excludes.
-    (void)::posix_fadvise(fd_, off_t(offset), off_t(len), POSIX_FADV_DONTNEED);
+    // range (the bdev inode's mapping); dirty ones stay, which the precondition excludes. The
+    // kernel drops only pages wholly inside the range: widened to whole pages here, as a page
+    // that holds the range's first or last bytes would otherwise still be read from the cache.
+    const uint64_t page = CachePageSize();
+    const uint64_t from = offset / page * page, to = (offset + len + page - 1) / page * page;
+    (void)::posix_fadvise(fd_, off_t(from), off_t(to - from), POSIX_FADV_DONTNEED);
+  }
+
+  Status WriteAtUncached(uint64_t offset, std::span<const uint8_t> buf) override {
+    if (!writable_) return IOError(name_ + ": opened read-only");
+    if (offset > size_ || buf.size() > size_ - offset)
+      return IOError(name_ + ": write at " + std::to_string(offset) + " is beyond the end");
+    if (buf.empty()) return Status::Ok();
+    // A second open file of the same inode (its page cache is the one of fd_): O_DIRECT is a
+    // property of the open file, and fd_ stays buffered for everything else.
+    const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+    const int fd = ::open(self.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
+    if (fd < 0 && errno == EINVAL) return WriteAt(offset, buf);  // no O_DIRECT here: a shared cache
+    if (fd < 0) return PosixError(name_ + ": opening for a direct write", errno);
+    // O_DIRECT needs an aligned buffer: the bytes go through a page-aligned copy.
+    IoBuffer copy(buf.size());
+    std::memcpy(copy.data(), buf.data(), buf.size());
+    size_t done = 0;
+    Status st = Status::Ok();
+    while (done < buf.size()) {
+      ssize_t n = ::pwrite(fd, copy.data() + done, buf.size() - done, off_t(offset + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        st = PosixError(name_ + ": direct write at " + std::to_string(offset + done), errno);
+        break;
+      }
+      done += size_t(n);
+    }
+    ::close(fd);
+    return st;
   }
 
   uint64_t Size() const override { return size_; }

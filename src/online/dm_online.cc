@@ -123,6 +123,7 @@ Status FinishZone(const VolumeRef& ref, const std::map<int, const SecureBuffer*>
   engine::EngineOptions eo;
   eo.hotzone_bytes = hotzone_bytes;
   eo.in_use = true;
+  eo.users_bypass_cache = true;  // they write through NAME
   eo.until_done = until;
   return engine::RunOperation(v, keys, eo);
 }
@@ -699,6 +700,7 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
     gate.Observe(top->dev, first, max, backward);
   }
   eo.in_use = true;
+  eo.users_bypass_cache = true;  // they write through NAME
   eo.gate = &gate;
   // DISKSEAL_ONLINE_TIMING=1: where each hotzone step's time went, on stderr after the run
   // (nothing is written while a zone is held). A profiling aid for bench/online.sh.
