@@ -129,10 +129,11 @@ Status FinishZone(const VolumeRef& ref, const std::map<int, const SecureBuffer*>
 }
 
 // Removes a helper. Just after someone removed NAME the kernel may still hold the helper
-// open for a moment (NAME's tables release it asynchronously): busy is retried, bounded.
+// open for a moment (NAME's tables release it asynchronously): busy is retried, bounded (10 s:
+// a loaded machine takes longer, and a helper left behind blocks the next open).
 Status RemoveHelper(const std::string& hz_name) {
   Status s = dm::Remove(hz_name);
-  for (int i = 0; i < 100 && s.code() == Code::kBusy; ++i) {
+  for (int i = 0; i < 500 && s.code() == Code::kBusy; ++i) {
     ::usleep(20 * 1000);
     s = dm::Remove(hz_name);
   }

@@ -499,7 +499,7 @@ until grep -q '"done":[1-9][0-9]\{6,\}' /tmp/run.log 2>/dev/null; do
 done
 n=0
 until dmsetup remove vol 2> /dev/null; do
-  n=$((n + 1)); [ $n -lt 200 ] || fail "dmsetup remove vol kept failing"; sleep 0.05
+  n=$((n + 1)); [ $n -lt 1200 ] || fail "dmsetup remove vol kept failing"; sleep 0.05
 done
 if wait $RUN; then tail -3 /tmp/run.log; fail "the run did not stop when its mapping was closed"; fi
 grep -v '^{' /tmp/run.log | tail -3
@@ -514,7 +514,7 @@ diskseal resume /dev/vda $DS --hotzone-size 256K --progress-json 2> /tmp/run.log
 RUN=$!
 n=0
 while :; do
-  n=$((n + 1)); [ $n -lt 2000 ] || { tail -3 /tmp/run.log; fail "never saw a zone held"; }
+  n=$((n + 1)); [ $n -lt 20000 ] || { tail -3 /tmp/run.log; fail "never saw a zone held"; }
   kill -0 $RUN 2>/dev/null || { tail -3 /tmp/run.log; fail "the run ended before a zone was seen held"; }
   dmsetup info vol-dshzq 2>/dev/null | grep -q 'State: *SUSPENDED' || continue
   kill -STOP $RUN
@@ -526,7 +526,7 @@ rm -f /tmp/flushed
 ( dd if=/dev/null of=/dev/mapper/vol conv=notrunc,fsync 2>/dev/null; touch /tmp/flushed ) &
 n=0
 until [ -e /tmp/flushed ]; do
-  n=$((n + 1)); [ $n -lt 600 ] || { kill -CONT $RUN; fail "a flush waited for the held hotzone"; }; sleep 0.05
+  n=$((n + 1)); [ $n -lt 1200 ] || { kill -CONT $RUN; fail "a flush waited for the held hotzone"; }; sleep 0.05
 done
 dmsetup info vol-dshzq | grep -q 'State: *SUSPENDED' || fail "the zone was released under a stopped run"
 echo FLUSH-PASSES-HELD-ZONE-OK
