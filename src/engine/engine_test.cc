@@ -130,6 +130,26 @@ Result<luks2::Volume> Open(BlockDevice* hdr, BlockDevice* data) {
   return luks2::Volume::FromDevices("data", std::make_unique<DeviceRef>(hdr), std::make_unique<DeviceRef>(data));
 }
 
+// Options of an online run (in use, through `gate`) with the tests' hotzone limit.
+EngineOptions OnlineOptions(ZoneGate* gate, unsigned threads = 0) {
+  EngineOptions eo;
+  eo.hotzone_bytes = kHotzone;
+  eo.threads = threads;
+  eo.in_use = true;
+  eo.gate = gate;
+  return eo;
+}
+
+// The plaintext volume `v` holds under `key` (empty, with a test failure, when it cannot be read).
+Bytes PlainOf(luks2::Volume& v, const SecureBuffer& key) {
+  auto plain = v.OpenData({{0, &key}});
+  EXPECT_TRUE(plain.ok()) << plain.status().message();
+  if (!plain.ok()) return {};
+  Bytes out((*plain)->Size());
+  EXPECT_TRUE((*plain)->ReadAt(0, out).ok());
+  return out;
+}
+
 // Completes the operation on the given images and returns the plaintext the volume now holds.
 Bytes FinishAndRead(const Bytes& header, const Bytes& data, const SecureBuffer& key,
                     const SecureBuffer* new_key = nullptr) {
@@ -282,11 +302,7 @@ TEST(Engine, OnlineGateWrapsEveryHotzoneAndUntilDoneStopsAtAZoneEnd) {
     auto v = Open(&h, &d);
     ASSERT_TRUE(v.ok());
     RecordingGate gate(h, d);
-    EngineOptions eo;
-    eo.hotzone_bytes = kHotzone;  // online: one buffer, zones of the whole bound
-    eo.threads = 2;
-    eo.in_use = true;
-    eo.gate = &gate;
+    EngineOptions eo = OnlineOptions(&gate, 2);  // online: one buffer, zones of the whole bound
     // First only three zones: the run stops ok with exactly that much done, nothing flagged.
     eo.until_done = 3 * kHotzone;
     ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
@@ -302,11 +318,7 @@ TEST(Engine, OnlineGateWrapsEveryHotzoneAndUntilDoneStopsAtAZoneEnd) {
       const uint64_t want = decrypt ? kDataSize - (i + 1) * kHotzone : i * kHotzone;  // backward when decrypting
       EXPECT_EQ(gate.zones[i], std::make_pair(want, kHotzone)) << i;
     }
-    auto plain = v->OpenData({{0, &f.key}});
-    ASSERT_TRUE(plain.ok());
-    Bytes out((*plain)->Size());
-    ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
-    EXPECT_EQ(out, f.plain) << (decrypt ? "decrypt" : "encrypt");
+    EXPECT_EQ(PlainOf(*v, f.key), f.plain) << (decrypt ? "decrypt" : "encrypt");
   }
 }
 
@@ -339,11 +351,7 @@ TEST(Engine, OnlineGateMayShortenZonesToWholeBlocks) {
     auto v = Open(&h, &d);
     ASSERT_TRUE(v.ok());
     ShrinkingGate gate(h, d);
-    EngineOptions eo;
-    eo.hotzone_bytes = kHotzone;
-    eo.threads = 2;
-    eo.in_use = true;
-    eo.gate = &gate;
+    EngineOptions eo = OnlineOptions(&gate, 2);
     ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
     uint64_t covered = 0;
     for (size_t i = 0; i < gate.zones.size(); ++i) {
@@ -368,11 +376,7 @@ TEST(Engine, OnlineGateMayShortenZonesToWholeBlocks) {
       EXPECT_EQ(gate.asked_backward[i], decrypt) << i;
       EXPECT_EQ(gate.asked_at[i], decrypt ? off + len : off) << i;
     }
-    auto plain = v->OpenData({{0, &f.key}});
-    ASSERT_TRUE(plain.ok());
-    Bytes out((*plain)->Size());
-    ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
-    EXPECT_EQ(out, f.plain) << (decrypt ? "decrypt" : "encrypt");
+    EXPECT_EQ(PlainOf(*v, f.key), f.plain) << (decrypt ? "decrypt" : "encrypt");
   }
 }
 
@@ -417,10 +421,7 @@ TEST(Engine, OnlineZonesEndOnPageBoundariesAndSharedPagesGoAroundTheCache) {
       auto v = Open(&h, &d);
       ASSERT_TRUE(v.ok());
       ShrinkingGate gate(h, d);
-      EngineOptions eo;
-      eo.hotzone_bytes = kHotzone;
-      eo.in_use = true;
-      eo.gate = &gate;
+      EngineOptions eo = OnlineOptions(&gate);
       eo.until_done = 4608;
       ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
       ASSERT_EQ(gate.zones.size(), 1u);
@@ -431,12 +432,8 @@ TEST(Engine, OnlineZonesEndOnPageBoundariesAndSharedPagesGoAroundTheCache) {
     auto v = Open(&h, &rec);
     ASSERT_TRUE(v.ok());
     ShrinkingGate gate(h, d2);
-    EngineOptions eo;
-    eo.hotzone_bytes = kHotzone;
-    eo.threads = 2;
-    eo.in_use = true;
+    EngineOptions eo = OnlineOptions(&gate, 2);
     eo.users_bypass_cache = true;
-    eo.gate = &gate;
     ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
     ASSERT_GE(gate.zones.size(), 4u);
     uint64_t covered = 4608;
@@ -460,11 +457,7 @@ TEST(Engine, OnlineZonesEndOnPageBoundariesAndSharedPagesGoAroundTheCache) {
     }
     EXPECT_EQ(around, page - 4608 % page);
     for (const auto& [o, n] : rec.cached) EXPECT_TRUE(o + n <= shared || o >= shared + page - 4608 % page) << o;
-    auto plain = v->OpenData({{0, &f.key}});
-    ASSERT_TRUE(plain.ok());
-    Bytes out((*plain)->Size());
-    ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
-    EXPECT_EQ(out, f.plain) << (decrypt ? "decrypt" : "encrypt");
+    EXPECT_EQ(PlainOf(*v, f.key), f.plain) << (decrypt ? "decrypt" : "encrypt");
   }
 }
 
@@ -508,11 +501,8 @@ TEST(Engine, OnlineKeepsUsersBytesInAPageItsFirstZoneShares) {
     auto v = Open(&h, data->get());
     ASSERT_TRUE(v.ok());
     UserAtHoldGate gate(first, nullptr);
-    EngineOptions eo;
-    eo.hotzone_bytes = kHotzone;
-    eo.in_use = true;
+    EngineOptions eo = OnlineOptions(&gate);
     eo.users_bypass_cache = false;  // an older diskseal: buffered, mid-page
-    eo.gate = &gate;
     eo.until_done = first;
     ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
   }
@@ -527,12 +517,8 @@ TEST(Engine, OnlineKeepsUsersBytesInAPageItsFirstZoneShares) {
     EXPECT_EQ(::pwrite(fd, b.data(), 512, off_t(page)), 512);
     ::close(fd);
   });
-  EngineOptions eo;
-  eo.hotzone_bytes = kHotzone;
-  eo.threads = 2;
-  eo.in_use = true;
+  EngineOptions eo = OnlineOptions(&gate, 2);
   eo.users_bypass_cache = true;
-  eo.gate = &gate;
   ASSERT_TRUE(RunOperation(*v, {{0, &f.key}}, eo).ok());
   data->reset();
   const std::string img = test::ReadFileOrDie(dir / "data");
@@ -540,10 +526,7 @@ TEST(Engine, OnlineKeepsUsersBytesInAPageItsFirstZoneShares) {
   MemDevice d("data", Bytes(img.begin(), img.end()));
   auto done = Open(&h, &d);
   ASSERT_TRUE(done.ok());
-  auto plain = done->OpenData({{0, &f.key}});
-  ASSERT_TRUE(plain.ok());
-  Bytes out((*plain)->Size());
-  ASSERT_TRUE((*plain)->ReadAt(0, out).ok());
+  const Bytes out = PlainOf(*done, f.key);
   Bytes want = f.plain;
   std::copy_n(out.begin() + long(page), 512, want.begin() + long(page));  // the user's sector
   EXPECT_EQ(out, want);
