@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -33,6 +34,21 @@ std::string ReadAll(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+// The script's first line that is neither blank nor a comment nor `set -e`, cut to 60 characters:
+// names a command in the time log.
+std::string FirstCommand(const std::string& script) {
+  size_t pos = 0;
+  while (pos < script.size()) {
+    size_t end = script.find('\n', pos);
+    if (end == std::string::npos) end = script.size();
+    std::string line = Trim(script.substr(pos, end - pos));
+    pos = end + 1;
+    if (line.empty() || line[0] == '#' || line == "set -e") continue;
+    return line.size() > 60 ? line.substr(0, 60) + "..." : line;
+  }
+  return "";
 }
 
 double Seconds(Clock::time_point a, Clock::time_point b) {
@@ -122,11 +138,22 @@ RunResult RunOnImage(const DebianImage& image, const std::string& disk,
   for (const auto& [k, v] : vars) argv.push_back(k + "=" + v);
   for (const char* a : {"bash", "-c"}) argv.push_back(a);
   argv.push_back(std::string(kImageShell) + script);
-  return RunProgram(argv);
+  const auto t0 = Clock::now();
+  RunResult r = RunProgram(argv);
+  std::printf("[host] on the image (%s): %.1f s\n", FirstCommand(script).c_str(), Seconds(t0, Clock::now()));
+  std::fflush(stdout);
+  return r;
 }
 
-DebianGuest::DebianGuest(Options opts) : o_(std::move(opts)) {
+DebianGuest::DebianGuest(Options opts) : o_(std::move(opts)), born_(Clock::now()) {
   ::unlink((o_.work_dir + "/console.log").c_str());
+}
+
+void DebianGuest::LogTime(const std::string& what, Clock::time_point since) const {
+  // Where a guest test spends its time, in the test's output (CI shows it when a test fails): the
+  // OS tests are most of the suite's time under TCG.
+  std::printf("[guest +%5.0fs] %s: %.1f s\n", Seconds(born_, Clock::now()), what.c_str(), Seconds(since, Clock::now()));
+  std::fflush(stdout);
 }
 
 DebianGuest::~DebianGuest() {
@@ -274,6 +301,7 @@ bool DebianGuest::Boot(int timeout_s, std::string* err) {
   }
   boot_id_ = line.substr(std::strlen("DSAGENT READY "));
   last_boot_s_ = Seconds(t0, Clock::now());
+  LogTime("boot", t0);
   return true;
 }
 
@@ -295,7 +323,8 @@ ExecResult DebianGuest::Exec(const std::string& script, int timeout_s) {
     }
     off += static_cast<size_t>(w);
   }
-  auto deadline = Clock::now() + std::chrono::seconds(timeout_s);
+  const auto t0 = Clock::now();
+  auto deadline = t0 + std::chrono::seconds(timeout_s);
   std::string line;
   const std::string out_prefix = "DSAGENT OUT " + id + " ", end_prefix = "DSAGENT END " + id + " ";
   if (!ReadLine(out_prefix, deadline, &line)) {
@@ -306,6 +335,7 @@ ExecResult DebianGuest::Exec(const std::string& script, int timeout_s) {
   if (dec) res.output.assign(dec->begin(), dec->end());
   if (!ReadLine(end_prefix, deadline, &line)) return res;
   res.exit_code = std::atoi(line.substr(end_prefix.size()).c_str());
+  LogTime("exec " + id + " (" + FirstCommand(script) + ")", t0);
   return res;
 }
 

@@ -95,7 +95,10 @@ class DebianGuest {
   double last_boot_seconds() const { return last_boot_s_; }  // QEMU start -> agent READY
 
  private:
+  using Clock = std::chrono::steady_clock;
   bool WaitExit(int timeout_s);
+  // Prints "[guest +T s] what: D s" (T since construction, D since `since`).
+  void LogTime(const std::string& what, Clock::time_point since) const;
   // Reads channel lines until one starts with `prefix` or the deadline passes; false on time-out
   // or when the channel closed (QEMU exited).
   bool ReadLine(const std::string& prefix, std::chrono::steady_clock::time_point deadline,
@@ -109,6 +112,7 @@ class DebianGuest {
   std::string boot_id_;
   int next_id_ = 1;
   double last_boot_s_ = 0;
+  Clock::time_point born_;
 };
 
 }  // namespace ds::test
