@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -36,16 +37,27 @@ std::string ReadAll(const std::string& path) {
   return ss.str();
 }
 
-// The script's first line that is neither blank nor a comment nor `set -e`, cut to 60 characters:
-// names a command in the time log.
+// The script's first command, cut to 60 characters: names it in the time log. Skipped: blank
+// lines, comments, `set -e`, `exec` redirections and shell function definitions (the helpers a
+// test puts before its commands).
 std::string FirstCommand(const std::string& script) {
   size_t pos = 0;
+  bool in_function = false;
   while (pos < script.size()) {
     size_t end = script.find('\n', pos);
     if (end == std::string::npos) end = script.size();
     std::string line = Trim(script.substr(pos, end - pos));
     pos = end + 1;
-    if (line.empty() || line[0] == '#' || line == "set -e") continue;
+    line.erase(0, std::min(line.find_first_not_of(' '), line.size()));
+    if (in_function) {
+      in_function = line != "}";
+      continue;
+    }
+    if (line.find("() {") != std::string::npos) {
+      in_function = line.back() != '}';  // a one-line function ends on its own line
+      continue;
+    }
+    if (line.empty() || line[0] == '#' || line == "set -e" || line.rfind("exec ", 0) == 0) continue;
     return line.size() > 60 ? line.substr(0, 60) + "..." : line;
   }
   return "";
