@@ -43,12 +43,17 @@ class BlockDevice {
   // Precondition: this process's own writes there are synced. No effect without a page cache.
   // Every page touching the range is dropped, partial ones at its edges included.
   virtual void DropCache(uint64_t /*offset*/, uint64_t /*len*/) {}
-  // WriteAt around this device's page cache (O_DIRECT): only these bytes reach the medium, never
-  // the rest of a cached page that holds them, and cached pages of the range are invalidated.
-  // For writes beside others who write the medium through another device (see DropCache).
-  // Offset and size: multiples of the device's logical block size. Devices without a page cache
-  // (and files that refuse O_DIRECT, whose cache every writer shares) write as WriteAt does.
-  // Sync covers it as it covers WriteAt.
+  // ReadAt and WriteAt around this device's page cache (O_DIRECT), for I/O beside others who
+  // reach the medium through another device (a device-mapper table over this one, see
+  // DropCache): a read gets the medium's bytes, never a stale cached page; a write puts only its
+  // own bytes on the medium, never the rest of a cached page that holds them, and cached pages
+  // of the range are invalidated. Also the fast path in a guest whose disk emulation copies
+  // every buffered page. Offset and size: multiples of the device's logical block size
+  // (elsewhere, and on files that refuse O_DIRECT, whose cache every writer shares, a read drops
+  // the range's cache first and a write is buffered); buffers page-aligned (IoBuffer), else
+  // copied. Sync covers the writes as it covers WriteAt. Devices without a page cache do plain
+  // ReadAt/WriteAt.
+  virtual Status ReadAtUncached(uint64_t offset, std::span<uint8_t> buf) { return ReadAt(offset, buf); }
   virtual Status WriteAtUncached(uint64_t offset, std::span<const uint8_t> buf) { return WriteAt(offset, buf); }
   virtual uint64_t Size() const = 0;
   // The path or a label, for messages ("disk.img: ...").

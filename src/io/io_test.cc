@@ -105,7 +105,7 @@ void WriteDirect(const std::string& dev, uint64_t off, const Bytes& b) {
 // engine relies on (engine.h, users_bypass_cache): a page of mine's cache goes stale when users
 // write part of it; DropCache of any part of a page drops the whole page; a buffered write of
 // part of a stale cached page writes the whole page back, the users' bytes as they were before
-// (the danger), and WriteAtUncached writes only its own bytes.
+// (the danger), and WriteAtUncached writes only its own bytes; ReadAtUncached reads the medium's.
 TEST(PosixEnv, PagesSharedWithWritesThroughAnotherDevice) {
   if (::geteuid() != 0) GTEST_SKIP() << "loop devices need root";
   const uint64_t page = CachePageSize();
@@ -125,6 +125,10 @@ TEST(PosixEnv, PagesSharedWithWritesThroughAnotherDevice) {
   Bytes first(512);
   ASSERT_TRUE(dev.ReadAt(page, first).ok());
   EXPECT_TRUE(std::equal(first.begin(), first.end(), orig.begin() + long(page))) << "the cache did not go stale";
+  // A read around the cache gets the medium's bytes (and leaves the stale page as it is).
+  Bytes medium(512);
+  ASSERT_TRUE(dev.ReadAtUncached(page, medium).ok());
+  EXPECT_EQ(medium, user);
   // Dropping only the page's last sector drops the page: its first sector is read anew.
   dev.DropCache(2 * page - 512, 512);
   ASSERT_TRUE(dev.ReadAt(page, first).ok());

@@ -45,6 +45,7 @@ class DeviceRef final : public BlockDevice {
   Status Sync() override { return t_->Sync(); }
   void StartWriteback(uint64_t o, uint64_t n) override { t_->StartWriteback(o, n); }
   void DropCache(uint64_t o, uint64_t n) override { t_->DropCache(o, n); }
+  Status ReadAtUncached(uint64_t o, std::span<uint8_t> b) override { return t_->ReadAtUncached(o, b); }
   Status WriteAtUncached(uint64_t o, std::span<const uint8_t> b) override { return t_->WriteAtUncached(o, b); }
   uint64_t Size() const override { return t_->Size(); }
   const std::string& name() const override { return t_->name(); }

@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <string>
 
 #include "io/block_device.h"
@@ -21,7 +22,10 @@ class PosixDevice final : public BlockDevice {
  public:
   PosixDevice(int fd, std::string name, uint64_t size, bool writable, uint32_t align)
       : fd_(fd), name_(std::move(name)), size_(size), writable_(writable), align_(align) {}
-  ~PosixDevice() override { ::close(fd_); }
+  ~PosixDevice() override {
+    ::close(fd_);
+    if (dfd_ >= 0) ::close(dfd_);
+  }
 
   Status ReadAt(uint64_t offset, std::span<uint8_t> buf) override {
     if (offset > size_ || buf.size() > size_ - offset)
@@ -79,33 +83,38 @@ class PosixDevice final : public BlockDevice {
     (void)::posix_fadvise(fd_, off_t(from), off_t(to - from), POSIX_FADV_DONTNEED);
   }
 
+  Status ReadAtUncached(uint64_t offset, std::span<uint8_t> buf) override {
+    if (offset > size_ || buf.size() > size_ - offset)
+      return IOError(name_ + ": read of " + std::to_string(buf.size()) + " bytes at " +
+                     std::to_string(offset) + " is beyond the end (" + std::to_string(size_) + " bytes)");
+    const int fd = DirectFd(offset, buf.size());
+    if (fd < 0) {  // no O_DIRECT here, or not whole blocks: the medium's bytes through the cache
+      DropCache(offset, buf.size());
+      return ReadAt(offset, buf);
+    }
+    if (reinterpret_cast<uintptr_t>(buf.data()) % IoBuffer::kAlign != 0) {  // see WriteAtUncached
+      IoBuffer copy(buf.size());
+      DS_RETURN_IF_ERROR(Direct(fd, offset, copy.data(), buf.size(), false));
+      std::memcpy(buf.data(), copy.data(), buf.size());
+      return Status::Ok();
+    }
+    return Direct(fd, offset, buf.data(), buf.size(), false);
+  }
+
   Status WriteAtUncached(uint64_t offset, std::span<const uint8_t> buf) override {
     if (!writable_) return IOError(name_ + ": opened read-only");
     if (offset > size_ || buf.size() > size_ - offset)
       return IOError(name_ + ": write at " + std::to_string(offset) + " is beyond the end");
-    if (buf.empty()) return Status::Ok();
-    // A second open file of the same inode (its page cache is the one of fd_): O_DIRECT is a
-    // property of the open file, and fd_ stays buffered for everything else.
-    const std::string self = "/proc/self/fd/" + std::to_string(fd_);
-    const int fd = ::open(self.c_str(), O_WRONLY | O_DIRECT | O_CLOEXEC);
-    if (fd < 0 && errno == EINVAL) return WriteAt(offset, buf);  // no O_DIRECT here: a shared cache
-    if (fd < 0) return PosixError(name_ + ": opening for a direct write", errno);
-    // O_DIRECT needs an aligned buffer: the bytes go through a page-aligned copy.
-    IoBuffer copy(buf.size());
-    std::memcpy(copy.data(), buf.data(), buf.size());
-    size_t done = 0;
-    Status st = Status::Ok();
-    while (done < buf.size()) {
-      ssize_t n = ::pwrite(fd, copy.data() + done, buf.size() - done, off_t(offset + done));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        st = PosixError(name_ + ": direct write at " + std::to_string(offset + done), errno);
-        break;
-      }
-      done += size_t(n);
+    const int fd = DirectFd(offset, buf.size());
+    if (fd < 0) return WriteAt(offset, buf);  // no O_DIRECT here: a cache every writer shares
+    // The engine's buffers are IoBuffers (page-aligned); anything else goes through an aligned
+    // copy, as the kernel refuses a direct transfer from a misaligned address.
+    if (reinterpret_cast<uintptr_t>(buf.data()) % IoBuffer::kAlign != 0) {
+      IoBuffer copy(buf.size());
+      std::memcpy(copy.data(), buf.data(), buf.size());
+      return Direct(fd, offset, copy.data(), buf.size(), true);
     }
-    ::close(fd);
-    return st;
+    return Direct(fd, offset, const_cast<uint8_t*>(buf.data()), buf.size(), true);
   }
 
   uint64_t Size() const override { return size_; }
@@ -114,11 +123,52 @@ class PosixDevice final : public BlockDevice {
   uint32_t io_alignment() const override { return align_; }
 
  private:
+  // The O_DIRECT twin of fd_ for [offset, +len), or -1 where the transfer must be buffered: the
+  // file refuses O_DIRECT (tmpfs: there every writer shares the one cache anyway) or the range
+  // is not whole logical blocks. Opened once, on first use, through /proc/self/fd: a second
+  // open file of the same inode, whose page cache is fd_'s (O_DIRECT is a property of the open
+  // file, and fd_ stays buffered for everything else). Thread-safe.
+  int DirectFd(uint64_t offset, uint64_t len) {
+    std::call_once(direct_once_, [this] {
+      const std::string self = "/proc/self/fd/" + std::to_string(fd_);
+      dfd_ = ::open(self.c_str(), (writable_ ? O_RDWR : O_RDONLY) | O_DIRECT | O_CLOEXEC);
+      int unit = 0;
+      struct stat st;
+      if (dfd_ >= 0 && ::fstat(dfd_, &st) == 0)
+        direct_unit_ = S_ISBLK(st.st_mode) && ::ioctl(dfd_, BLKSSZGET, &unit) == 0 && unit > 0
+                           ? uint64_t(unit)
+                           : uint64_t(IoBuffer::kAlign);
+    });
+    if (dfd_ < 0 || offset % direct_unit_ != 0 || len % direct_unit_ != 0) return -1;
+    return dfd_;
+  }
+
+  // One direct transfer of whole blocks from or to a page-aligned buffer; short transfers are
+  // continued (they end on block boundaries).
+  Status Direct(int fd, uint64_t offset, uint8_t* p, size_t n, bool write) {
+    size_t done = 0;
+    while (done < n) {
+      const ssize_t r = write ? ::pwrite(fd, p + done, n - done, off_t(offset + done))
+                              : ::pread(fd, p + done, n - done, off_t(offset + done));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        return PosixError(name_ + ": direct " + (write ? "write" : "read") + " at " +
+                              std::to_string(offset + done), errno);
+      }
+      if (r == 0) return IOError(name_ + ": unexpected end of device at " + std::to_string(offset + done));
+      done += size_t(r);
+    }
+    return Status::Ok();
+  }
+
   int fd_;
   std::string name_;
   uint64_t size_;
   bool writable_;
   uint32_t align_;
+  std::once_flag direct_once_;
+  int dfd_ = -1;
+  uint64_t direct_unit_ = IoBuffer::kAlign;
 };
 
 Result<std::unique_ptr<BlockDevice>> OpenFd(const std::string& path, int flags, bool writable) {
