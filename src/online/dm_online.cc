@@ -429,9 +429,12 @@ class DmGate final : public engine::ZoneGate {
   }
 
   // Each step also costs a fixed ~50 ms in the QEMU guest (table load, suspend/resume, two
-  // commits): a shorter target would spend most of the step on that.
-  static constexpr double kBusyHold = 0.3;          // seconds
-  static constexpr double kColdHold = 0.6;          // seconds, a busy run's zone in a cold area
+  // commits): a shorter target would spend most of the step on that. A longer one makes a
+  // user's write more likely to land in a held zone and wait for it: with zones read and written
+  // around the page cache, cold zones of 0.6 s gave the bench's workload a p99 of 3-12x its
+  // latency alone, 0.45 s 2-8x, 0.3 s 2x in four runs (README "Online").
+  static constexpr double kBusyHold = 0.2;          // seconds
+  static constexpr double kColdHold = 0.3;          // seconds, a busy run's zone in a cold area
   static constexpr uint64_t kMinBusyZone = 2u << 20;
   static constexpr uint64_t kFirstBusyZone = 4u << 20;  // before any step measured the rate
   static constexpr uint64_t kHotZone = 1u << 20;        // a zone where users work: the step's fixed cost dominates
