@@ -50,9 +50,9 @@ class BlockDevice {
   // of the range are invalidated. Also the fast path in a guest whose disk emulation copies
   // every buffered page. Offset and size: multiples of the device's logical block size
   // (elsewhere, and on files that refuse O_DIRECT, whose cache every writer shares, a read drops
-  // the range's cache first and a write is buffered); buffers page-aligned (IoBuffer), else
-  // copied. Sync covers the writes as it covers WriteAt. Devices without a page cache do plain
-  // ReadAt/WriteAt.
+  // the range's cache first and a write is buffered); buffers aligned to a logical block (an
+  // IoBuffer, or whole blocks inside one), else copied. Sync covers the writes as it covers
+  // WriteAt. Devices without a page cache do plain ReadAt/WriteAt.
   virtual Status ReadAtUncached(uint64_t offset, std::span<uint8_t> buf) { return ReadAt(offset, buf); }
   virtual Status WriteAtUncached(uint64_t offset, std::span<const uint8_t> buf) { return WriteAt(offset, buf); }
   virtual uint64_t Size() const = 0;

@@ -129,6 +129,10 @@ TEST(PosixEnv, PagesSharedWithWritesThroughAnotherDevice) {
   Bytes medium(512);
   ASSERT_TRUE(dev.ReadAtUncached(page, medium).ok());
   EXPECT_EQ(medium, user);
+  // The same into a block-aligned place inside an IoBuffer (no copy on the way).
+  IoBuffer inside(2 * 512);
+  ASSERT_TRUE(dev.ReadAtUncached(page, inside.span().subspan(512, 512)).ok());
+  EXPECT_TRUE(std::equal(user.begin(), user.end(), inside.data() + 512));
   // Dropping only the page's last sector drops the page: its first sector is read anew.
   dev.DropCache(2 * page - 512, 512);
   ASSERT_TRUE(dev.ReadAt(page, first).ok());

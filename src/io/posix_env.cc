@@ -92,7 +92,7 @@ class PosixDevice final : public BlockDevice {
       DropCache(offset, buf.size());
       return ReadAt(offset, buf);
     }
-    if (reinterpret_cast<uintptr_t>(buf.data()) % IoBuffer::kAlign != 0) {  // see WriteAtUncached
+    if (reinterpret_cast<uintptr_t>(buf.data()) % direct_unit_ != 0) {  // see WriteAtUncached
       IoBuffer copy(buf.size());
       DS_RETURN_IF_ERROR(Direct(fd, offset, copy.data(), buf.size(), false));
       std::memcpy(buf.data(), copy.data(), buf.size());
@@ -107,9 +107,10 @@ class PosixDevice final : public BlockDevice {
       return IOError(name_ + ": write at " + std::to_string(offset) + " is beyond the end");
     const int fd = DirectFd(offset, buf.size());
     if (fd < 0) return WriteAt(offset, buf);  // no O_DIRECT here: a cache every writer shares
-    // The engine's buffers are IoBuffers (page-aligned); anything else goes through an aligned
-    // copy, as the kernel refuses a direct transfer from a misaligned address.
-    if (reinterpret_cast<uintptr_t>(buf.data()) % IoBuffer::kAlign != 0) {
+    // The kernel wants the memory of a direct transfer aligned as its offsets (a logical
+    // block): the engine's IoBuffers and whole blocks inside them are; anything else goes
+    // through an aligned copy.
+    if (reinterpret_cast<uintptr_t>(buf.data()) % direct_unit_ != 0) {
       IoBuffer copy(buf.size());
       std::memcpy(copy.data(), buf.data(), buf.size());
       return Direct(fd, offset, copy.data(), buf.size(), true);
@@ -143,7 +144,7 @@ class PosixDevice final : public BlockDevice {
     return dfd_;
   }
 
-  // One direct transfer of whole blocks from or to a page-aligned buffer; short transfers are
+  // One direct transfer of whole blocks from or to a block-aligned buffer; short transfers are
   // continued (they end on block boundaries).
   Status Direct(int fd, uint64_t offset, uint8_t* p, size_t n, bool write) {
     size_t done = 0;
