@@ -7,7 +7,8 @@
 # with the other's checksum hash ("cryptsetup-md5", "diskseal-sha256"), for like-for-like ratios.
 # Prints seconds and MiB/s of each, the ratio diskseal/cryptsetup, the workload's files/s and its
 # p99 latency per file during each run against the same workload alone, and diskseal's peak RSS.
-# diskseal's per-hotzone profile (DISKSEAL_ONLINE_TIMING) is printed as "timing ... sum" lines.
+# diskseal's per-hotzone profile (DISKSEAL_ONLINE_TIMING) is printed as "timing ... sum" lines, and the
+# phases around the steps (checks, memory lock, helpers, observation, steps, finish) as "phases".
 # Usage: bench/online.sh [SIZE_MIB=256] [VCPUS=1]. Needs scripts/setup and a built build/diskseal.
 # Both tools run in the same guest, so with VCPUS=2 both get the same two vCPUs.
 set -euo pipefail
@@ -77,7 +78,7 @@ run() {  # tool with_workload
   b=$(now)
   wlres=""; if [ $withwl = yes ]; then wlres=" $(wl_stop)"; fi
   rss=""; if [ ${tool%-*} = diskseal ]; then rss=" rss_kib $(cat /tmp/hwm.$P 2>/dev/null || echo ?)"; fi
-  if [ ${tool%-*} = diskseal ]; then grep '^timing .* sum ' /tmp/timing | sed "s/^/PROFILE $tool workload=$withwl /"; fi
+  if [ ${tool%-*} = diskseal ]; then grep -E '^timing .* (sum|phases) ' /tmp/timing | sed "s/^/PROFILE $tool workload=$withwl /"; fi
   echo "RESULT $tool-online-workload=$withwl $(echo "$a $b" | awk -v s=$SIZE '{printf "%.2f s %.1f MiB/s", $2 - $1, s / ($2 - $1)}')$wlres$rss"
   umount /mnt
   dmsetup remove vol

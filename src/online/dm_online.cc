@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -657,6 +658,14 @@ Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
 
 Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
                  const std::map<int, const SecureBuffer*>& keys, engine::EngineOptions eo) {
+  // Seconds of each phase around the steps, for DISKSEAL_ONLINE_TIMING below.
+  using PhaseClock = std::chrono::steady_clock;
+  auto since = [last = PhaseClock::now()]() mutable {
+    const auto now = PhaseClock::now();
+    const double d = std::chrono::duration<double>(now - last).count();
+    last = now;
+    return d;
+  };
   DS_RETURN_IF_ERROR(RestoreLeftovers(ref, name, keys, eo.hotzone_bytes));
   // A zone a killed run left held was finished by that restore, which committed the header on
   // disk: `v`, loaded before, would still show it flagged.
@@ -670,8 +679,10 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   // Every mapped page is made resident first when a mapped file may live there
   // (online/memory_lock.h); otherwise only what is in memory and what the run touches.
   const LockDecision lock = LockScopeFor(*ref.env, top->dev);
+  const double t_checks = since();
   if (int e = LockMemory(*ref.env, lock); e != 0)
     return PosixError(name + ": locking memory for the online run (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)", e);
+  const double t_lock = since();
   DmGate gate(v, ref, name, keys, top->read_only);
   Status started = gate.Start(eo.hotzone_bytes, lock);
   if (!started.ok()) {
@@ -694,6 +705,7 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
     std::cerr << "diskseal: " << name << ": /dev/mapper/" << name << " now maps the volume over " << ref.device
               << " (no remount)\n";
   }
+  std::array<double, 4> t_before{};  // checks, lock, helpers+guardian(+adoption), observe
   {
     // Where the first zone lies, for the gate's I/O statistics (a guess is harmless: the window
     // follows the zones).
@@ -701,7 +713,9 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
     const uint64_t max = std::min<uint64_t>(eo.hotzone_bytes, st.ok() && *st ? (*st)->data_size : 0);
     const bool backward = st.ok() && *st && (*st)->backward;
     const uint64_t first = st.ok() && *st && max ? (*st)->StepOffset(std::min((*st)->done, (*st)->data_size - max), max) : 0;
+    const double t_start = since();
     gate.Observe(top->dev, first, max, backward);
+    t_before = {t_checks, t_lock, t_start, since()};
   }
   eo.in_use = true;
   eo.users_bypass_cache = true;  // they write through NAME
@@ -715,10 +729,14 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
     eo.timings = &timings;
   }
   Status run = engine::RunOperation(v, keys, eo);
+  const double t_run = since();
   Status fin = gate.Finish();
   (void)munlockall();
+  const double t_finish = since();
   if (eo.timings) {
     PrintTimings(name, timings, gate.backoff_total(), gate.backoff_max());
+    std::fprintf(stderr, "timing %s phases checks=%.3f lock=%.3f start=%.3f observe=%.3f run=%.3f finish=%.3f\n",
+                 name.c_str(), t_before[0], t_before[1], t_before[2], t_before[3], t_run, t_finish);
     std::fprintf(stderr, "timing %s lock=%s (%s)\n", name.c_str(), lock.scope == LockScope::kAll ? "all" : "on-fault",
                  lock.why.c_str());
   }
