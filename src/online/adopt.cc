@@ -132,9 +132,10 @@ Status PrepareRaw(const std::string& device, const std::string& name) {
   if (raw) {
     DS_ASSIGN_OR_RETURN(auto rt, dm::LiveTargets(RawName(name)));
     if (rt == t) return Status::Ok();  // made by an earlier run, NAME not switched yet
-    DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
+    DS_ASSIGN_OR_RETURN(auto helpers, HelperDevices(name));
     for (dev_t d : top->deps)
-      if (d == raw->dev || (hz && d == hz->dev)) return Status::Ok();  // switched by an earlier run
+      if (d == raw->dev || std::find(helpers.begin(), helpers.end(), d) != helpers.end())
+        return Status::Ok();  // switched by an earlier run
     return Busy(device + ": " + RawPath(name) + " exists but is neither a copy of /dev/mapper/" + name +
                 "'s table nor under it; remove it by hand (dmsetup remove " + RawName(name) + ") if nothing uses it");
   }

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <iostream>
 
 #include "dm/dm.h"
@@ -32,6 +33,7 @@ namespace {
 constexpr uint64_t kSector = 512;
 constexpr char kHotzoneUuidPrefix[] = "DISKSEAL-HOTZONE-";
 constexpr char kQueueUuidPrefix[] = "DISKSEAL-HZQUEUE-";
+constexpr char kCryptUuidPrefix[] = "DISKSEAL-HZCRYPT-";
 
 std::string HzPath(const std::string& name) { return "/dev/mapper/" + HotzoneName(name); }
 
@@ -141,12 +143,42 @@ Status RemoveHelper(const std::string& hz_name) {
   return s;
 }
 
-// Removes NAME's helpers that exist, the one above first (it holds the queue open).
-Status RemoveHelpers(const std::string& name) {
-  for (const std::string& n : {HotzoneName(name), QueueName(name)}) {
+// Removes the helpers among `names` that exist, in that order.
+Status RemoveHelpersInOrder(std::initializer_list<std::string> names) {
+  for (const std::string& n : names) {
     DS_ASSIGN_OR_RETURN(auto m, dm::Find(n));
     if (m) DS_RETURN_IF_ERROR(RemoveHelper(n));
   }
+  return Status::Ok();
+}
+
+// Removes NAME's helpers that exist, each before the one it holds open (NAME-dshzn holds
+// NAME-dshz, which holds the queue). A removal waits 30-50 ms in the kernel in the QEMU guest
+// (mostly for grace periods, not CPU), and the run's end waits for them all: the layouts over the
+// data device, which hold none of the others, are removed by a child process meanwhile (not a
+// thread: libdevmapper's error reporting here is process-global). Precondition: NAME maps none of
+// them any more (or is gone).
+Status RemoveHelpers(const std::string& name) {
+  std::cout.flush();
+  std::cerr.flush();
+  const pid_t side = ::fork();
+  if (side == 0) {
+    Status s = RemoveHelpersInOrder({DoneName(name), OldName(name)});
+    if (!s.ok()) std::fprintf(stderr, "diskseal: %s\n", s.message().c_str());
+    ::_exit(s.ok() ? 0 : 1);
+  }
+  Status chain = RemoveHelpersInOrder({HotNewName(name), HotzoneName(name), QueueName(name)});
+  if (side < 0) {
+    DS_RETURN_IF_ERROR(chain);
+    return RemoveHelpersInOrder({DoneName(name), OldName(name)});
+  }
+  int status = 0;
+  pid_t r;
+  while ((r = ::waitpid(side, &status, 0)) < 0 && errno == EINTR) {
+  }
+  DS_RETURN_IF_ERROR(chain);
+  if (r < 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return IOError(name + ": removing " + DoneName(name) + " or " + OldName(name) + " failed (see above)");
   return Status::Ok();
 }
 
@@ -170,11 +202,13 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
   }
   DeleteHeatRegions(name);  // the run's I/O statistics on NAME (zone_heat.h)
   if (held && held->suspended) {
+    DS_ASSIGN_OR_RETURN(auto hot_new, dm::Find(HotNewName(name)));
     if (!top->suspended && hz) {
-      // Which range of NAME goes over the helper: the zone that was held.
+      // Which range of NAME goes over the helper (or over the new layout above it): the zone
+      // that was held.
       DS_ASSIGN_OR_RETURN(auto targets, dm::LiveTargets(name));
       for (const auto& t : targets) {
-        if (t.device != hz->dev) continue;
+        if (t.device != hz->dev && !(hot_new && t.device == hot_new->dev)) continue;
         Status fin = FinishZone(ref, keys, hotzone_bytes, t.start * kSector, t.sectors * kSector);
         if (!fin.ok()) {
           // The queued writes are in the new layout over a zone that is not: they must never
@@ -244,6 +278,7 @@ class DmGate final : public engine::ZoneGate {
       std::cerr << "diskseal: " << name_ << ": no dm-delay target (" << made.message()
                 << "); a flush on /dev/mapper/" << name_ << " waits while a hotzone is rewritten\n";
     }
+    MakeCryptHelpers();
     int fds[2];
     if (::pipe2(fds, O_CLOEXEC) != 0) return PosixError("pipe", errno);
     std::cout.flush();
@@ -314,6 +349,7 @@ class DmGate final : public engine::ZoneGate {
 
   Status Hold(uint64_t off, uint64_t len, uint64_t) override {
     DS_ASSIGN_OR_RETURN(dm::Activation a, TableFor(v_, name_, ref_.device, keys_, off, len));
+    a.segments = RouteOverCryptHelpers(a.segments, crypt_helpers_);
     a.read_only = read_only_;
     // Suspending NAME waits for its I/O in flight, and all I/O arriving meanwhile queues behind
     // it: let a burst in flight finish first (bounded: a steady stream must not stop the run).
@@ -343,9 +379,15 @@ class DmGate final : public engine::ZoneGate {
   }
 
   // Watches NAME's block statistics for kObserveMs before the first zone, so that a first zone
-  // under a running workload is short too and avoids where it works. `first`: the first zone's
-  // offset; `max` its longest length.
-  void Observe(dev_t top, uint64_t first, uint64_t max, bool backward) {
+  // under a running workload is short too and avoids where it works: BeginObserve starts the
+  // window, EndObserve waits for what is left of it (the helpers are made meanwhile). `first`:
+  // the first zone's offset; `max` its longest length. A run that ends between the two deletes
+  // the statistics region (DeleteHeatRegions; the guardian's restore does once it runs).
+  void BeginObserve(dev_t top, uint64_t first, uint64_t max, bool backward) {
+    observe_from_ = std::chrono::steady_clock::now();
+    first_ = first;
+    max_ = max;
+    backward_ = backward;
     sysfs_ = "/sys/dev/block/" + std::to_string(major(top)) + ":" + std::to_string(minor(top));
     last_ios_ = UserIos();
     // Areas of kHeatArea (larger on a disk whose hotzone limit is large), in a window of at
@@ -359,9 +401,14 @@ class DmGate final : public engine::ZoneGate {
       heat_.emplace(name_, sectors * kSector, area, 64);
     DeleteHeatRegions(name_);  // a killed run's
     if (heat_ && !heat_->Sample(first, max, backward, std::chrono::steady_clock::now()).ok()) heat_.reset();
-    ::usleep(kObserveMs * 1000);
-    (void)ZoneLength(first, 0, backward);
-    if (heat_ && !heat_->Sample(first, max, backward, std::chrono::steady_clock::now()).ok()) heat_.reset();
+  }
+  void EndObserve() {
+    const auto end = observe_from_ + std::chrono::milliseconds(kObserveMs);
+    const auto now = std::chrono::steady_clock::now();
+    if (now < end)
+      ::usleep(useconds_t(std::chrono::duration_cast<std::chrono::microseconds>(end - now).count()));
+    (void)ZoneLength(first_, 0, backward_);
+    if (heat_ && !heat_->Sample(first_, max_, backward_, std::chrono::steady_clock::now()).ok()) heat_.reset();
   }
 
   double backoff_total() const { return backoff_total_; }
@@ -391,6 +438,45 @@ class DmGate final : public engine::ZoneGate {
   // The udev event of NAME's last resume (dm::ResumeNoWait), waited for after the helper's resume.
   std::optional<uint32_t> udev_cookie_;
   void WaitPendingUdev() { dm::WaitUdev(udev_cookie_); }
+
+  // Creates the crypt helpers of the layouts the operation uses (dm_online.h: NAME-dshzn,
+  // NAME-dshzd, NAME-dshzo), each over the whole extent its layout may reach. One that cannot be
+  // made is done without: NAME's table then keeps that layout's own crypt targets (slower
+  // steps, the same data).
+  void MakeCryptHelpers() {
+    auto st = engine::ReadState(v_.metadata(), v_.data_device().Size());
+    if (!st.ok() || !*st) return;
+    const engine::State& s = **st;
+    const uint64_t device_sectors = v_.data_device().Size() / kSector;
+    const auto make = [&](const std::string& n, const char* which, const luks2::SegmentInfo& seg, int digest,
+                          const std::string& over) {
+      if (seg.type != "crypt") return;
+      const auto k = keys_.find(digest);
+      if (k == keys_.end()) return;
+      dm::Segment c;
+      c.type = dm::Segment::Type::kCrypt;
+      c.cipher = seg.cipher;
+      c.sector_size = seg.sector_size;
+      c.key = k->second->span();
+      c.device_sector = seg.offset / kSector;
+      c.iv_offset = seg.iv_tweak;
+      c.sectors = s.data_size / kSector;
+      c.device = over;
+      if (c.sectors == 0 || c.device_sector + c.sectors > device_sectors) return;
+      dm::Activation a;
+      a.name = n;
+      a.device = ref_.device;
+      // Its kind first: the UUID is cut at 128 characters and must differ between the helpers.
+      a.dm_uuid = (std::string(kCryptUuidPrefix) + which + "-" + v_.metadata().uuid + "-" + name_).substr(0, 128);
+      a.private_device = true;
+      a.segments = {c};
+      if (!dm::Create(a).ok()) return;
+      crypt_helpers_.push_back({"/dev/mapper/" + n, c});
+    };
+    make(HotNewName(name_), "n", s.new_seg, s.digest_new, HzPath(name_));
+    make(DoneName(name_), "d", s.new_seg, s.digest_new, "");
+    make(OldName(name_), "o", s.old_seg, s.digest_old, "");
+  }
 
   // Reads a small sysfs file of NAME (not the volume: safe while a zone is held) into `out`.
   bool ReadSysfs(const char* file, char* out, size_t n) const {
@@ -447,9 +533,13 @@ class DmGate final : public engine::ZoneGate {
 
   bool read_only_;
   std::string held_;  // the device suspended while a zone is held (Start)
+  std::vector<CryptHelper> crypt_helpers_;  // made by Start; NAME's steps route over them
   int pipe_ = -1;
   pid_t guardian_ = -1;
   std::string sysfs_;
+  std::chrono::steady_clock::time_point observe_from_;
+  uint64_t first_ = 0, max_ = 0;
+  bool backward_ = false;
   uint64_t last_ios_ = 0;
   uint64_t held_len_ = 0;
   double rate_ = 0;  // bytes/s of the last long step
@@ -485,9 +575,9 @@ Status CheckSectorFits(Env& env, luks2::Volume& v, const std::string& name) {
 Result<bool> NeedsTakeOver(const VolumeRef& ref, const std::string& name, const dm::MappingInfo& top) {
   struct stat st;
   if (::stat(ref.device.c_str(), &st) != 0) return PosixError(ref.device, errno);
-  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
+  DS_ASSIGN_OR_RETURN(auto helpers, HelperDevices(name));
   for (dev_t d : top.deps)
-    if (d == st.st_rdev || (hz && d == hz->dev)) return false;
+    if (d == st.st_rdev || std::find(helpers.begin(), helpers.end(), d) != helpers.end()) return false;
   DS_ASSIGN_OR_RETURN(auto raw, dm::Find(RawName(name)));
   const std::string refuse = name + ": /dev/mapper/" + name + " does not map " + ref.device + "; refusing to run under it";
   if (!raw || raw->dev != st.st_rdev) return Busy(refuse);
@@ -525,21 +615,60 @@ void PrintTimings(const std::string& name, const std::vector<engine::StepTiming>
 Result<bool> PreparedFollows(luks2::Volume& v, const std::string& name, dev_t dev) {
   DS_ASSIGN_OR_RETURN(auto targets, dm::LiveTargets(name));
   DS_ASSIGN_OR_RETURN(auto layout, HeaderLayout(v));
-  dev_t helper = 0;
-  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
-  if (hz) helper = hz->dev;
-  return FollowsLayout(targets, layout, dev, helper);
+  DS_ASSIGN_OR_RETURN(auto helpers, HelperDevices(name));
+  return FollowsLayout(targets, layout, dev, helpers);
 }
 
 }  // namespace
 
 std::string HotzoneName(const std::string& name) { return name + "-dshz"; }
 std::string QueueName(const std::string& name) { return name + "-dshzq"; }
+std::string HotNewName(const std::string& name) { return name + "-dshzn"; }
+std::string DoneName(const std::string& name) { return name + "-dshzd"; }
+std::string OldName(const std::string& name) { return name + "-dshzo"; }
 std::vector<std::string> MappingHolders(const std::string& name) {
-  return {name, HotzoneName(name), QueueName(name)};
+  return {name, HotzoneName(name), QueueName(name), HotNewName(name), DoneName(name), OldName(name)};
 }
 bool IsHelper(const dm::MappingInfo& m) {
-  return m.uuid.rfind(kHotzoneUuidPrefix, 0) == 0 || m.uuid.rfind(kQueueUuidPrefix, 0) == 0;
+  return m.uuid.rfind(kHotzoneUuidPrefix, 0) == 0 || m.uuid.rfind(kQueueUuidPrefix, 0) == 0 ||
+         m.uuid.rfind(kCryptUuidPrefix, 0) == 0;
+}
+
+Result<std::vector<dev_t>> HelperDevices(const std::string& name) {
+  std::vector<dev_t> out;
+  for (const std::string& n : MappingHolders(name)) {
+    if (n == name) continue;
+    DS_ASSIGN_OR_RETURN(auto m, dm::Find(n));
+    if (m) out.push_back(m->dev);
+  }
+  return out;
+}
+
+std::vector<dm::Segment> RouteOverCryptHelpers(const std::vector<dm::Segment>& segs,
+                                               const std::vector<CryptHelper>& helpers) {
+  std::vector<dm::Segment> out = segs;
+  for (auto& s : out) {
+    if (s.type != dm::Segment::Type::kCrypt) continue;
+    for (const auto& h : helpers) {
+      const dm::Segment& c = h.seg;
+      if (c.device != s.device || c.cipher != s.cipher || c.sector_size != s.sector_size ||
+          !std::equal(c.key.begin(), c.key.end(), s.key.begin(), s.key.end()))
+        continue;
+      if (s.device_sector < c.device_sector) continue;
+      const uint64_t rel = s.device_sector - c.device_sector;
+      // dm-crypt's IV is the sector within its target plus iv_offset: the same for both only
+      // when the segment's IV is the helper's at the same place.
+      if (s.iv_offset != c.iv_offset + rel || rel + s.sectors > c.sectors) continue;
+      dm::Segment l;
+      l.type = dm::Segment::Type::kLinear;
+      l.sectors = s.sectors;
+      l.device_sector = rel;
+      l.device = h.path;
+      s = l;
+      break;
+    }
+  }
+  return out;
 }
 const dm::MappingInfo& UserFacingHolder(const std::vector<dm::MappingInfo>& holders) {
   for (const auto& m : holders)
@@ -586,14 +715,14 @@ bool IsLinearOneToOne(const std::vector<dm::TargetInfo>& t, dev_t dev, uint64_t 
 }
 
 bool FollowsLayout(const std::vector<dm::TargetInfo>& t, const std::vector<LayoutPiece>& layout, dev_t dev,
-                   dev_t helper) {
+                   const std::vector<dev_t>& helpers) {
   uint64_t total = 0;
   for (const auto& p : layout) total += p.sectors;
   uint64_t at = 0;
   for (const auto& x : t) {
     if (x.start != at || x.sectors == 0 || x.start + x.sectors > total) return false;
     at = x.start + x.sectors;
-    if (helper != 0 && x.device == helper) continue;  // a hotzone: the run's own routing
+    if (std::find(helpers.begin(), helpers.end(), x.device) != helpers.end()) continue;  // the run's own routing
     if (x.device != dev || (x.type != "crypt" && x.type != "linear")) return false;
     // The piece holding the target's first sector; the target must end inside it.
     uint64_t p0 = 0;
@@ -632,7 +761,7 @@ Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::s
   // is (nothing encrypted yet); a table that follows a later layout was adopted earlier in this
   // boot (a run stopped, or killed and its mapping restored).
   const bool one_to_one = IsLinearOneToOne(targets, st.st_rdev, sectors);
-  if (!FollowsLayout(targets, layout, st.st_rdev, 0))
+  if (!FollowsLayout(targets, layout, st.st_rdev, {}))
     return Busy(name + ": /dev/mapper/" + name + "'s table is not " +
                 (one_to_one ? std::string("what the header of ") + ref.device + " describes (part of it is encrypted already)"
                             : "a plain 1:1 linear mapping of " + ref.device) +
@@ -644,10 +773,9 @@ Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::s
 
 Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
                         const std::map<int, const SecureBuffer*>& keys, uint64_t hotzone_bytes) {
-  DS_ASSIGN_OR_RETURN(auto hz, dm::Find(HotzoneName(name)));
-  DS_ASSIGN_OR_RETURN(auto queue, dm::Find(QueueName(name)));
+  DS_ASSIGN_OR_RETURN(auto helpers, HelperDevices(name));
   DS_ASSIGN_OR_RETURN(auto top, dm::Find(name));
-  if (!hz && !queue && !(top && top->suspended)) return Status::Ok();
+  if (helpers.empty() && !(top && top->suspended)) return Status::Ok();
   if (!top) {
     (void)Restore(ref, name, keys, hotzone_bytes);  // removes the orphaned helper
     return Status::Ok();
@@ -656,8 +784,33 @@ Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
   return Restore(ref, name, keys, hotzone_bytes);
 }
 
+// Seconds since this process started (exec, loading, the command's checks and unlock), from
+// /proc/self/stat's start time in clock ticks since boot; -1 when unknown. Timing aid only.
+double SecondsSinceProcessStart() {
+  char buf[1024];
+  const int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  ::close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  const char* p = std::strrchr(buf, ')');  // the command name may hold spaces and parentheses
+  if (!p) return -1;
+  unsigned long long start = 0;
+  // After ')': field 3 (state) onwards; the start time is field 22.
+  if (std::sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d %*d %*d %llu",
+                  &start) != 1)
+    return -1;
+  struct timespec now;
+  if (::clock_gettime(CLOCK_BOOTTIME, &now) != 0) return -1;
+  const long hz = ::sysconf(_SC_CLK_TCK);
+  if (hz <= 0) return -1;
+  return double(now.tv_sec) + double(now.tv_nsec) / 1e9 - double(start) / double(hz);
+}
+
 Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
                  const std::map<int, const SecureBuffer*>& keys, engine::EngineOptions eo) {
+  const double t_process = SecondsSinceProcessStart();
   // Seconds of each phase around the steps, for DISKSEAL_ONLINE_TIMING below.
   using PhaseClock = std::chrono::steady_clock;
   auto since = [last = PhaseClock::now()]() mutable {
@@ -684,8 +837,19 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
     return PosixError(name + ": locking memory for the online run (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)", e);
   const double t_lock = since();
   DmGate gate(v, ref, name, keys, top->read_only);
+  {
+    // Where the first zone lies, for the gate's I/O statistics (a guess is harmless: the window
+    // follows the zones). Observed from here (after the memory lock, whose page-ins of a root
+    // volume would look like users' I/O), while the helpers are made.
+    auto st = engine::ReadState(v.metadata(), v.data_device().Size());
+    const uint64_t max = std::min<uint64_t>(eo.hotzone_bytes, st.ok() && *st ? (*st)->data_size : 0);
+    const bool backward = st.ok() && *st && (*st)->backward;
+    const uint64_t first = st.ok() && *st && max ? (*st)->StepOffset(std::min((*st)->done, (*st)->data_size - max), max) : 0;
+    gate.BeginObserve(top->dev, first, max, backward);
+  }
   Status started = gate.Start(eo.hotzone_bytes, lock);
   if (!started.ok()) {
+    DeleteHeatRegions(name);
     (void)munlockall();
     return started;
   }
@@ -707,14 +871,8 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   }
   std::array<double, 4> t_before{};  // checks, lock, helpers+guardian(+adoption), observe
   {
-    // Where the first zone lies, for the gate's I/O statistics (a guess is harmless: the window
-    // follows the zones).
-    auto st = engine::ReadState(v.metadata(), v.data_device().Size());
-    const uint64_t max = std::min<uint64_t>(eo.hotzone_bytes, st.ok() && *st ? (*st)->data_size : 0);
-    const bool backward = st.ok() && *st && (*st)->backward;
-    const uint64_t first = st.ok() && *st && max ? (*st)->StepOffset(std::min((*st)->done, (*st)->data_size - max), max) : 0;
     const double t_start = since();
-    gate.Observe(top->dev, first, max, backward);
+    gate.EndObserve();
     t_before = {t_checks, t_lock, t_start, since()};
   }
   eo.in_use = true;
@@ -735,8 +893,9 @@ Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name
   const double t_finish = since();
   if (eo.timings) {
     PrintTimings(name, timings, gate.backoff_total(), gate.backoff_max());
-    std::fprintf(stderr, "timing %s phases checks=%.3f lock=%.3f start=%.3f observe=%.3f run=%.3f finish=%.3f\n",
-                 name.c_str(), t_before[0], t_before[1], t_before[2], t_before[3], t_run, t_finish);
+    std::fprintf(stderr,
+                 "timing %s phases before=%.2f checks=%.3f lock=%.3f start=%.3f observe=%.3f run=%.3f finish=%.3f\n",
+                 name.c_str(), t_process, t_before[0], t_before[1], t_before[2], t_before[3], t_run, t_finish);
     std::fprintf(stderr, "timing %s lock=%s (%s)\n", name.c_str(), lock.scope == LockScope::kAll ? "all" : "on-fault",
                  lock.why.c_str());
   }

@@ -13,6 +13,15 @@
 // makes durable is elsewhere. A flush has no data and only needs to reach the disk; the writes
 // queued in NAME-dshzq have not completed, so no flush owes them durability. Where the kernel
 // has no dm-delay, NAME-dshz is the linear helper and is held itself (flushes then wait).
+// The layouts themselves are dm-crypt devices of their own, made once per run, under linear
+// targets of NAME: NAME-dshzn (the new layout over NAME-dshz), NAME-dshzd (the new layout over the
+// data device) and NAME-dshzo (the old layout over it), each only when that layout is crypt.
+// Why: the kernel builds a dm-crypt target (its cipher, workqueues and thread) each time a table
+// holding one is loaded, 8-20 ms of every step's table load in the QEMU guest, while users wait
+// at the suspend that follows; a table of linear targets loads in about a millisecond. A segment
+// a helper cannot express (another key, an IV that does not advance with the sector) keeps its
+// crypt target in NAME's table. The guardian's restore gives NAME the header's own table (crypt
+// over the data device, what cryptsetup makes) before the helpers are removed.
 // Per hotzone (DmGate::Hold/Release around the engine's step):
 //   1. load NAME's table with the hotzone mapped new over NAME-dshz; suspend NAME (waits for I/O
 //      in flight), suspend NAME-dshzq, resume NAME: from now on users' writes into the hotzone
@@ -55,6 +64,23 @@ namespace ds::online {
 // The helper devices of NAME: the one NAME's hotzone maps over, and the queue held below it.
 std::string HotzoneName(const std::string& name);
 std::string QueueName(const std::string& name);
+// NAME's crypt helpers (see the stack above): the new layout over NAME-dshz (the hotzone), the
+// new layout over the data device (the part done), the old layout over the data device (the rest).
+std::string HotNewName(const std::string& name);
+std::string DoneName(const std::string& name);
+std::string OldName(const std::string& name);
+
+// A crypt helper as NAME's table uses it: /dev/mapper/<path> and its one dm-crypt target (over
+// `seg.device`, or the data device when that is empty).
+struct CryptHelper {
+  std::string path;
+  dm::Segment seg;
+};
+// `segs` (a table's segments) with each crypt segment that a helper covers (same cipher, key,
+// sector size and device, inside its extent, the IV advancing with the sector) replaced by a
+// linear segment onto that helper; other segments as they are. Pure: no kernel.
+std::vector<dm::Segment> RouteOverCryptHelpers(const std::vector<dm::Segment>& segs,
+                                               const std::vector<CryptHelper>& helpers);
 // The mappings that hold NAME's data device while an online run (or its leftovers) is under
 // NAME: NAME and its helpers. What a device claim for that run allows (io/device_claim.h).
 std::vector<std::string> MappingHolders(const std::string& name);
@@ -121,10 +147,12 @@ bool IsLinearOneToOne(const std::vector<dm::TargetInfo>& t, dev_t dev, uint64_t 
 
 // Whether `t` maps `layout` over `dev`: targets contiguous from 0 to the layout's end, each one
 // inside a single piece of the same kind (crypt or linear) at the matching device offset. A
-// target over `helper` (an online run's hotzone device, dm_online.h; 0: none) may stand for any
-// range: a zone held, or left held by a run killed with its guardian.
+// target over one of `helpers` (an online run's helper devices, dm_online.h) may stand for any
+// range: a run's routing, or a zone left held by a run killed with its guardian.
 bool FollowsLayout(const std::vector<dm::TargetInfo>& t, const std::vector<LayoutPiece>& layout, dev_t dev,
-                   dev_t helper);
+                   const std::vector<dev_t>& helpers);
+// The device numbers of NAME's online helpers that exist now (none: empty).
+Result<std::vector<dev_t>> HelperDevices(const std::string& name);
 
 // Switches the prepared linear mapping `name` over ref.device to v's table (one load, suspend,
 // resume; `keys`: every key v's segments use). Refused (kBusy, nothing changed) unless `name` is

@@ -368,7 +368,7 @@ echo HELD-AND-KILLED
 cryptsetup reencrypt --resume-only --header /hdr --active-name vol --key-file /tmp/pw > /tmp/cs.log 2>&1 &
 CS=$!
 n=0
-until ls -l /proc/$CS/fd 2>/dev/null | grep -q 'vol-dshz$'; do
+until ls -l /proc/$CS/fd 2>/dev/null | grep -q 'vol-dshzn$'; do
   kill -0 $CS 2>/dev/null || { cat /tmp/cs.log; fail "cryptsetup ended without waiting on the held zone"; }
   n=$((n + 1)); [ $n -lt 3000 ] || fail "cryptsetup never opened the helper"; sleep 0.05
 done
