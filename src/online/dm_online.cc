@@ -33,7 +33,11 @@ namespace {
 constexpr uint64_t kSector = 512;
 constexpr char kHotzoneUuidPrefix[] = "DISKSEAL-HOTZONE-";
 constexpr char kQueueUuidPrefix[] = "DISKSEAL-HZQUEUE-";
-constexpr char kCryptUuidPrefix[] = "DISKSEAL-HZCRYPT-";
+// The crypt helpers follow cryptsetup's UUIDs for the devices under its own mappings
+// (CRYPT-SUBDEV-<LUKS UUID without dashes>-<name>, as its reencryption's): each shows the volume's
+// plaintext, and LVM skips devices with this prefix (a physical volume on NAME would otherwise
+// be found twice more); `cryptsetup close NAME` removes them with NAME.
+constexpr char kCryptUuidPrefix[] = "CRYPT-SUBDEV-";
 
 std::string HzPath(const std::string& name) { return "/dev/mapper/" + HotzoneName(name); }
 
@@ -448,7 +452,7 @@ class DmGate final : public engine::ZoneGate {
     if (!st.ok() || !*st) return;
     const engine::State& s = **st;
     const uint64_t device_sectors = v_.data_device().Size() / kSector;
-    const auto make = [&](const std::string& n, const char* which, const luks2::SegmentInfo& seg, int digest,
+    const auto make = [&](const std::string& n, const luks2::SegmentInfo& seg, int digest,
                           const std::string& over) {
       if (seg.type != "crypt") return;
       const auto k = keys_.find(digest);
@@ -466,16 +470,17 @@ class DmGate final : public engine::ZoneGate {
       dm::Activation a;
       a.name = n;
       a.device = ref_.device;
-      // Its kind first: the UUID is cut at 128 characters and must differ between the helpers.
-      a.dm_uuid = (std::string(kCryptUuidPrefix) + which + "-" + v_.metadata().uuid + "-" + name_).substr(0, 128);
+      std::string hex = v_.metadata().uuid;
+      hex.erase(std::remove(hex.begin(), hex.end(), '-'), hex.end());
+      a.dm_uuid = std::string(kCryptUuidPrefix) + hex + "-" + n;
       a.private_device = true;
       a.segments = {c};
       if (!dm::Create(a).ok()) return;
       crypt_helpers_.push_back({"/dev/mapper/" + n, c});
     };
-    make(HotNewName(name_), "n", s.new_seg, s.digest_new, HzPath(name_));
-    make(DoneName(name_), "d", s.new_seg, s.digest_new, "");
-    make(OldName(name_), "o", s.old_seg, s.digest_old, "");
+    make(HotNewName(name_), s.new_seg, s.digest_new, HzPath(name_));
+    make(DoneName(name_), s.new_seg, s.digest_new, "");
+    make(OldName(name_), s.old_seg, s.digest_old, "");
   }
 
   // Reads a small sysfs file of NAME (not the volume: safe while a zone is held) into `out`.

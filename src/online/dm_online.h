@@ -1,7 +1,7 @@
 // Online in-place operations through device-mapper: encrypt, decrypt or re-encrypt a volume while
 // its mapping /dev/mapper/NAME stays live and mounted (README "Online").
 //
-// The stack (learned from cryptsetup's luks2_reencrypt.c, with fewer devices and no overlay):
+// The stack (learned from cryptsetup's luks2_reencrypt.c, without its overlay device):
 //   NAME          the user's mapping: the header's segments (done part in the new layout, the
 //                 rest in the old one), and during a step the hotzone in the NEW layout over
 //   NAME-dshz     a private dm-delay with no delay over the whole device: reads and writes go on
@@ -23,8 +23,9 @@
 // crypt target in NAME's table. The guardian's restore gives NAME the header's own table (crypt
 // over the data device, what cryptsetup makes) before the helpers are removed.
 // Per hotzone (DmGate::Hold/Release around the engine's step):
-//   1. load NAME's table with the hotzone mapped new over NAME-dshz; suspend NAME (waits for I/O
-//      in flight), suspend NAME-dshzq, resume NAME: from now on users' writes into the hotzone
+//   1. load NAME's table with the hotzone mapped new over NAME-dshz (through NAME-dshzn when the
+//      new layout is crypt); suspend NAME (waits for I/O in flight), suspend NAME-dshzq, resume
+//      NAME: from now on users' writes into the hotzone
 //      are encrypted with the new key and queue in NAME-dshzq, reads there wait; I/O elsewhere
 //      and every flush flows.
 //   2. the engine reads the zone from the data device (page cache dropped), writes its

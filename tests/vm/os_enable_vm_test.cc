@@ -81,6 +81,17 @@ wait_stopped() {
 os_state() { diskseal status --json | sed -n 's/.*"OsVolumeEncrypted": "\([A-Za-z]*\)".*/\1/p'; }
 # The target types of osencrypt's table, in order ("crypt linear ").
 table_kinds() { dmsetup table osencrypt | cut -d' ' -f3 | tr '\n' ' '; echo; }
+# The kinds of osencrypt's targets (sorted, each once) while an online run is under it: a linear
+# target onto one of the run's crypt helpers (a device with a crypt table) counts as crypt.
+run_kinds() {
+  dmsetup table osencrypt | while read -r _ _ kind dev _; do
+    if [ "$kind" = linear ] && [ "$(dmsetup table -j "${dev%:*}" -m "${dev#*:}" 2>/dev/null | cut -d' ' -f3)" = crypt ]; then
+      echo crypt
+    else
+      echo "$kind"
+    fi
+  done | sort -u | tr '\n' ' '; echo
+}
 # Every system file as summed before (at most 5 differences shown), then the files named ($@).
 files_intact() {
   md5sum -c --quiet /root/system.sums 2>&1 | head -5; echo "system files checked"
@@ -244,7 +255,7 @@ wait_stopped /tmp/resume.pid
 echo "mid: $(os_state)"
 diskseal status
 findmnt -no SOURCE /
-dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
+run_kinds
 dmsetup table osencrypt | sed 's/crypt aes-xts-plain64 [0-9a-f]*/crypt KEY/'
 dmesg | grep -i 'ext4\|dm' | tail -5
 files_intact payload.sum && cat /root/before
@@ -383,7 +394,7 @@ wait_stopped /tmp/enable2.pid
 echo "mid2: $(os_state)"
 findmnt -no SOURCE /
 # The kinds only: the done part may be several crypt targets.
-dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
+run_kinds
 head -c 2097152 /dev/urandom > /root/during2 && (cd /root && sha256sum during2 > during2.sum) && sync
 (cd /root && sha256sum -c payload.sum)
 kill -CONT "$(cat /tmp/enable2.pid)"
@@ -487,7 +498,7 @@ wait_stopped /tmp/resume.pid
 echo "mid: $(os_state)"
 findmnt -no SOURCE /
 dmsetup deps -o devname dsvg-root | sed 's/.*: //'
-dmsetup table osencrypt | cut -d' ' -f3 | sort -u | tr '\n' ' '; echo
+run_kinds
 LVM_SUPPRESS_FD_WARNINGS=1 pvs --noheadings -o pv_name 2>&1 | tr -d ' '
 files_intact payload.sum && cat /root/before
 head -c 2097152 /dev/urandom > /root/during && (cd /root && sha256sum during > during.sum) && sync
