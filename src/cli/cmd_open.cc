@@ -67,8 +67,9 @@ Status ClaimName(Globals& g, fuse::RunDir& run, const std::string& name) {
   return Status::Ok();
 }
 
-// Refuses a device another mapping already uses (kBusy), naming that mapping.
-Status CheckDeviceFree(fuse::RunDir& run, const std::string& device) {
+// Refuses a device another mapping already uses (kBusy), naming that mapping. Orphaned helpers
+// of an online run are removed first (told on `err`).
+Status CheckDeviceFree(fuse::RunDir& run, const std::string& device, std::ostream& err) {
   DS_ASSIGN_OR_RETURN(auto recs, run.List());
   for (const auto& r : recs)
     if (r.device == device && fuse::RunDir::IsAlive(r))
@@ -76,6 +77,13 @@ Status CheckDeviceFree(fuse::RunDir& run, const std::string& device) {
   struct stat st;
   if (::stat(device.c_str(), &st) == 0 && S_ISBLK(st.st_mode)) {
     DS_ASSIGN_OR_RETURN(auto holders, dm::Holders(st.st_rdev));
+    // What an online run killed with its guardian leaves once its mapping was closed by someone
+    // else: nothing uses it, and it would refuse the device for good.
+    DS_ASSIGN_OR_RETURN(bool removed, online::RemoveOrphanedHelpers(holders));
+    if (removed) {
+      err << "diskseal: " << device << ": removed the helper devices of an online run whose mapping was closed\n";
+      DS_ASSIGN_OR_RETURN(holders, dm::Holders(st.st_rdev));
+    }
     if (!holders.empty())
       return Busy(device + ": already open as /dev/mapper/" + online::UserFacingHolder(holders).name);
   }
@@ -134,7 +142,7 @@ Runner SetupOpen(CLI::App& app, Globals& g) {
     fuse::RunDir run(*g.env, o->run_dir);
     DS_RETURN_IF_ERROR(ClaimName(g, run, o->name));
     const std::string device = Canonical(o->dev.device);
-    DS_RETURN_IF_ERROR(CheckDeviceFree(run, device));
+    DS_RETURN_IF_ERROR(CheckDeviceFree(run, device, *g.err));
     // Held for the view's whole life: the daemon forked below inherits the lock and keeps it until
     // it exits (close); read-write views are the device's only owner, read-only ones share it.
     DS_ASSIGN_OR_RETURN(auto claims, ClaimVolume(*g.env, o->dev,

@@ -776,6 +776,29 @@ Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::s
   return Switch(a);
 }
 
+Result<bool> RemoveOrphanedHelpers(const std::vector<dm::MappingInfo>& holders) {
+  bool removed = false;
+  for (const auto& h : holders) {
+    if (!IsHelper(h)) continue;
+    // The mapping a helper belongs to: its name without the helper's suffix.
+    for (const std::string& suffix : {HotzoneName(""), QueueName(""), HotNewName(""), DoneName(""), OldName("")}) {
+      if (h.name.size() <= suffix.size() || h.name.compare(h.name.size() - suffix.size(), suffix.size(), suffix) != 0)
+        continue;
+      const std::string owner = h.name.substr(0, h.name.size() - suffix.size());
+      DS_ASSIGN_OR_RETURN(auto top, dm::Find(owner));
+      if (top) break;
+      for (const std::string& n : {HotzoneName(owner), QueueName(owner)}) {
+        DS_ASSIGN_OR_RETURN(auto m, dm::Find(n));
+        if (m && m->suspended) DS_RETURN_IF_ERROR(dm::Resume(n, true));
+      }
+      DS_RETURN_IF_ERROR(RemoveHelpers(owner));
+      removed = true;
+      break;
+    }
+  }
+  return removed;
+}
+
 Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,
                         const std::map<int, const SecureBuffer*>& keys, uint64_t hotzone_bytes) {
   DS_ASSIGN_OR_RETURN(auto helpers, HelperDevices(name));

@@ -118,6 +118,12 @@ struct VolumeRef {
 Status RunOnline(luks2::Volume& v, const VolumeRef& ref, const std::string& name,
                  const std::map<int, const SecureBuffer*>& keys, engine::EngineOptions eo);
 
+// Removes the helpers among `holders` (a device's holders, dm::Holders) whose mapping is gone:
+// an online run killed with its guardian and its mapping then closed by someone else (`cryptsetup
+// close NAME`). With NAME gone nothing can be queued in them; a suspended one is resumed first.
+// Returns whether it removed any. Helpers whose NAME exists are left alone (RestoreLeftovers).
+Result<bool> RemoveOrphanedHelpers(const std::vector<dm::MappingInfo>& holders);
+
 // Restores `name` after an online run that ended without its guardian (both killed), or checks
 // that nothing is left: see the file comment. ok when there is nothing to restore.
 Status RestoreLeftovers(const VolumeRef& ref, const std::string& name,

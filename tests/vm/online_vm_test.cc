@@ -392,6 +392,51 @@ echo RELEASED-OK
     EXPECT_NE(g.console.find(m), std::string::npos) << m << "\n" << g.console;
 }
 
+// The run and its guardian killed between two zones (nothing held), then the mapping closed by
+// cryptsetup: `cryptsetup close` removes the run's crypt helpers with the mapping (their dm UUIDs
+// are cryptsetup's for sub-devices), and the next `diskseal open` removes the rest (they would
+// hold the device for good) and says so; resume finishes, every file intact.
+TEST(VmOnline, BothKilledThenClosedByCryptsetupOpenCleansUpAndResumeFinishes) {
+  TempDir dir;
+  const std::string script = std::string(kCommon) + R"SH(
+online_start 3
+diskseal resume /dev/vda $DS --hotzone-size 1M 2> /tmp/run.log &
+until dmsetup ls | grep -q vol-dshzd; do :; done
+# Both processes stopped while neither the mapping nor the queue is suspended, then killed.
+got=0; n=0
+while [ $got = 0 ]; do
+  n=$((n + 1)); [ $n -lt 100000 ] || fail "never caught the run between zones"
+  dmsetup info vol-dshzq 2>/dev/null | grep -q SUSPENDED && continue
+  kill -STOP $(pidof diskseal) 2>/dev/null || continue
+  if dmsetup info vol-dshzq | grep -q SUSPENDED || dmsetup info vol | grep -q SUSPENDED; then
+    kill -CONT $(pidof diskseal)
+  else
+    got=1
+  fi
+done
+test "$(pidof diskseal | wc -w)" = 2 || fail "expected the run and its guardian"
+kill -9 $(pidof diskseal)
+while pidof diskseal > /dev/null; do sleep 0.1; done
+dmsetup ls | grep -q vol-dshzd || fail "no crypt helper left by the kill"
+stop_workload
+umount /mnt
+cryptsetup close vol || fail "cryptsetup close"
+dmsetup ls | grep -q 'vol-dshz[ndo]' && fail "cryptsetup close left a crypt helper"
+dmsetup ls | grep -q vol-dshzq || fail "expected the queue left (not a sub-device)"
+diskseal open /dev/vda vol $DS 2> /tmp/open.log || { cat /tmp/open.log; fail "open over the orphaned helpers"; }
+grep -q 'removed the helper devices of an online run whose mapping was closed' /tmp/open.log || { cat /tmp/open.log; fail "no word of the removal"; }
+dmsetup ls | grep -q dshz && fail "helper left after the open"
+diskseal resume /dev/vda $DS 2> /tmp/run.log || { cat /tmp/run.log; fail "resume after the close"; }
+test "$(tables)" = "      1 crypt " || fail "table is not one crypt target"
+mount /dev/mapper/vol /mnt
+remount_check
+echo CLEANED-UP-OK
+)SH";
+  GuestResult g = RunInGuest(script, Options(dir));
+  EXPECT_EQ(g.exit_code, 0) << g.console;
+  EXPECT_NE(g.console.find("CLEANED-UP-OK"), std::string::npos) << g.console;
+}
+
 // 512-byte sectors (xfs's log writes such sectors anywhere) written by a user right beside the
 // run's progress, on both sides of the boundary (the last four done, the next two), while another user writes 4 MiB far from it
 // sector by sector (so zones are sized by time, not only by the hotzone limit and where users
