@@ -186,6 +186,16 @@ Status RemoveHelpers(const std::string& name) {
   return Status::Ok();
 }
 
+// Removes the helpers of NAME once NAME itself is gone (closed by someone else): nothing uses them
+// any more, so nothing can be queued in them; a suspended one is resumed first.
+Status RemoveOrphans(const std::string& name) {
+  for (const std::string& n : {HotzoneName(name), QueueName(name)}) {
+    DS_ASSIGN_OR_RETURN(auto m, dm::Find(n));
+    if (m && m->suspended) DS_RETURN_IF_ERROR(dm::Resume(n, true));
+  }
+  return RemoveHelpers(name);
+}
+
 // See the file comment of dm_online.h: brings NAME back to the plain table of the header on disk
 // and removes the helpers, whatever state a run left them in.
 Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int, const SecureBuffer*>& keys,
@@ -199,8 +209,7 @@ Status Restore(const VolumeRef& ref, const std::string& name, const std::map<int
   if (!top) {
     // Closed by someone else (it was not mounted): nothing uses the helpers any more; the header
     // is consistent (a zone left flagged is recovered by the next open or resume).
-    if (held && held->suspended) DS_RETURN_IF_ERROR(dm::Resume(held_name, true));
-    DS_RETURN_IF_ERROR(RemoveHelpers(name));
+    DS_RETURN_IF_ERROR(RemoveOrphans(name));
     return NotFound(name + ": /dev/mapper/" + name + " was closed during the operation; nothing is lost: open it "
                     "again and run `diskseal resume` to carry on");
   }
@@ -776,25 +785,23 @@ Status AdoptPreparedMapping(luks2::Volume& v, const VolumeRef& ref, const std::s
   return Switch(a);
 }
 
+// The mapping the helper `helper` belongs to (its name without the helper's suffix), or "".
+static std::string OwnerOfHelper(const std::string& helper) {
+  for (const std::string& suffix : {HotzoneName(""), QueueName(""), HotNewName(""), DoneName(""), OldName("")})
+    if (helper.size() > suffix.size() && helper.compare(helper.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return helper.substr(0, helper.size() - suffix.size());
+  return "";
+}
+
 Result<bool> RemoveOrphanedHelpers(const std::vector<dm::MappingInfo>& holders) {
   bool removed = false;
   for (const auto& h : holders) {
-    if (!IsHelper(h)) continue;
-    // The mapping a helper belongs to: its name without the helper's suffix.
-    for (const std::string& suffix : {HotzoneName(""), QueueName(""), HotNewName(""), DoneName(""), OldName("")}) {
-      if (h.name.size() <= suffix.size() || h.name.compare(h.name.size() - suffix.size(), suffix.size(), suffix) != 0)
-        continue;
-      const std::string owner = h.name.substr(0, h.name.size() - suffix.size());
-      DS_ASSIGN_OR_RETURN(auto top, dm::Find(owner));
-      if (top) break;
-      for (const std::string& n : {HotzoneName(owner), QueueName(owner)}) {
-        DS_ASSIGN_OR_RETURN(auto m, dm::Find(n));
-        if (m && m->suspended) DS_RETURN_IF_ERROR(dm::Resume(n, true));
-      }
-      DS_RETURN_IF_ERROR(RemoveHelpers(owner));
-      removed = true;
-      break;
-    }
+    const std::string owner = IsHelper(h) ? OwnerOfHelper(h.name) : "";
+    if (owner.empty()) continue;
+    DS_ASSIGN_OR_RETURN(auto top, dm::Find(owner));
+    if (top) continue;
+    DS_RETURN_IF_ERROR(RemoveOrphans(owner));  // all of owner's: the next holders are then gone
+    removed = true;
   }
   return removed;
 }
